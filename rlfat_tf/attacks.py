@@ -1,0 +1,151 @@
+"""L-infinity attacks built from composable specs, run inside the graph.
+
+An ``AttackSpec`` names the parts of an iterative attack: where it starts, the
+loss it ascends, the step rule (the sign of the gradient times ``step_size``),
+the projection (onto the ``epsilon`` ball around the clean image and onto
+[0, 1]), the number of steps, and the BatchNorm mode of the model while it
+runs. ``perturb`` runs any spec as a ``tf.while_loop`` so it lives in the same
+``tf.function`` as the update that consumes its output.
+
+Random starts are drawn per example from stateless seeds that the input
+pipeline carries with each example, so an example's start does not depend on
+how a batch is split across replicas, and a resumed run repeats it exactly.
+"""
+
+import dataclasses
+
+import tensorflow as tf
+
+from rlfat_tf import objectives
+
+BN_MODES = ("train", "eval")
+STARTS = ("uniform", "normal", "none")
+
+
+def cw_margin(logits, labels, confidence=50.0):
+  """Carlini-Wagner margin loss, per example: -relu(z_y - max_j!=y z_j + k).
+
+  The true class is masked out with a large negative offset before the max.
+  The official RLFAT code multiplies by the mask instead, which returns 0 for
+  the true slot and so picks the wrong runner-up whenever every other logit is
+  negative (the bug Madry fixed in cifar10_challenge 958b8f1).
+  """
+  onehot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=logits.dtype)
+  true = tf.reduce_sum(onehot * logits, axis=-1)
+  other = tf.reduce_max(logits - 1e4 * onehot, axis=-1)
+  return -tf.nn.relu(true - other + confidence)
+
+
+# Each loss maps (adversarial logits, labels, clean logits) to a [B] loss that
+# the attack maximises. Only "kl" reads the clean logits.
+LOSSES = {
+    "ce": lambda logits, labels, _: objectives.cross_entropy(logits, labels),
+    "kl": lambda logits, _, clean: objectives.kl_divergence(clean, logits),
+    "cw": lambda logits, labels, _: cw_margin(logits, labels),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+  """An L-infinity sign-gradient attack.
+
+  Attributes:
+    epsilon: radius of the L-infinity ball, in [0, 1] pixel units.
+    step_size: size of each signed-gradient step.
+    steps: number of steps.
+    loss: key of ``LOSSES``.
+    start: "uniform" (U[-eps, eps] per pixel), "normal" (``start_scale`` times
+      N(0, 1), the TRADES start) or "none" (the clean image).
+    bn_mode: "train" runs the model with batch statistics and updates the
+      BatchNorm moving averages at every step, as the official RLFAT code does;
+      "eval" uses and keeps the moving averages.
+    start_scale: standard deviation of the "normal" start.
+  """
+  epsilon: float
+  step_size: float
+  steps: int
+  loss: str
+  start: str
+  bn_mode: str
+  start_scale: float = 0.001
+
+  def __post_init__(self):
+    if self.loss not in LOSSES:
+      raise ValueError(f"unknown attack loss {self.loss!r}")
+    if self.start not in STARTS:
+      raise ValueError(f"unknown attack start {self.start!r}")
+    if self.bn_mode not in BN_MODES:
+      raise ValueError(f"unknown BatchNorm mode {self.bn_mode!r}")
+
+
+def pgd(epsilon, step_size, steps, bn_mode):
+  """PGD on cross-entropy with a uniform random start (Madry et al.)."""
+  return AttackSpec(epsilon, step_size, steps, loss="ce", start="uniform",
+                    bn_mode=bn_mode)
+
+
+def trades_kl(epsilon, step_size, steps, bn_mode):
+  """The TRADES inner maximisation of KL(p(x) || p(x'))."""
+  return AttackSpec(epsilon, step_size, steps, loss="kl", start="normal",
+                    bn_mode=bn_mode)
+
+
+def project(adv, images, epsilon):
+  """Projects onto the epsilon ball around ``images`` and onto [0, 1]."""
+  adv = tf.clip_by_value(adv, images - epsilon, images + epsilon)
+  return tf.clip_by_value(adv, 0.0, 1.0)
+
+
+def random_start(spec, images, seeds):
+  """The starting point of an attack, drawn per example.
+
+  Args:
+    spec: an ``AttackSpec``.
+    images: [B, H, W, C] clean images in [0, 1].
+    seeds: int [B, 2] stateless seeds, one per example.
+
+  Returns:
+    Projected starting points, [B, H, W, C].
+  """
+  if spec.start == "none":
+    return images
+  shape = tf.shape(images)[1:]
+  if spec.start == "uniform":
+    draw = lambda s: tf.random.stateless_uniform(
+        shape, s, -spec.epsilon, spec.epsilon, dtype=images.dtype)
+  else:
+    draw = lambda s: spec.start_scale * tf.random.stateless_normal(
+        shape, s, dtype=images.dtype)
+  noise = tf.map_fn(draw, seeds, fn_output_signature=images.dtype)
+  return project(images + noise, images, spec.epsilon)
+
+
+def perturb(model, spec, images, labels, seeds):
+  """Runs an attack and returns adversarial examples.
+
+  Args:
+    model: a Keras model mapping images to logits.
+    spec: an ``AttackSpec``.
+    images: [B, H, W, C] clean images in [0, 1].
+    labels: int [B] true labels.
+    seeds: int [B, 2] per-example seeds for the random start.
+
+  Returns:
+    [B, H, W, C] adversarial examples within ``spec.epsilon`` of ``images``
+    and inside [0, 1], with gradients stopped.
+  """
+  training = spec.bn_mode == "train"
+  loss_fn = LOSSES[spec.loss]
+  images = tf.stop_gradient(images)
+  clean_logits = None
+  if spec.loss == "kl":
+    clean_logits = tf.stop_gradient(model(images, training=training))
+  adv = random_start(spec, images, seeds)
+  for _ in tf.range(spec.steps):
+    with tf.GradientTape() as tape:
+      tape.watch(adv)
+      loss = tf.reduce_sum(loss_fn(model(adv, training=training), labels,
+                                   clean_logits))
+    grad = tape.gradient(loss, adv)
+    adv = project(adv + spec.step_size * tf.sign(grad), images, spec.epsilon)
+  return tf.stop_gradient(adv)

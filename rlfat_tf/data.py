@@ -1,0 +1,177 @@
+"""tf.data input pipelines for training and evaluation.
+
+Images enter as uint8 arrays (see ``sources``) and leave as float32 in [0, 1];
+nothing normalises them outside the model.
+
+Training batches are dicts:
+- ``image`` [B, H, W, 3] float32 and ``label`` [B] int32;
+- ``seed`` [B, 2] int64: a per-example stateless seed for the attack's random
+  start;
+- ``rbs_rows`` / ``rbs_cols``: the Random Block Shuffle drawn for this batch,
+  [H] / [W] index vectors (granularity "batch") or [B, H] / [B, W] (granularity
+  "example"). The train step applies them to the adversarial example.
+
+All randomness (shuffle order, flips, crops, attack starts, RBS) comes from
+stateless ops keyed by the run's seed and the example's position in the
+stream. The iterator's state therefore holds all of it, and a run restored
+from a checkpoint sees exactly the batches an uninterrupted run would see.
+Shuffling runs over indices, not images, so that state stays small.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from rlfat_tf import rbs
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """Training augmentation.
+
+  Attributes:
+    flip: random horizontal flip (the official code's only augmentation).
+    pad_crop: zero-pad by this many pixels and crop back at random (0: off).
+  """
+  flip: bool = True
+  pad_crop: int = 0
+
+
+def validation_split(images, labels, size, seed=0):
+  """Carves a held-out validation set from a training split.
+
+  The split depends only on ``seed`` (not the training seed), so every run on
+  the same data validates on the same images.
+
+  Args:
+    images: [N, H, W, 3] training images.
+    labels: [N] training labels.
+    size: number of validation examples, 0 <= size < N.
+    seed: seed of the permutation that picks them.
+
+  Returns:
+    ``((train_images, train_labels), (val_images, val_labels))``.
+  """
+  if not 0 <= size < len(images):
+    raise ValueError(f"validation size {size} must be in [0, {len(images)})")
+  order = np.random.default_rng(seed).permutation(len(images))
+  train, val = np.sort(order[size:]), np.sort(order[:size])
+  return (images[train], labels[train]), (images[val], labels[val])
+
+
+def _example_keys(seed, position):
+  """Independent stateless seeds for augmentation, attack start and RBS."""
+  key = tf.stack([tf.constant(seed, tf.int64), position])
+  return tf.unstack(tf.random.experimental.stateless_split(key, num=3))
+
+
+def _augment(image, augmentation, seed):
+  flip_seed, crop_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, num=2))
+  if augmentation.flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  if augmentation.pad_crop:
+    shape = tf.shape(image)
+    pad = augmentation.pad_crop
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    image = tf.image.stateless_random_crop(image, shape, crop_seed)
+  return image
+
+
+def train_dataset(images, labels, *, batch_size, seed, augmentation,
+                  rbs_blocks=None, rbs_granularity="batch",
+                  input_context=None):
+  """An endless, shuffled, augmented stream of training batches.
+
+  Args:
+    images: uint8 [N, H, W, 3].
+    labels: int [N].
+    batch_size: global batch size; each input pipeline yields its per-replica
+      share when ``input_context`` is given.
+    seed: integer seed of every random choice in the stream.
+    augmentation: an ``Augmentation``.
+    rbs_blocks: blocks per axis of the RBS carried with each batch, or None to
+      carry none (methods that do not use RBS).
+    rbs_granularity: "batch" (one transform per batch) or "example".
+    input_context: a ``tf.distribute.InputContext`` to shard by, or None.
+
+  Returns:
+    A ``tf.data.Dataset`` of batch dicts (see the module docstring).
+  """
+  if rbs_granularity not in rbs.GRANULARITIES:
+    raise ValueError(f"unknown RBS granularity {rbs_granularity!r}")
+  num = len(images)
+  height, width = images.shape[1:3]
+  images = tf.constant(images)
+  labels = tf.constant(labels, tf.int32)
+  per_example_rbs = rbs_blocks and rbs_granularity == "example"
+
+  def example(position, index):
+    aug_seed, attack_seed, rbs_seed = _example_keys(seed, position)
+    image = tf.image.convert_image_dtype(tf.gather(images, index), tf.float32)
+    out = {"image": _augment(image, augmentation, aug_seed),
+           "label": tf.gather(labels, index), "seed": attack_seed}
+    if per_example_rbs:
+      params = rbs.sample_params(rbs_seed, height, width, rbs_blocks)
+      out["rbs_rows"], out["rbs_cols"] = params["rows"], params["cols"]
+    elif rbs_blocks:
+      out["rbs_seed"] = rbs_seed
+    return out
+
+  def batch_rbs(batch):
+    # The batch's transform is keyed by its first example, so the stream of
+    # transforms is as reproducible as the examples themselves.
+    params = rbs.sample_params(batch.pop("rbs_seed")[0], height, width,
+                               rbs_blocks)
+    batch["rbs_rows"], batch["rbs_cols"] = params["rows"], params["cols"]
+    return batch
+
+  ds = tf.data.Dataset.range(num).shuffle(num, seed=seed,
+                                          reshuffle_each_iteration=True)
+  # Positions count examples across epochs, before sharding, so every example
+  # drawn has its own seeds whatever the number of input pipelines.
+  ds = ds.repeat().enumerate()
+  per_replica = batch_size
+  if input_context is not None:
+    ds = ds.shard(input_context.num_input_pipelines,
+                  input_context.input_pipeline_id)
+    per_replica = input_context.get_per_replica_batch_size(batch_size)
+  ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.batch(per_replica, drop_remainder=True)
+  if rbs_blocks and not per_example_rbs:
+    ds = ds.map(batch_rbs)
+  return ds.prefetch(AUTOTUNE)
+
+
+def eval_dataset(images, labels, *, batch_size, seed=0, input_context=None):
+  """One pass over a split in order, in batches (the last may be smaller).
+
+  Args:
+    images: uint8 [N, H, W, 3].
+    labels: int [N].
+    batch_size: global batch size.
+    seed: seed of the per-example attack seeds.
+    input_context: a ``tf.distribute.InputContext`` to shard by, or None.
+
+  Returns:
+    A ``tf.data.Dataset`` of dicts with ``image``, ``label`` and ``seed``.
+  """
+  ds = tf.data.Dataset.from_tensor_slices(
+      (images, np.asarray(labels, np.int32))).enumerate()
+  per_replica = batch_size
+  if input_context is not None:
+    ds = ds.shard(input_context.num_input_pipelines,
+                  input_context.input_pipeline_id)
+    per_replica = input_context.get_per_replica_batch_size(batch_size)
+
+  def example(position, pair):
+    image, label = pair
+    _, attack_seed, _ = _example_keys(seed, position)
+    return {"image": tf.image.convert_image_dtype(image, tf.float32),
+            "label": label, "seed": attack_seed}
+
+  return ds.map(example, num_parallel_calls=AUTOTUNE).batch(
+      per_replica).prefetch(AUTOTUNE)

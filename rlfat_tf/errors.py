@@ -1,0 +1,13 @@
+"""Errors that the user can fix from the command line."""
+
+
+class UserError(Exception):
+  """Bad input: the message is one line that names the problem and the fix.
+
+  Entry points print it as a single ``error:`` line and exit non-zero instead
+  of showing a traceback.
+  """
+
+
+class TrainingDiverged(UserError):
+  """The loss became NaN or Inf; checkpoints written before it are kept."""

@@ -1,0 +1,290 @@
+r"""Trains a robust classifier with RLFAT, PGDAT, TRADES or an RBSAT ablation.
+
+Examples:
+  python -m rlfat_tf.train --flagfile=flags/smoke.cfg --model_dir=/tmp/smoke
+  python -m rlfat_tf.train --dataset=stl10 --method=rlfat_t \
+      --model_dir=runs/stl10_rlfat_t
+  python -m rlfat_tf.train --dataset=cifar10 --data_dir=../shared/data \
+      --method=rlfat_p --depth=16 --width=2 --model_dir=runs/c10
+
+Running again with the same --model_dir resumes from its last checkpoint;
+--train_steps may grow, the other training flags must stay the same.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+# Before TensorFlow loads: keep its C++ start-up chatter off the console.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import tensorflow as tf
+
+from rlfat_tf import data
+from rlfat_tf import errors
+from rlfat_tf import models
+from rlfat_tf import objectives
+from rlfat_tf import runs
+from rlfat_tf import sources
+from rlfat_tf import trainer
+
+
+# The official code's per-dataset settings: architecture, PGD steps and
+# training steps (``*/config.json`` and ``model_bn.py`` of JHL-HUST/RLFAT).
+DATASET_DEFAULTS = {
+    "cifar10": {"depth": 34, "width": 10, "attack_steps": 10,
+                "train_steps": 79_800},
+    "cifar10_sample": {"depth": 34, "width": 10, "attack_steps": 10,
+                       "train_steps": 79_800},
+    "cifar100": {"depth": 34, "width": 10, "attack_steps": 7,
+                 "train_steps": 79_800},
+    "stl10": {"depth": 40, "width": 2, "attack_steps": 7,
+              "train_steps": 29_700},
+}
+
+# Flags that may change when a run resumes; any other must match the run.
+RESUMABLE_CHANGES = frozenset({
+    "train_steps", "steps_per_loop", "checkpoint_every", "eval_every",
+    "keep_checkpoints", "jit_compile", "progress", "data_dir",
+    "tfds_data_dir", "deterministic"})
+
+FLAGS = flags.FLAGS
+
+# Data.
+flags.DEFINE_enum("dataset", "cifar10_sample", sources.DATASETS,
+                  "Dataset; cifar10_sample is a 4,000/1,000-image CIFAR-10 "
+                  "sample embedded in the package (no download).")
+flags.DEFINE_string("data_dir", None,
+                    "Folder holding the official binary release "
+                    "(cifar-10-batches-bin/, cifar-100-binary/ or "
+                    "stl10_binary/); without it, tensorflow-datasets loads "
+                    "the dataset.")
+flags.DEFINE_string("tfds_data_dir", None,
+                    "tensorflow-datasets data folder (default: its own).")
+flags.DEFINE_integer("val_size", 0, "Training examples held out for "
+                     "validation and best-checkpoint selection (0: none, as "
+                     "in the paper).", lower_bound=0)
+flags.DEFINE_bool("flip", True, "Random horizontal flips (official code).")
+flags.DEFINE_integer("pad_crop", 0, "Zero-pad by this many pixels and crop "
+                     "back at random (0: off, as in the official code).",
+                     lower_bound=0)
+
+# Model.
+flags.DEFINE_integer("depth", None, "WRN depth 6n+4 (default: 34 on CIFAR, "
+                     "40 on STL-10).", lower_bound=10)
+flags.DEFINE_integer("width", None, "WRN widening factor (default: 10 on "
+                     "CIFAR, 2 on STL-10).", lower_bound=1)
+
+# Method and attack.
+flags.DEFINE_enum("method", "rlfat_p", tuple(objectives.METHODS), "Training method.")
+flags.DEFINE_float("epsilon", 0.03, "L-inf radius of the training attack, "
+                   "in (0, 1].")
+flags.DEFINE_float("step_size", 0.0075, "Step of the training attack, in "
+                   "(0, 1].")
+flags.DEFINE_integer("attack_steps", None, "Steps of the training attack "
+                     "(default: 10 on CIFAR-10, 7 on CIFAR-100 and STL-10).",
+                     lower_bound=1)
+flags.DEFINE_enum("attack_bn_mode", "train", ("train", "eval"),
+                  "BatchNorm mode of the model while the training attack "
+                  "runs (train: the official code; eval: TRADES's code).")
+flags.DEFINE_float("trades_beta", 6.0, "Weight of the KL term (trades, "
+                   "rlfat_t, rbsat_t).", lower_bound=0.0)
+flags.DEFINE_float("eta", None, "Weight of the transfer term (default: 0.5 "
+                   "for rlfat_p, 1.0 for rlfat_t).", lower_bound=0.0)
+flags.DEFINE_integer("rbs_blocks", 2, "Random Block Shuffle blocks per "
+                     "axis.", lower_bound=1)
+flags.DEFINE_enum("rbs_granularity", "batch", ("batch", "example"),
+                  "One RBS per batch (official code) or per example "
+                  "(paper text).")
+
+# Optimisation.
+flags.DEFINE_integer("batch_size", 32, "Global batch size.", lower_bound=1)
+flags.DEFINE_integer("train_steps", None, "Optimizer steps (default: 79,800 "
+                     "on CIFAR, 29,700 on STL-10).", lower_bound=1)
+flags.DEFINE_enum("optimizer", "adam", ("adam", "sgd"), "Optimizer.")
+flags.DEFINE_float("learning_rate", 1e-3, "Initial learning rate.",
+                   lower_bound=0.0)
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.", lower_bound=0.0,
+                   upper_bound=1.0)
+flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (0: none, "
+                   "as in the official code).", lower_bound=0.0)
+flags.DEFINE_list("lr_boundaries", [], "Steps at which the learning rate is "
+                  "multiplied by --lr_decay, e.g. 40000,60000.")
+flags.DEFINE_float("lr_decay", 0.1, "Learning-rate factor at each boundary.",
+                   lower_bound=0.0)
+
+# Loop, checkpoints, logging.
+flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, summaries, "
+                    "flags.json, metrics.json.")
+flags.DEFINE_integer("steps_per_loop", 100, "Steps per call of the compiled "
+                     "loop.", lower_bound=1)
+flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.",
+                     lower_bound=1)
+flags.DEFINE_integer("keep_checkpoints", 3, "Recent checkpoints kept.",
+                     lower_bound=1)
+flags.DEFINE_integer("eval_every", None, "Steps between validations "
+                     "(default: --checkpoint_every).", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, data order, "
+                     "augmentation, attack starts and RBS.", lower_bound=0)
+flags.DEFINE_bool("deterministic", False, "Turn on TensorFlow op determinism "
+                  "(bit-exact reruns and resumes on CPU; slower).")
+flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+flags.mark_flag_as_required("model_dir")
+for _name in ("epsilon", "step_size"):
+  flags.register_validator(
+      _name, lambda v: 0.0 < v <= 1.0,
+      message=f"--{_name} must be in (0, 1] (images are in [0, 1]; e.g. "
+      f"0.03 for 7.65/255)")
+flags.register_validator(
+    "lr_boundaries", lambda v: all(s.isdigit() and int(s) > 0 for s in v) and
+    [int(s) for s in v] == sorted({int(s) for s in v}),
+    message="--lr_boundaries must be increasing positive step numbers, e.g. "
+    "40000,60000")
+
+
+def flag_values():
+  """The parsed values of this module's flags, by name."""
+  return {f.name: f.value
+          for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
+
+
+def resolve_flags(values):
+  """Fills per-dataset and per-method defaults and checks flag combinations.
+
+  Args:
+    values: dict of flag values as parsed.
+
+  Returns:
+    A new dict with every default resolved.
+
+  Raises:
+    errors.UserError: flags that contradict each other.
+  """
+
+  out = dict(values)
+  for key, default in DATASET_DEFAULTS[out["dataset"]].items():
+    if out[key] is None:
+      out[key] = default
+  method = objectives.METHODS[out["method"]]
+  if out["eta"] is not None and not method.has_transfer:
+    raise errors.UserError(
+        f"--eta has no effect with --method={method.name}, which has no "
+        f"transfer term: drop --eta or use rlfat_p / rlfat_t")
+  if out["eta"] is None:
+    out["eta"] = method.default_eta
+  if out["eval_every"] is None:
+    out["eval_every"] = out["checkpoint_every"]
+  out["lr_boundaries"] = [int(s) for s in out["lr_boundaries"]]
+  try:
+    models.units_per_stage(out["depth"])
+  except ValueError:
+    raise errors.UserError(
+        f"--depth={out['depth']} is not a WideResNet depth: use 6n+4, e.g. "
+        f"10, 16, 28, 34 or 40") from None
+  if out["step_size"] > out["epsilon"] * 2 + 1e-12:
+    raise errors.UserError(
+        f"--step_size={out['step_size']} exceeds twice --epsilon="
+        f"{out['epsilon']}: each step would leave the ball; use a smaller "
+        f"step (official: 0.0075 for 0.03)")
+  return out
+
+
+def check_resume(model_dir, values):
+  """Refuses to resume a run in ``model_dir`` with different flags."""
+
+  try:
+    previous = runs.load_flags(model_dir)
+  except errors.UserError:
+    return
+  for key, value in values.items():
+    if key in RESUMABLE_CHANGES or previous.get(key, value) == value:
+      continue
+    raise errors.UserError(
+        f"{model_dir} holds a run trained with --{key}={previous[key]}, not "
+        f"{value}: pass the same value to resume it, or a new --model_dir")
+
+
+def run(values):
+  """Trains with resolved flag values; returns the final metrics."""
+
+
+  model_dir = values["model_dir"]
+  check_resume(model_dir, values)
+  if values["deterministic"]:
+    tf.config.experimental.enable_op_determinism()
+  keras.utils.set_random_seed(values["seed"])
+
+  images, labels = sources.load_split(values["dataset"], "train",
+                                      values["data_dir"],
+                                      values["tfds_data_dir"])
+  if values["val_size"] >= len(images):
+    raise errors.UserError(
+        f"--val_size={values['val_size']} leaves no training data "
+        f"({len(images)} examples): use a smaller --val_size")
+  (images, labels), (val_images, val_labels) = data.validation_split(
+      images, labels, values["val_size"])
+
+  config = trainer.TrainConfig(
+      method=values["method"], epsilon=values["epsilon"],
+      step_size=values["step_size"], attack_steps=values["attack_steps"],
+      attack_bn_mode=values["attack_bn_mode"],
+      trades_beta=values["trades_beta"], eta=values["eta"],
+      batch_size=values["batch_size"], train_steps=values["train_steps"],
+      steps_per_loop=values["steps_per_loop"], optimizer=values["optimizer"],
+      learning_rate=values["learning_rate"], momentum=values["momentum"],
+      weight_decay=values["weight_decay"],
+      lr_boundaries=tuple(values["lr_boundaries"]),
+      lr_decay=values["lr_decay"],
+      checkpoint_every=values["checkpoint_every"],
+      keep_checkpoints=values["keep_checkpoints"],
+      eval_every=values["eval_every"], jit_compile=values["jit_compile"])
+  augmentation = data.Augmentation(flip=values["flip"],
+                                   pad_crop=values["pad_crop"])
+  rbs_blocks = values["rbs_blocks"] if config.method_spec.uses_rbs else None
+
+  def train_input_fn(input_context):
+    return data.train_dataset(
+        images, labels, batch_size=config.batch_size, seed=values["seed"],
+        augmentation=augmentation, rbs_blocks=rbs_blocks,
+        rbs_granularity=values["rbs_granularity"],
+        input_context=input_context)
+
+  def val_input_fn(input_context):
+    return data.eval_dataset(val_images, val_labels,
+                             batch_size=config.batch_size,
+                             seed=values["seed"], input_context=input_context)
+
+  runs.save_flags(model_dir, values)
+  runner = trainer.Trainer(
+      config, lambda: runs.build_model(values), train_input_fn, model_dir,
+      val_input_fn=val_input_fn if len(val_images) else None,
+      verbose=int(values["progress"]))
+  restored = runner.restore()
+  if restored:
+    print(f"resuming from {restored} (step {runner.step})", flush=True)
+  metrics = runner.train()
+  print(f"trained to step {runner.step}; last checkpoint: "
+        f"{runner.manager.latest_checkpoint}", flush=True)
+  return metrics
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    run(resolve_flags(flag_values()))
+  except errors.UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

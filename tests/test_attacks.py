@@ -1,0 +1,152 @@
+"""Tests of the in-graph attacks used in training."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rlfat_tf import attacks
+from rlfat_tf import models
+from rlfat_tf import objectives
+
+EPS = 0.03
+
+
+@pytest.fixture(scope="module")
+def model():
+  keras.utils.set_random_seed(0)
+  return models.wide_resnet(10, 1, 10, (8, 8, 3))
+
+
+@pytest.fixture(scope="module")
+def batch():
+  rng = np.random.RandomState(0)
+  images = rng.rand(6, 8, 8, 3).astype(np.float32)
+  images[0] = 0.0  # an all-black and an all-white image test the [0, 1] clip
+  images[1] = 1.0
+  labels = rng.randint(0, 10, 6).astype(np.int32)
+  seeds = np.stack([np.full(6, 3), np.arange(6)], axis=1).astype(np.int64)
+  return tf.constant(images), tf.constant(labels), tf.constant(seeds)
+
+
+def _bn_stats(model):
+  return [v.numpy().copy() for v in model.non_trainable_variables]
+
+
+def test_projection_keeps_the_ball_and_the_pixel_range():
+  x = tf.constant([[0.0, 0.5, 1.0, 0.02]])
+  adv = attacks.project(tf.constant([[-0.5, 0.6, 1.5, 0.0]]), x, EPS)
+  np.testing.assert_allclose(adv.numpy(), [[0.0, 0.53, 1.0, 0.0]], atol=1e-7)
+
+
+@pytest.mark.parametrize("start", ["uniform", "normal"])
+def test_random_start_is_per_example_and_independent_of_the_batch(batch,
+                                                                  start):
+  images, _, seeds = batch
+  spec = attacks.AttackSpec(EPS, 0.01, 1, "ce", start, "eval")
+  full = attacks.random_start(spec, images, seeds).numpy()
+  part = attacks.random_start(spec, images[3:], seeds[3:]).numpy()
+  np.testing.assert_array_equal(full[3:], part)
+  assert not np.array_equal(full[3] - images[3], full[4] - images[4])
+  delta = full[2:] - images.numpy()[2:]
+  if start == "uniform":
+    assert np.abs(delta).max() <= EPS + 1e-7
+    assert np.abs(delta).mean() > EPS / 3  # spread over [-eps, eps]
+  else:
+    assert 0.0008 < delta.std() < 0.0012
+
+
+def test_one_step_from_the_clean_image_is_fgsm(model, batch):
+  images, labels, seeds = batch
+  spec = attacks.AttackSpec(EPS, EPS, 1, "ce", "none", "eval")
+  with tf.GradientTape() as tape:
+    tape.watch(images)
+    loss = tf.reduce_sum(objectives.cross_entropy(
+        model(images, training=False), labels))
+  grad = tape.gradient(loss, images).numpy()
+  expected = np.clip(images.numpy() + EPS * np.sign(grad), 0.0, 1.0)
+  adv = attacks.perturb(model, spec, images, labels, seeds).numpy()
+  np.testing.assert_allclose(adv, expected, atol=1e-7)
+
+
+def test_pgd_stays_valid_and_raises_the_loss(model, batch):
+  images, labels, seeds = batch
+  spec = attacks.pgd(EPS, 0.0075, 10, "eval")
+  adv = attacks.perturb(model, spec, images, labels, seeds)
+  x, a = images.numpy(), adv.numpy()
+  assert np.abs(a - x).max() <= EPS + 1e-6
+  assert a.min() >= 0.0 and a.max() <= 1.0
+  clean_loss = objectives.cross_entropy(model(images, training=False), labels)
+  adv_loss = objectives.cross_entropy(model(adv, training=False), labels)
+  assert np.all(adv_loss.numpy() >= clean_loss.numpy() - 1e-6)
+  assert adv_loss.numpy().mean() > clean_loss.numpy().mean()
+
+
+def test_trades_attack_raises_the_kl(model, batch):
+  images, labels, seeds = batch
+  spec = attacks.trades_kl(EPS, 0.0075, 5, "eval")
+  adv = attacks.perturb(model, spec, images, labels, seeds)
+  clean = model(images, training=False)
+  kl = objectives.kl_divergence(clean, model(adv, training=False)).numpy()
+  start = attacks.random_start(spec, images, seeds)
+  kl_start = objectives.kl_divergence(clean,
+                                      model(start, training=False)).numpy()
+  assert kl.mean() > 10 * kl_start.mean()
+  assert np.abs(adv.numpy() - images.numpy()).max() <= EPS + 1e-6
+
+
+def test_graph_and_eager_attacks_agree(model, batch):
+  images, labels, seeds = batch
+  spec = attacks.pgd(EPS, 0.0075, 3, "eval")
+  eager = attacks.perturb(model, spec, images, labels, seeds)
+  graph = tf.function(
+      lambda x, y, s: attacks.perturb(model, spec, x, y, s))(images, labels,
+                                                             seeds)
+  np.testing.assert_allclose(graph.numpy(), eager.numpy(), atol=1e-6)
+
+
+def test_eval_bn_mode_leaves_moving_statistics_untouched(model, batch):
+  images, labels, seeds = batch
+  before = _bn_stats(model)
+  for loss in ("ce", "kl"):
+    spec = attacks.AttackSpec(EPS, 0.0075, 3, loss, "uniform", "eval")
+    tf.function(lambda: attacks.perturb(model, spec, images, labels, seeds))()
+  for b, a in zip(before, _bn_stats(model)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_train_bn_mode_updates_moving_statistics_every_step(batch):
+  images, labels, seeds = batch
+  model = models.wide_resnet(10, 1, 10, (8, 8, 3))
+  mean = model.get_layer("stage1_unit0_pre_bn").moving_mean
+  spec = attacks.pgd(EPS, 0.0075, 3, "train")
+  attacks.perturb(model, spec, images, labels, seeds)
+  after_three = mean.numpy().copy()
+  # Each forward pass in train mode moves the average 10% of the way to the
+  # batch mean, so three passes from zero reach (1 - 0.9^3) of it. The attack
+  # inputs are within 0.03 of the clean images, whose BN input mean is used.
+  conv_mean = model.get_layer("init_conv")(images).numpy().mean(axis=(0, 1, 2))
+  assert not np.allclose(after_three, 0.0)
+  np.testing.assert_allclose(after_three, (1 - 0.9**3) * conv_mean,
+                             rtol=0.05, atol=1e-3)
+
+
+def test_cw_margin_masks_the_true_class():
+  # Every other logit is negative: the runner-up is -1, not the masked 0 that
+  # the official code's multiplication picks.
+  logits = tf.constant([[5.0, -1.0, -2.0], [0.0, 2.0, 1.0]])
+  labels = tf.constant([0, 1])
+  np.testing.assert_allclose(
+      attacks.cw_margin(logits, labels).numpy(),
+      [-(5.0 - (-1.0) + 50.0), -(2.0 - 1.0 + 50.0)])
+  # A confident misclassification puts the margin below -confidence: relu 0.
+  np.testing.assert_allclose(
+      attacks.cw_margin(tf.constant([[-60.0, 0.0]]), tf.constant([0])).numpy(),
+      [0.0])
+
+
+def test_bad_specs_are_rejected():
+  with pytest.raises(ValueError):
+    attacks.AttackSpec(EPS, 0.01, 1, "hinge", "uniform", "eval")
+  with pytest.raises(ValueError):
+    attacks.AttackSpec(EPS, 0.01, 1, "ce", "uniform", "inference")

@@ -1,0 +1,188 @@
+"""Tests of the tf.data pipelines."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rlfat_tf import data
+
+N, H, W = 20, 6, 5
+
+
+@pytest.fixture(scope="module")
+def arrays():
+  rng = np.random.RandomState(0)
+  images = rng.randint(0, 256, (N, H, W, 3)).astype(np.uint8)
+  # Stamp each image with its index so a batch can be traced to its source.
+  images[:, 0, 0, 0] = np.arange(N)
+  labels = (np.arange(N) * 7 % 10).astype(np.int32)
+  return images, labels
+
+
+def _take(ds, n):
+  it = iter(ds)
+  return [{k: v.numpy() for k, v in next(it).items()} for _ in range(n)]
+
+
+def _source_index(image):
+  return int(round(image[0, 0, 0] * 255))
+
+
+def test_batches_are_float_images_with_their_labels(arrays):
+  images, labels = arrays
+  ds = data.train_dataset(images, labels, batch_size=4, seed=1,
+                          augmentation=data.Augmentation(flip=False))
+  for batch in _take(ds, 10):
+    assert batch["image"].dtype == np.float32
+    assert batch["image"].shape == (4, H, W, 3)
+    assert batch["seed"].shape == (4, 2)
+    assert "rbs_rows" not in batch
+    for image, label in zip(batch["image"], batch["label"]):
+      index = _source_index(image)
+      np.testing.assert_allclose(image, images[index] / 255.0, atol=1e-6)
+      assert label == labels[index]
+
+
+def test_each_epoch_visits_every_example_once_in_a_new_order(arrays):
+  images, labels = arrays
+  ds = data.train_dataset(images, labels, batch_size=5, seed=1,
+                          augmentation=data.Augmentation(flip=False))
+  batches = _take(ds, 8)
+  order = [_source_index(x) for b in batches for x in b["image"]]
+  assert sorted(order[:N]) == list(range(N))
+  assert sorted(order[N:]) == list(range(N))
+  assert order[:N] != order[N:]
+
+
+def test_same_seed_same_stream_other_seed_other_stream(arrays):
+  images, labels = arrays
+  make = lambda s: data.train_dataset(  # pylint: disable=g-long-lambda
+      images, labels, batch_size=4, seed=s, augmentation=data.Augmentation(),
+      rbs_blocks=2)
+  a, b, c = _take(make(3), 3), _take(make(3), 3), _take(make(4), 3)
+  for x, y in zip(a, b):
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  assert not np.array_equal(a[0]["image"], c[0]["image"])
+
+
+def test_flip_mirrors_some_images_and_nothing_else(arrays):
+  images, labels = arrays
+  ds = data.train_dataset(images, labels, batch_size=N, seed=2,
+                          augmentation=data.Augmentation(flip=True))
+  flipped = 0
+  for batch in _take(ds, 3):
+    for image in batch["image"]:
+      # The index stamp sits at column 0 unflipped and W - 1 flipped.
+      as_is = [x for x in range(N)
+               if np.allclose(image, images[x] / 255.0, atol=1e-6)]
+      mirrored = [x for x in range(N)
+                  if np.allclose(image[:, ::-1], images[x] / 255.0,
+                                 atol=1e-6)]
+      assert as_is or mirrored
+      flipped += bool(mirrored) and not as_is
+  assert 0.3 < flipped / (3 * N) < 0.7
+
+
+def test_pad_crop_is_a_window_of_the_zero_padded_image(arrays):
+  images, labels = arrays
+  pad = 2
+  ds = data.train_dataset(images, labels, batch_size=N, seed=3,
+                          augmentation=data.Augmentation(flip=False,
+                                                         pad_crop=pad))
+  shifts = set()
+  padded = np.pad(images / 255.0, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+  for image in _take(ds, 1)[0]["image"]:
+    found = [(i, dy, dx) for i in range(N) for dy in range(2 * pad + 1)
+             for dx in range(2 * pad + 1)
+             if np.allclose(image, padded[i, dy:dy + H, dx:dx + W], atol=1e-6)]
+    assert found
+    shifts.add(found[0][1:])
+  assert len(shifts) > 3
+
+
+@pytest.mark.parametrize("granularity", ["batch", "example"])
+def test_rbs_params_travel_with_the_batch(arrays, granularity):
+  images, labels = arrays
+  ds = data.train_dataset(images, labels, batch_size=4, seed=5,
+                          augmentation=data.Augmentation(), rbs_blocks=3,
+                          rbs_granularity=granularity)
+  batches = _take(ds, 6)
+  lead = (4,) if granularity == "example" else ()
+  for batch in batches:
+    assert batch["rbs_rows"].shape == lead + (H,)
+    assert batch["rbs_cols"].shape == lead + (W,)
+    for rows in batch["rbs_rows"].reshape(-1, H):
+      assert sorted(rows) == list(range(H))
+    for cols in batch["rbs_cols"].reshape(-1, W):
+      assert sorted(cols) == list(range(W))
+  distinct = {b["rbs_rows"].tobytes() + b["rbs_cols"].tobytes()
+              for b in batches}
+  assert len(distinct) > 1
+
+
+def test_sharded_pipelines_split_the_same_examples(arrays):
+  images, labels = arrays
+  kwargs = dict(batch_size=4, seed=6, augmentation=data.Augmentation(),
+                rbs_blocks=None)
+  whole = _take(data.train_dataset(images, labels, **kwargs), 1)[0]
+  shards = [
+      _take(data.train_dataset(
+          images, labels, input_context=tf.distribute.InputContext(
+              num_input_pipelines=2, input_pipeline_id=i,
+              num_replicas_in_sync=2), **kwargs), 1)[0]
+      for i in range(2)]
+  assert all(s["image"].shape[0] == 2 for s in shards)
+  # Same examples, same augmentation and same attack seeds, whatever the
+  # sharding: example j of the stream goes to pipeline j % 2.
+  for key in ("image", "label", "seed"):
+    merged = np.stack([shards[0][key], shards[1][key]], axis=1).reshape(
+        whole[key].shape)
+    np.testing.assert_array_equal(merged, whole[key])
+
+
+def test_iterator_checkpoint_resumes_the_exact_stream(arrays, tmp_path):
+  images, labels = arrays
+  make = lambda: data.train_dataset(  # pylint: disable=g-long-lambda
+      images, labels, batch_size=3, seed=7,
+      augmentation=data.Augmentation(pad_crop=1), rbs_blocks=2,
+      rbs_granularity="example")
+  reference = _take(make(), 12)
+  it = iter(make())
+  for _ in range(5):
+    next(it)
+  path = tf.train.Checkpoint(it=it).save(str(tmp_path / "it"))
+  resumed = iter(make())
+  tf.train.Checkpoint(it=resumed).restore(path)
+  for expected in reference[5:]:
+    got = next(resumed)
+    for key in expected:
+      np.testing.assert_array_equal(got[key].numpy(), expected[key])
+
+
+def test_validation_split_is_disjoint_fixed_and_complete(arrays):
+  images, labels = arrays
+  (tx, ty), (vx, vy) = data.validation_split(images, labels, 6)
+  assert len(vx) == 6 and len(tx) == N - 6
+  train_ids = {_source_index(x / 255.0) for x in tx}
+  val_ids = {_source_index(x / 255.0) for x in vx}
+  assert not train_ids & val_ids and len(train_ids | val_ids) == N
+  np.testing.assert_array_equal(vy, labels[sorted(val_ids)])
+  (_, _), (vx2, _) = data.validation_split(images, labels, 6)
+  np.testing.assert_array_equal(vx, vx2)
+  (_, _), (none, _) = data.validation_split(images, labels, 0)
+  assert len(none) == 0
+  with pytest.raises(ValueError):
+    data.validation_split(images, labels, N)
+
+
+def test_eval_dataset_is_one_ordered_pass(arrays):
+  images, labels = arrays
+  batches = list(data.eval_dataset(images, labels, batch_size=8))
+  assert [len(b["label"]) for b in batches] == [8, 8, 4]
+  got = np.concatenate([b["image"].numpy() for b in batches])
+  np.testing.assert_allclose(got, images / 255.0, atol=1e-6)
+  np.testing.assert_array_equal(
+      np.concatenate([b["label"].numpy() for b in batches]), labels)
+  seeds = np.concatenate([b["seed"].numpy() for b in batches])
+  assert len({tuple(s) for s in seeds}) == N

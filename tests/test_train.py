@@ -1,0 +1,207 @@
+"""End-to-end tests of `python -m rlfat_tf.train` and the training loop."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from rlfat_tf import data
+from rlfat_tf import errors
+from rlfat_tf import models
+from rlfat_tf import objectives
+from rlfat_tf import train
+from rlfat_tf import trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "flags" / "smoke.cfg")
+SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar-10-batches-bin"
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+           PYTHONPATH=str(ROOT))
+
+
+def _parse(*argv):
+  train.FLAGS.unparse_flags()
+  train.FLAGS(["train", f"--flagfile={SMOKE}", *argv])
+  return train.resolve_flags(train.flag_values())
+
+
+def _cli(*argv, timeout=300):
+  return subprocess.run([sys.executable, "-m", "rlfat_tf.train", *argv],
+                        capture_output=True, text=True, env=ENV, cwd=ROOT,
+                        timeout=timeout, check=False)
+
+
+def _checkpoint_values(path, prefix="model/"):
+  reader = tf.train.load_checkpoint(path)
+  # The iterator's state is a variant tensor with no numpy form; the weights
+  # and optimizer slots are what must agree.
+  return {k: reader.get_tensor(k)
+          for k, dtype in reader.get_variable_to_dtype_map().items()
+          if k.startswith(prefix) and dtype != tf.variant
+          and "OBJECT_GRAPH" not in k}
+
+
+def _summary_tags(model_dir):
+  acc = event_accumulator.EventAccumulator(
+      os.path.join(model_dir, "summaries"),
+      size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  return set(acc.Tags()["tensors"])
+
+
+@pytest.mark.parametrize("method", sorted(objectives.METHODS))
+def test_smoke_config_trains_every_method(method, tmp_path):
+  model_dir = str(tmp_path / method)
+  metrics = train.run(_parse(f"--model_dir={model_dir}", f"--method={method}"))
+  assert tf.train.latest_checkpoint(
+      os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
+  with open(os.path.join(model_dir, "flags.json")) as f:
+    saved = json.load(f)
+  assert saved["method"] == method and saved["depth"] == 10
+  assert saved["eta"] == objectives.METHODS[method].default_eta
+  with open(os.path.join(model_dir, "metrics.json")) as f:
+    written = json.load(f)
+  assert written["step"] == 6
+  expected = {"train/loss", "train/loss_ce", "train/clean_accuracy",
+              "train/adv_accuracy", "train/learning_rate",
+              "train/examples_per_second", "val/clean_accuracy",
+              "val/pgd_accuracy"}
+  if objectives.METHODS[method].kl_pass:
+    expected.add("train/loss_kl")
+  if objectives.METHODS[method].has_transfer:
+    expected.add("train/loss_transfer")
+  if objectives.METHODS[method].uses_rbs:
+    expected.add("train/rbs_accuracy")
+  assert set(metrics) == expected
+  # One dictionary: its keys are both the TensorBoard tags and the JSON keys.
+  assert _summary_tags(model_dir) == expected
+  assert set(written) == expected | {"step"}
+  for key in expected - {"train/learning_rate", "train/examples_per_second"}:
+    assert 0.0 <= metrics[key] < 10.0, key
+  with open(os.path.join(model_dir, "best.json")) as f:
+    best = json.load(f)
+  assert best["criterion"] == "val/pgd_accuracy" and best["step"] in (3, 6)
+
+
+def test_rerun_with_more_steps_resumes(tmp_path, capsys):
+  model_dir = str(tmp_path / "run")
+  train.run(_parse(f"--model_dir={model_dir}", "--method=pgdat",
+                   "--val_size=0"))
+  first = _checkpoint_values(os.path.join(model_dir, "checkpoints", "ckpt-6"))
+  capsys.readouterr()
+  train.run(_parse(f"--model_dir={model_dir}", "--method=pgdat",
+                   "--val_size=0", "--train_steps=9"))
+  out = capsys.readouterr().out
+  assert "resuming from" in out and "(step 6)" in out
+  assert tf.train.latest_checkpoint(
+      os.path.join(model_dir, "checkpoints")).endswith("ckpt-9")
+  with open(os.path.join(model_dir, "metrics.json")) as f:
+    assert json.load(f)["step"] == 9
+  later = _checkpoint_values(os.path.join(model_dir, "checkpoints", "ckpt-9"))
+  assert any(not np.array_equal(first[k], later[k]) for k in first)
+  # Resuming with another method would mix two runs: refused.
+  with pytest.raises(errors.UserError, match="--method=pgdat"):
+    train.run(_parse(f"--model_dir={model_dir}", "--method=trades",
+                     "--val_size=0", "--train_steps=12"))
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+  common = [f"--flagfile={SMOKE}", "--method=rlfat_t", "--deterministic",
+            "--val_size=0", "--train_steps=24", "--steps_per_loop=2",
+            "--checkpoint_every=2", "--keep_checkpoints=30", "--noprogress"]
+  straight = tmp_path / "straight"
+  result = _cli(*common, f"--model_dir={straight}")
+  assert result.returncode == 0, result.stderr
+
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "rlfat_tf.train", *common,
+       f"--model_dir={killed}"], env=ENV, cwd=ROOT,
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  index = killed / "checkpoints" / "ckpt-4.index"
+  deadline = time.time() + 240
+  while not index.exists() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  final = killed / "checkpoints" / "ckpt-24.index"
+  assert not final.exists(), "the run finished before it could be killed"
+
+  result = _cli(*common, f"--model_dir={killed}")
+  assert result.returncode == 0, result.stderr
+  assert "resuming from" in result.stdout
+  a = _checkpoint_values(str(straight / "checkpoints" / "ckpt-24"), prefix="")
+  b = _checkpoint_values(str(killed / "checkpoints" / "ckpt-24"), prefix="")
+  assert set(a) == set(b)
+  for key in a:
+    if "save_counter" in key:
+      continue
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--dataset=mnist"], "--dataset"),
+    (["--epsilon=1.5"], "--epsilon must be in (0, 1]"),
+    (["--attack_steps=0"], "--attack_steps"),
+    (["--lr_boundaries=60000,40000"], "--lr_boundaries must be increasing"),
+    (["--depth=12"], "--depth=12 is not a WideResNet depth"),
+    (["--method=pgdat", "--eta=0.5"], "no transfer term"),
+    (["--dataset=cifar100", "--data_dir=/nonexistent"], "--data_dir"),
+])
+def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(argv, needle,
+                                                            tmp_path):
+  model_dir = tmp_path / "run"
+  result = _cli(f"--flagfile={SMOKE}", f"--model_dir={model_dir}", *argv)
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr
+  lines = [l for l in result.stderr.splitlines()
+           if needle in l or l.startswith("error:")]
+  assert len(lines) == 1 and needle in lines[0], result.stderr
+  assert not model_dir.exists() or not any(
+      (model_dir / "checkpoints").glob("ckpt-*"))
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  rng = np.random.RandomState(0)
+  images = rng.randint(0, 256, (64, 8, 8, 3)).astype(np.uint8)
+  labels = rng.randint(0, 10, 64).astype(np.int32)
+  config = trainer.TrainConfig(
+      method="pgdat", attack_steps=1, batch_size=16, train_steps=40,
+      steps_per_loop=1, checkpoint_every=1, keep_checkpoints=50,
+      optimizer="sgd", learning_rate=1e12, momentum=0.0)
+  runner = trainer.Trainer(
+      config, lambda: models.wide_resnet(10, 1, 10, (8, 8, 3)),
+      lambda ctx: data.train_dataset(
+          images, labels, batch_size=16, seed=0,
+          augmentation=data.Augmentation(), input_context=ctx),
+      str(tmp_path), verbose=0)
+  with pytest.raises(errors.TrainingDiverged, match="NaN or Inf by step"):
+    runner.train()
+  bad_step = runner.step
+  saved = sorted(int(p.stem.split("-")[1])
+                 for p in (tmp_path / "checkpoints").glob("ckpt-*.index"))
+  assert saved and max(saved) < bad_step
+  for value in _checkpoint_values(
+      str(tmp_path / "checkpoints" / f"ckpt-{max(saved)}")).values():
+    assert np.all(np.isfinite(value))
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.exists(),
+                    reason="real CIFAR-10 is not on this machine")
+def test_trains_on_real_cifar10_from_data_dir(tmp_path):
+  metrics = train.run(_parse(
+      f"--model_dir={tmp_path}", "--dataset=cifar10", "--method=rlfat_t",
+      f"--data_dir={SHARED_CIFAR.parent}", "--train_steps=3",
+      "--val_size=64"))
+  assert metrics["val/clean_accuracy"] >= 0.0
+  with open(tmp_path / "flags.json") as f:
+    assert json.load(f)["dataset"] == "cifar10"
