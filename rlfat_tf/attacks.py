@@ -19,10 +19,12 @@ import tensorflow as tf
 from rlfat_tf import objectives
 
 BN_MODES = ("train", "eval")
+# The confidence kappa of the official CW-margin attack.
+CW_CONFIDENCE = 50.0
 STARTS = ("uniform", "normal", "none")
 
 
-def cw_margin(logits, labels, confidence=50.0):
+def cw_margin(logits, labels, confidence=CW_CONFIDENCE):
   """Carlini-Wagner margin loss, per example: -relu(z_y - max_j!=y z_j + k).
 
   The true class is masked out with a large negative offset before the max.
@@ -36,12 +38,35 @@ def cw_margin(logits, labels, confidence=50.0):
   return -tf.nn.relu(true - other + confidence)
 
 
+def dlr_loss(logits, labels):
+  """Difference-of-logits-ratio loss of Croce & Hein (2020), per example.
+
+  DLR = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12), where z_pi1 >=
+  z_pi2 >= z_pi3 are the three largest logits. It is invariant to shifting
+  and rescaling the logits, so a model cannot hide from it by inflating them.
+  It needs at least three classes.
+
+  Args:
+    logits: [B, K] logits, K >= 3.
+    labels: int [B] true labels.
+
+  Returns:
+    [B] losses; positive exactly when the example is misclassified.
+  """
+  onehot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=logits.dtype)
+  true = tf.reduce_sum(onehot * logits, axis=-1)
+  other = tf.reduce_max(logits - 1e4 * onehot, axis=-1)
+  top3 = tf.math.top_k(logits, k=3).values
+  return -(true - other) / (top3[:, 0] - top3[:, 2] + 1e-12)
+
+
 # Each loss maps (adversarial logits, labels, clean logits) to a [B] loss that
 # the attack maximises. Only "kl" reads the clean logits.
 LOSSES = {
     "ce": lambda logits, labels, _: objectives.cross_entropy(logits, labels),
     "kl": lambda logits, _, clean: objectives.kl_divergence(clean, logits),
     "cw": lambda logits, labels, _: cw_margin(logits, labels),
+    "dlr": lambda logits, labels, _: dlr_loss(logits, labels),
 }
 
 
@@ -88,6 +113,39 @@ def trades_kl(epsilon, step_size, steps, bn_mode):
   """The TRADES inner maximisation of KL(p(x) || p(x'))."""
   return AttackSpec(epsilon, step_size, steps, loss="kl", start="normal",
                     bn_mode=bn_mode)
+
+
+def cw(epsilon, step_size, steps, bn_mode="eval"):
+  """PGD on the CW margin with confidence 50 and a uniform random start.
+
+  The attack of the official evaluation (``pgd_attack_test.py`` with
+  ``loss_func: "cw"``), but with the true class masked correctly (see
+  ``cw_margin``), which makes it stronger than the official one.
+  """
+  return AttackSpec(epsilon, step_size, steps, loss="cw", start="uniform",
+                    bn_mode=bn_mode)
+
+
+def restart_seeds(seeds, restart):
+  """Per-example seeds of one restart of an attack.
+
+  Restart 0 keeps the seeds as given, so a single-restart attack draws the
+  same start as ``perturb`` called directly; restart r > 0 folds r into each
+  example's seed, which gives every restart an independent start.
+
+  Args:
+    seeds: int64 [B, 2] per-example seeds.
+    restart: scalar int, the restart index.
+
+  Returns:
+    int64 [B, 2] seeds.
+  """
+  restart = tf.cast(restart, tf.int32)
+  folded = tf.map_fn(
+      lambda s: tf.cast(
+          tf.random.experimental.stateless_fold_in(s, restart), tf.int64),
+      seeds, fn_output_signature=tf.int64)
+  return tf.where(restart > 0, folded, seeds)
 
 
 def project(adv, images, epsilon):

@@ -150,3 +150,65 @@ def test_bad_specs_are_rejected():
     attacks.AttackSpec(EPS, 0.01, 1, "hinge", "uniform", "eval")
   with pytest.raises(ValueError):
     attacks.AttackSpec(EPS, 0.01, 1, "ce", "uniform", "inference")
+
+
+def test_dlr_loss_matches_a_hand_computation():
+  logits = np.array([[4.0, 1.0, 3.0, -2.0],   # correct: margin 4 - 3
+                     [0.5, 2.0, 1.5, 1.0],    # wrong: runner-up 2.0
+                     [1.0, 1.0, 1.0, 1.0]],   # tie: zero margin, zero spread
+                    np.float32)
+  labels = np.array([0, 3, 2])
+  expected = []
+  for z, y in zip(logits, labels):
+    top = np.sort(z)[::-1]
+    other = np.max(np.delete(z, y))
+    expected.append(-(z[y] - other) / (top[0] - top[2] + 1e-12))
+  got = attacks.dlr_loss(tf.constant(logits), tf.constant(labels)).numpy()
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  np.testing.assert_allclose(got[:2], [-1.0 / 3.0, 1.0 / 1.0], rtol=1e-6)
+  assert attacks.LOSSES["dlr"](tf.constant(logits), tf.constant(labels),
+                               None).shape == (3,)
+
+
+def test_dlr_loss_ignores_shifts_and_scales_of_the_logits():
+  logits = tf.constant([[2.0, -1.0, 0.5, 0.0]])
+  labels = tf.constant([2])
+  np.testing.assert_allclose(attacks.dlr_loss(7.0 * logits + 3.0, labels),
+                             attacks.dlr_loss(logits, labels), rtol=1e-5)
+
+
+def test_cw_spec_is_the_official_cw_pgd_in_eval_mode():
+  spec = attacks.cw(EPS, 0.0075, 20)
+  assert (spec.loss, spec.start, spec.bn_mode, spec.steps) == (
+      "cw", "uniform", "eval", 20)
+
+
+def test_restart_seeds_keep_restart_zero_and_fork_the_others(batch):
+  _, _, seeds = batch
+  np.testing.assert_array_equal(attacks.restart_seeds(seeds, 0), seeds)
+  one = attacks.restart_seeds(seeds, 1).numpy()
+  two = attacks.restart_seeds(seeds, 2).numpy()
+  assert one.dtype == np.int64 and one.shape == seeds.shape
+  every = np.concatenate([seeds.numpy(), one, two])
+  assert len({tuple(s) for s in every}) == 18
+  # A restart's seed depends only on the example's own seed.
+  np.testing.assert_array_equal(attacks.restart_seeds(seeds[2:4], 1), one[2:4])
+
+
+def test_cw_attack_masks_the_true_class_when_other_logits_are_negative():
+  # Linear logits (3 - 8 m, -1.5 + 4 m, -2) of the image mean m. At m = 0.25
+  # both other logits are negative (-0.5, -2); the correctly masked margin
+  # pushes m up by the full 0.2 and the image lands in class 1.
+  inputs = keras.Input((2, 2, 1))
+  mean = keras.layers.GlobalAveragePooling2D()(inputs)
+  logits = keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant(
+      [[-8.0, 4.0, 0.0]]), bias_initializer=keras.initializers.Constant(
+          [3.0, -1.5, -2.0]))(mean)
+  linear = keras.Model(inputs, logits)
+  images = tf.fill([1, 2, 2, 1], 0.25)
+  labels = tf.constant([0])
+  spec = attacks.AttackSpec(0.2, 0.05, 4, "cw", "none", "eval")
+  adv = attacks.perturb(linear, spec, images, labels,
+                        tf.constant([[0, 0]], tf.int64))
+  np.testing.assert_allclose(adv.numpy(), 0.45, atol=1e-6)
+  assert int(tf.argmax(linear(adv), -1)[0]) == 1

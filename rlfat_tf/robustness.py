@@ -1,0 +1,547 @@
+"""Robust accuracy of a classifier, and checks that the number can be trusted.
+
+``evaluate`` runs the white-box attacks (PGD, CW-margin PGD, APGD-CE,
+APGD-DLR) and the black-box N attack over a set of images, and reports each
+attack's accuracy and the per-example worst case: an example counts as robust
+only if it is classified correctly and every white-box attack failed on it.
+An example the model already misclassifies counts as broken by every attack
+(its clean image lies in the ball), so no attack's accuracy exceeds the clean
+accuracy.
+
+Every attack runs with the model in inference mode and is compiled into one
+``tf.function`` per batch, restarts included. With several restarts, each
+example keeps the first adversarial example that broke it (or the last one
+tried), and its final verdict is a fresh forward pass on that example.
+
+The integrity checks catch the usual ways a robustness number is inflated;
+each returns ``{"passed": bool, "detail": one line}``. ``evaluate`` runs:
+
+- outputs_are_logits: the model does not end in a softmax (which saturates
+  the CE and CW losses);
+- zero_epsilon_gives_clean: PGD with epsilon 0 changes no prediction;
+- large_epsilon_breaks_all: PGD with epsilon 0.5 leaves at most 1% accuracy
+  (otherwise the gradients lead nowhere: masking or a broken attack);
+- more_steps_no_gain: PGD with twice the steps from the same starts is not
+  more accurate beyond noise;
+- more_restarts_no_gain: one more restart does not raise accuracy; the runs
+  share their first restarts, so this fails only when predictions are not
+  repeatable (BatchNorm in training mode, a randomised model);
+- black_box_not_stronger: the N attack does not beat the white-box worst case
+  on the same images (a sign of gradient masking);
+- perturbation_within_bounds: every adversarial example is within epsilon of
+  its image and inside [0, 1].
+
+The sweeps run on the first ``check_examples`` images. A caller adds
+``check_variables_unchanged``, comparing snapshots of all model variables
+taken around the whole evaluation.
+"""
+
+import dataclasses
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rlfat_tf import apgd
+from rlfat_tf import attacks
+from rlfat_tf import data
+from rlfat_tf import nattack
+
+WHITE_BOX = ("pgd", "cw", "apgd_ce", "apgd_dlr")
+ATTACKS = WHITE_BOX + ("nattack",)
+
+# Float32 slack allowed on the epsilon-ball and [0, 1] bounds.
+BOUND_TOLERANCE = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class WhiteBoxAttack:
+  """A white-box attack with restarts.
+
+  Attributes:
+    name: key of the attack in results ("pgd", "cw", "apgd_ce", ...).
+    spec: an ``attacks.AttackSpec`` or an ``apgd.APGDSpec``.
+    restarts: independent random starts; an example survives only if it
+      survives all of them.
+  """
+  name: str
+  spec: attacks.AttackSpec | apgd.APGDSpec
+  restarts: int = 1
+
+  def __post_init__(self):
+    if self.restarts < 1:
+      raise ValueError(f"restarts must be positive, got {self.restarts}")
+    if (isinstance(self.spec, attacks.AttackSpec) and
+        self.spec.bn_mode != "eval"):
+      raise ValueError("evaluation attacks must run with bn_mode='eval'")
+
+  def settings(self):
+    """The attack's settings as recorded in results files."""
+    spec = self.spec
+    if isinstance(spec, apgd.APGDSpec):
+      return {"steps": spec.steps, "restarts": self.restarts,
+              "loss": spec.loss, "momentum": spec.momentum, "rho": spec.rho,
+              "initial_step": spec.initial_step}
+    out = {"steps": spec.steps, "step_size": spec.step_size,
+           "restarts": self.restarts, "loss": spec.loss}
+    if spec.loss == "cw":
+      out["confidence"] = attacks.CW_CONFIDENCE
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """What ``evaluate`` runs.
+
+  Attributes:
+    attacks: names from ``ATTACKS`` to run.
+    epsilon: L-infinity radius of every attack.
+    step_size: step of PGD and CW.
+    pgd_steps: PGD steps.
+    cw_steps: CW-margin PGD steps.
+    apgd_steps: APGD iterations (both losses).
+    restarts: random restarts of every white-box attack.
+    black_box: an ``nattack.NAttackSpec`` (its epsilon is replaced by
+      ``epsilon``).
+    nattack_examples: the N attack runs on the first this-many images.
+    checks: run the integrity checks.
+    check_examples: images (the first ones) of the step, restart and
+      epsilon sweeps of the checks.
+    large_epsilon: the radius at which accuracy must collapse.
+    batch_size: images per compiled call.
+    seed: seed of every random start and N-attack draw.
+  """
+  attacks: tuple[str, ...] = ATTACKS
+  epsilon: float = 0.03
+  step_size: float = 0.0075
+  pgd_steps: int = 20
+  cw_steps: int = 20
+  apgd_steps: int = 100
+  restarts: int = 1
+  black_box: nattack.NAttackSpec = nattack.NAttackSpec()
+  nattack_examples: int = 1500
+  checks: bool = True
+  check_examples: int = 500
+  large_epsilon: float = 0.5
+  batch_size: int = 100
+  seed: int = 0
+
+  def __post_init__(self):
+    unknown = set(self.attacks) - set(ATTACKS)
+    if unknown:
+      raise ValueError(f"unknown attacks {sorted(unknown)}; choose from "
+                       f"{ATTACKS}")
+
+  def white_box(self):
+    """The configured white-box attacks, in ``WHITE_BOX`` order."""
+    eps, restarts = self.epsilon, self.restarts
+    specs = {
+        "pgd": attacks.pgd(eps, self.step_size, self.pgd_steps, "eval"),
+        "cw": attacks.cw(eps, self.step_size, self.cw_steps, "eval"),
+        "apgd_ce": apgd.APGDSpec(eps, self.apgd_steps, "ce"),
+        "apgd_dlr": apgd.APGDSpec(eps, self.apgd_steps, "dlr"),
+    }
+    return [WhiteBoxAttack(name, specs[name], restarts)
+            for name in WHITE_BOX if name in self.attacks]
+
+  def nattack_spec(self):
+    """The N attack's settings at this evaluation's epsilon."""
+    return dataclasses.replace(self.black_box, epsilon=self.epsilon)
+
+
+def perturb(model, spec, images, labels, seeds):
+  """Runs a PGD-style or an APGD spec; returns adversarial examples."""
+  if isinstance(spec, apgd.APGDSpec):
+    return apgd.perturb(model, spec, images, labels, seeds)
+  return attacks.perturb(model, spec, images, labels, seeds)
+
+
+def _select(mask, a, b):
+  return tf.where(tf.reshape(mask, [-1, 1, 1, 1]), a, b)
+
+
+def _predictions(model, images, labels):
+  return tf.argmax(model(images, training=False), -1, output_type=labels.dtype)
+
+
+def attack_batch(model, attack, images, labels, seeds):
+  """The worst case of an attack over its restarts, for one batch.
+
+  Args:
+    model: a Keras model mapping images to logits.
+    attack: a ``WhiteBoxAttack``.
+    images: [B, H, W, C] clean images in [0, 1].
+    labels: int [B] true labels.
+    seeds: int64 [B, 2] per-example seeds; restart r uses
+      ``attacks.restart_seeds(seeds, r)``.
+
+  Returns:
+    [B, H, W, C]: per example, the clean image if it is misclassified, else
+    the first adversarial example that broke it, else that of the last
+    restart.
+  """
+  broken = tf.not_equal(_predictions(model, images, labels), labels)
+  best = images
+  for restart in tf.range(attack.restarts):
+    adv = perturb(model, attack.spec, images, labels,
+                  attacks.restart_seeds(seeds, restart))
+    best = _select(broken, best, adv)
+    broken |= tf.not_equal(_predictions(model, adv, labels), labels)
+  return best
+
+
+def _compiled(model, attack, image_shape):
+  """One compiled call: attack a batch and score the result."""
+
+  def run(images, labels, seeds):
+    adv = attack_batch(model, attack, images, labels, seeds)
+    clean = tf.equal(_predictions(model, images, labels), labels)
+    robust = clean & tf.equal(_predictions(model, adv, labels), labels)
+    return {"clean_correct": clean, "robust": robust,
+            "linf": tf.reduce_max(tf.abs(adv - images), axis=[1, 2, 3]),
+            "low": tf.reduce_min(adv, axis=[1, 2, 3]),
+            "high": tf.reduce_max(adv, axis=[1, 2, 3]),
+            "adversarial": adv}
+
+  return tf.function(run, input_signature=[
+      tf.TensorSpec([None, *image_shape], tf.float32),
+      tf.TensorSpec([None], tf.int32),
+      tf.TensorSpec([None, 2], tf.int64)])
+
+
+def run_attack(model, attack, images, labels, *, batch_size, seed=0,
+               verbose=1, keep_adversarial=False):
+  """Runs a white-box attack over a set of images.
+
+  Args:
+    model: a Keras model mapping images to logits.
+    attack: a ``WhiteBoxAttack``.
+    images: [N, H, W, C] images, uint8 or float32 in [0, 1].
+    labels: int [N] true labels.
+    batch_size: images per compiled call.
+    seed: seed of the per-example random starts (``data.eval_dataset``).
+    verbose: 1 shows a progress bar, 0 is silent.
+    keep_adversarial: also return the adversarial examples.
+
+  Returns:
+    Dict of NumPy arrays over the N images: ``clean_correct``, ``robust``
+    (correct on the clean image and on the adversarial example), ``linf``
+    (distance to the clean image), ``low`` / ``high`` (pixel range of the
+    adversarial example), and ``adversarial`` if asked for.
+  """
+  run = _compiled(model, attack, images.shape[1:])
+  keys = ["clean_correct", "robust", "linf", "low", "high"]
+  if keep_adversarial:
+    keys.append("adversarial")
+  parts = {k: [] for k in keys}
+  progbar = keras.utils.Progbar(len(images), verbose=verbose,
+                                unit_name="image",
+                                stateful_metrics=["accuracy"])
+  done, robust = 0, 0
+  for batch in data.eval_dataset(images, labels, batch_size=batch_size,
+                                 seed=seed):
+    out = run(batch["image"], batch["label"], batch["seed"])
+    for k in keys:
+      parts[k].append(out[k].numpy())
+    done += len(out["robust"])
+    robust += int(np.sum(out["robust"]))
+    progbar.update(done, [("accuracy", robust / done)])
+  return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def as_float(images):
+  """Images as float32 in [0, 1], converted as the input pipeline does."""
+  return tf.image.convert_image_dtype(tf.constant(images), tf.float32).numpy()
+
+
+def clean_logits(model, images, batch_size):
+  """Logits of the clean images, in inference mode."""
+  ds = data.eval_dataset(images, np.zeros(len(images), np.int32),
+                         batch_size=batch_size)
+  call = tf.function(lambda x: model(x, training=False))
+  return np.concatenate([call(b["image"]).numpy() for b in ds])
+
+
+def worst_case(robust):
+  """Per-example robustness against all attacks at once.
+
+  Args:
+    robust: dict mapping attack names to bool [N] arrays, True where the
+      example survived that attack.
+
+  Returns:
+    bool [N]: True where the example survived every attack.
+  """
+  return np.logical_and.reduce([np.asarray(v, bool) for v in robust.values()])
+
+
+def _fraction(flags):
+  return float(np.mean(flags)) if len(flags) else 0.0
+
+
+def _result(passed, detail):
+  return {"passed": bool(passed), "detail": detail}
+
+
+def check_zero_epsilon(clean_correct, zero_epsilon_robust):
+  """An attack with epsilon 0 must leave every prediction as it was."""
+  clean = np.asarray(clean_correct, bool)
+  zero = np.asarray(zero_epsilon_robust, bool)
+  changed = int(np.sum(clean != zero))
+  return _result(
+      changed == 0,
+      f"PGD at eps=0: accuracy {_fraction(zero):.4f}, clean "
+      f"{_fraction(clean):.4f}, {changed} of {len(clean)} predictions "
+      f"changed")
+
+
+def check_large_epsilon(accuracy, epsilon, tolerance=0.01):
+  """An attack with a huge epsilon must drive accuracy to about zero."""
+  return _result(
+      accuracy <= tolerance,
+      f"PGD at eps={epsilon:g}: accuracy {accuracy:.4f} (must be <= "
+      f"{tolerance:g}; more means the gradients do not lead anywhere)")
+
+
+def noise_tolerance(num_examples):
+  """Slack of an accuracy comparison on the same images: 0.5%, >= 1 image."""
+  return max(0.005, 1.0 / max(num_examples, 1))
+
+
+def check_monotone(what, accuracies, num_examples):
+  """A stronger attack must never raise accuracy beyond noise.
+
+  Args:
+    what: the budget that grows, for the message ("steps", "restarts").
+    accuracies: list of (label, accuracy), from the weakest attack on.
+    num_examples: images the accuracies are measured on.
+
+  Returns:
+    The check result.
+  """
+  tol = noise_tolerance(num_examples)
+  worse = [(a, b) for a, b in zip(accuracies, accuracies[1:])
+           if b[1] > a[1] + tol]
+  trail = ", ".join(f"{label} {acc:.4f}" for label, acc in accuracies)
+  if worse:
+    (weak, _), (strong, _) = worse[0]
+    return _result(False, f"more {what} raised accuracy ({trail}; {strong} "
+                   f"beats {weak} by more than {tol:.4f})")
+  return _result(True, f"accuracy does not rise with more {what}: {trail} "
+                 f"on {num_examples} images")
+
+
+def check_black_box(black_box_accuracy, white_box_accuracy, num_examples):
+  """A black-box attack must not beat the white-box ones (gradient masking)."""
+  tol = max(0.01, 1.0 / max(num_examples, 1))
+  return _result(
+      black_box_accuracy >= white_box_accuracy - tol,
+      f"N attack accuracy {black_box_accuracy:.4f} vs white-box worst case "
+      f"{white_box_accuracy:.4f} on the same {num_examples} images (black "
+      f"box may be at most {tol:.4f} lower)")
+
+
+def check_bounds(stats, epsilon):
+  """Every adversarial example is within epsilon of its image and in [0, 1].
+
+  Args:
+    stats: dict mapping attack names to dicts with NumPy arrays ``linf``,
+      ``low`` and ``high`` over examples.
+    epsilon: the radius all attacks were given.
+
+  Returns:
+    The check result.
+  """
+  bad = []
+  parts = []
+  for name, s in stats.items():
+    if not len(s["linf"]):
+      continue
+    linf, low, high = (float(np.max(s["linf"])), float(np.min(s["low"])),
+                       float(np.max(s["high"])))
+    parts.append(f"{name} {linf:.6f}")
+    if (linf > epsilon + BOUND_TOLERANCE or low < -BOUND_TOLERANCE or
+        high > 1.0 + BOUND_TOLERANCE):
+      bad.append(f"{name} (max |delta| {linf:.6f}, pixels in [{low:.6f}, "
+                 f"{high:.6f}])")
+  if bad:
+    return _result(False, f"adversarial examples out of bounds (eps "
+                   f"{epsilon:g}, pixels [0, 1]): {'; '.join(bad)}")
+  return _result(True, f"every adversarial example within eps={epsilon:g} "
+                 f"and in [0, 1]; max |delta|: {', '.join(parts)}")
+
+
+def check_logits(logits):
+  """The model must output logits, not probabilities or log-probabilities."""
+  logits = np.asarray(logits, np.float64)
+  sums = logits.sum(axis=-1)
+  probabilities = (logits.min() >= 0.0 and logits.max() <= 1.0 and
+                   np.allclose(sums, 1.0, atol=1e-3))
+  top = logits.max(axis=-1)
+  log_sum_exp = top + np.log(np.exp(logits - top[:, None]).sum(axis=-1))
+  log_probabilities = logits.max() <= 0.0 and np.allclose(log_sum_exp, 0.0,
+                                                          atol=1e-3)
+  if probabilities or log_probabilities:
+    kind = "probabilities" if probabilities else "log-probabilities"
+    return _result(False, f"the model outputs {kind}, not logits: remove the "
+                   f"final softmax, or the CE and CW losses saturate")
+  return _result(True, f"outputs are logits (range [{logits.min():.3g}, "
+                 f"{logits.max():.3g}], row sums not 1)")
+
+
+def snapshot_variables(model):
+  """Copies of all model variables (weights and BatchNorm statistics)."""
+  return {v.path: np.array(v.numpy(), copy=True) for v in model.variables}
+
+
+def check_variables_unchanged(before, after):
+  """Evaluation must leave every weight and BatchNorm statistic bit-exact."""
+  changed = sorted(k for k in before
+                   if k not in after or not np.array_equal(before[k], after[k]))
+  if changed:
+    return _result(False, f"evaluation changed {len(changed)} model "
+                   f"variables, e.g. {changed[0]} (an attack ran with "
+                   f"training=True)")
+  return _result(True, f"all {len(before)} model variables (weights and "
+                 f"BatchNorm statistics) bit-identical after evaluation")
+
+
+def _say(verbose, message):
+  if verbose:
+    print(message, flush=True)
+
+
+def evaluate(model, images, labels, config, prefix="test", verbose=1,
+             keep_adversarial=("pgd",)):
+  """Clean accuracy, robust accuracies and integrity checks.
+
+  Args:
+    model: a Keras model mapping images in [0, 1] to logits.
+    images: [N, H, W, C] uint8 images, or float32 in [0, 1].
+    labels: int [N] true labels.
+    config: an ``EvalConfig``.
+    prefix: first part of every metric key ("test" or "val").
+    verbose: 1 prints each stage with a progress bar, 0 is silent.
+    keep_adversarial: white-box attacks whose adversarial examples are
+      returned.
+
+  Returns:
+    Dict with ``metrics`` (flat, keys "<prefix>/<name>_accuracy"),
+    ``attacks`` (settings and seconds of each attack run), ``checks`` (name
+    -> result; empty without ``config.checks``), and ``per_example`` (bool
+    arrays: clean correctness, survival of each attack, worst case) and
+    ``adversarial`` (name -> float32 [N, H, W, C] adversarial examples of
+    each attack in ``keep_adversarial`` that ran).
+  """
+  n = len(images)
+  per_example, stats, settings, adversarial = {}, {}, {}, {}
+  logits = clean_logits(model, images, config.batch_size)
+  clean = np.argmax(logits, -1) == np.asarray(labels)
+  per_example["clean"] = clean
+  metrics = {f"{prefix}/clean_accuracy": _fraction(clean)}
+  _say(verbose, f"clean accuracy {_fraction(clean):.4f} on {n} images")
+
+  for attack in config.white_box():
+    _say(verbose, f"{attack.name}: {attack.settings()}")
+    start = time.perf_counter()
+    keep = attack.name in keep_adversarial
+    out = run_attack(model, attack, images, labels,
+                     batch_size=config.batch_size, seed=config.seed,
+                     verbose=verbose, keep_adversarial=keep)
+    settings[attack.name] = {**attack.settings(),
+                             "seconds": time.perf_counter() - start}
+    per_example[attack.name] = out["robust"]
+    stats[attack.name] = out
+    if keep:
+      adversarial[attack.name] = out["adversarial"]
+    metrics[f"{prefix}/{attack.name}_accuracy"] = _fraction(out["robust"])
+  white = [a.name for a in config.white_box()]
+  if white:
+    per_example["worst_case"] = worst_case(
+        {k: per_example[k] for k in ["clean", *white]})
+    metrics[f"{prefix}/worst_case_accuracy"] = _fraction(
+        per_example["worst_case"])
+
+  black = None
+  if "nattack" in config.attacks:
+    spec = config.nattack_spec()
+    num = min(config.nattack_examples, n)
+    _say(verbose, f"nattack on the first {num} images: {spec}")
+    start = time.perf_counter()
+    clean_images = as_float(images[:num])
+    black = nattack.evaluate(model, spec, clean_images, labels[:num],
+                             seed=config.seed, verbose=verbose)
+    attacked = black["clean_correct"]
+    settings["nattack"] = {
+        "num_examples": num, "population": spec.population,
+        "sigma": spec.sigma, "learning_rate": spec.learning_rate,
+        "iterations": spec.iterations, "check_every": spec.check_every,
+        "mean_queries": (float(np.mean(black["queries"][attacked]))
+                         if attacked.any() else 0.0),
+        "seconds": time.perf_counter() - start}
+    per_example["nattack"] = black["robust"]
+    metrics[f"{prefix}/nattack_accuracy"] = _fraction(black["robust"])
+    adv = black["adversarial"]
+    axes = tuple(range(1, adv.ndim))
+    stats["nattack"] = {"linf": np.abs(adv - clean_images).max(axis=axes),
+                        "low": adv.min(axis=axes), "high": adv.max(axis=axes)}
+
+  checks = {}
+  if config.checks:
+    checks = _integrity_checks(model, images, labels, config, logits,
+                               per_example, stats, black, verbose)
+  return {"metrics": metrics, "attacks": settings, "checks": checks,
+          "per_example": per_example, "adversarial": adversarial}
+
+
+def _integrity_checks(model, images, labels, config, logits, per_example,
+                      stats, black, verbose):
+  """Runs the sweeps of the integrity checks; returns name -> result."""
+  checks = {"outputs_are_logits": check_logits(logits[:config.batch_size])}
+  num = min(config.check_examples, len(images))
+  subset_images, subset_labels = images[:num], labels[:num]
+  steps, eps = config.pgd_steps, config.epsilon
+
+  def pgd_robust(epsilon, step_size, pgd_steps, restarts):
+    attack = WhiteBoxAttack(
+        f"pgd-{pgd_steps}x{restarts}@{epsilon:g}",
+        attacks.pgd(epsilon, step_size, pgd_steps, "eval"), restarts)
+    _say(verbose, f"check sweep: PGD-{pgd_steps}, {restarts} restart(s), "
+         f"eps={epsilon:g} on {num} images")
+    return run_attack(model, attack, subset_images, subset_labels,
+                      batch_size=config.batch_size, seed=config.seed,
+                      verbose=verbose)["robust"]
+
+  def base(restarts):
+    if "pgd" in per_example and config.restarts == restarts:
+      return per_example["pgd"][:num]
+    return pgd_robust(eps, config.step_size, steps, restarts)
+
+  checks["zero_epsilon_gives_clean"] = check_zero_epsilon(
+      per_example["clean"][:num],
+      pgd_robust(0.0, config.step_size, steps, 1))
+  # A step of 2.5 eps / steps lets PGD cross the whole ball (Madry et al.).
+  large = config.large_epsilon
+  checks["large_epsilon_breaks_all"] = check_large_epsilon(
+      _fraction(pgd_robust(large, 2.5 * large / steps, steps, 1)), large)
+  one = base(1)
+  current = one if config.restarts == 1 else base(config.restarts)
+  checks["more_steps_no_gain"] = check_monotone(
+      "steps", [(f"PGD-{steps}", _fraction(one)),
+                (f"PGD-{2 * steps}", _fraction(
+                    pgd_robust(eps, config.step_size, 2 * steps, 1)))], num)
+  more = config.restarts + 1
+  checks["more_restarts_no_gain"] = check_monotone(
+      "restarts", [(f"{config.restarts} restart(s)",
+                    _fraction(current)),
+                   (f"{more} restarts", _fraction(
+                       pgd_robust(eps, config.step_size, steps, more)))],
+      num)
+  if black is not None and "worst_case" in per_example:
+    num_black = len(black["robust"])
+    checks["black_box_not_stronger"] = check_black_box(
+        _fraction(black["robust"]),
+        _fraction(per_example["worst_case"][:num_black]), num_black)
+  checks["perturbation_within_bounds"] = check_bounds(stats, eps)
+  return checks

@@ -1,0 +1,224 @@
+"""Tests of robust-accuracy evaluation and its integrity checks."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rlfat_tf import attacks
+from rlfat_tf import models
+from rlfat_tf import nattack
+from rlfat_tf import robustness
+
+EPS = 0.03
+# Ten PGD steps of 0.0075 reach the far side of the ball from any start.
+TINY = robustness.EvalConfig(
+    pgd_steps=10, cw_steps=10, apgd_steps=8,
+    black_box=nattack.NAttackSpec(population=20, iterations=30),
+    nattack_examples=8, check_examples=16, batch_size=16)
+
+
+def _colour_model(scale=20.0, softmax=False):
+  """An undefended classifier: logit c is ``scale`` times channel c's mean."""
+  inputs = keras.Input((4, 4, 3))
+  mean = keras.layers.GlobalAveragePooling2D()(inputs)
+  logits = keras.layers.Dense(
+      3, kernel_initializer=keras.initializers.Constant(scale * np.eye(3)),
+      use_bias=False)(mean)
+  if softmax:
+    logits = keras.layers.Softmax()(logits)
+  return keras.Model(inputs, logits)
+
+
+def _colour_data(num, seed=0):
+  """Grey images with the true class's channel raised by 0.005 .. 0.08.
+
+  Lowering that channel and raising another by eps = 0.03 closes a gap of
+  0.06, so an optimal attack breaks about three quarters of them.
+  """
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 3, num).astype(np.int32)
+  colours = np.full((num, 3), 0.5, np.float32)
+  colours[np.arange(num), labels] += rng.uniform(0.005, 0.08, num)
+  images = np.broadcast_to(colours[:, None, None, :], (num, 4, 4, 3)).copy()
+  return images, labels
+
+
+@pytest.fixture(scope="module")
+def colour_model():
+  return _colour_model()
+
+
+def test_worst_case_needs_every_attack_to_fail():
+  robust = {"clean": [True, True, True, False, True],
+            "pgd": [True, False, True, False, True],
+            "apgd_ce": [True, True, False, False, True],
+            "cw": [True, True, True, True, False]}
+  np.testing.assert_array_equal(robustness.worst_case(robust),
+                                [True, False, False, False, False])
+
+
+def test_zero_epsilon_check():
+  assert robustness.check_zero_epsilon([True, False], [True, False])["passed"]
+  failed = robustness.check_zero_epsilon([True, False, True],
+                                         [True, True, True])
+  assert not failed["passed"] and "1 of 3" in failed["detail"]
+
+
+def test_large_epsilon_check():
+  assert robustness.check_large_epsilon(0.0, 0.5)["passed"]
+  assert robustness.check_large_epsilon(0.01, 0.5)["passed"]
+  assert not robustness.check_large_epsilon(0.02, 0.5)["passed"]
+
+
+def test_monotone_check_allows_noise_only():
+  # 1,000 images: the slack is 0.5%.
+  ok = robustness.check_monotone(
+      "steps", [("PGD-20", 0.40), ("PGD-40", 0.404), ("PGD-80", 0.39)], 1000)
+  assert ok["passed"]
+  bad = robustness.check_monotone(
+      "steps", [("PGD-20", 0.40), ("PGD-40", 0.39), ("PGD-80", 0.396)], 100)
+  assert bad["passed"]  # 100 images: one image (1%) is noise
+  bad = robustness.check_monotone(
+      "restarts", [("1", 0.40), ("2", 0.42)], 1000)
+  assert not bad["passed"] and "2 beats 1" in bad["detail"]
+
+
+def test_black_box_check():
+  assert robustness.check_black_box(0.50, 0.45, 1500)["passed"]
+  assert robustness.check_black_box(0.445, 0.45, 1500)["passed"]
+  failed = robustness.check_black_box(0.30, 0.45, 1500)
+  assert not failed["passed"] and "0.3000" in failed["detail"]
+
+
+def test_bounds_check():
+  good = {"pgd": {"linf": np.array([0.03, 0.01]), "low": np.array([0.0, .2]),
+                  "high": np.array([1.0, 0.5])}}
+  assert robustness.check_bounds(good, EPS)["passed"]
+  far = {"cw": dict(good["pgd"], linf=np.array([0.0301, 0.0]))}
+  assert not robustness.check_bounds(far, EPS)["passed"]
+  low = {"cw": dict(good["pgd"], low=np.array([-0.01, 0.0]))}
+  failed = robustness.check_bounds({**good, **low}, EPS)
+  assert not failed["passed"] and "cw" in failed["detail"]
+
+
+def test_logits_check():
+  logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.3, -4.0]])
+  assert robustness.check_logits(logits)["passed"]
+  probs = tf.nn.softmax(logits).numpy()
+  assert "probabilities" in robustness.check_logits(probs)["detail"]
+  assert not robustness.check_logits(probs)["passed"]
+  log_probs = tf.nn.log_softmax(logits).numpy()
+  assert not robustness.check_logits(log_probs)["passed"]
+
+
+def test_variables_check_sees_a_moved_batchnorm_statistic():
+  model = models.wide_resnet(10, 1, 3, (8, 8, 3))
+  before = robustness.snapshot_variables(model)
+  assert robustness.check_variables_unchanged(
+      before, robustness.snapshot_variables(model))["passed"]
+  # A training-mode attack moves the BatchNorm averages: the check sees it.
+  images = tf.random.stateless_uniform([4, 8, 8, 3], [0, 1])
+  attacks.perturb(model, attacks.pgd(EPS, 0.0075, 1, "train"), images,
+                  tf.zeros([4], tf.int32), tf.zeros([4, 2], tf.int64))
+  failed = robustness.check_variables_unchanged(
+      before, robustness.snapshot_variables(model))
+  assert not failed["passed"] and "moving" in failed["detail"]
+
+
+def test_restarts_keep_each_examples_worst_case(colour_model):
+  # Gaps of 0.001 .. 0.01 against a random start alone (0 steps): each
+  # restart flips a different subset.
+  gaps = np.linspace(0.001, 0.01, 24)
+  colours = np.stack([0.5 + gaps, 0.5 - 0 * gaps, 0.5 - gaps], axis=1)
+  images = np.broadcast_to(colours[:, None, None, :].astype(np.float32),
+                           (24, 4, 4, 3)).copy()
+  labels = np.zeros(24, np.int32)
+  spec = attacks.AttackSpec(EPS, 0.0, 0, "ce", "uniform", "eval")
+  seeds = tf.constant([[9, i] for i in range(24)], tf.int64)
+  survived = []
+  for r in range(3):
+    adv = attacks.perturb(colour_model, spec, images, labels,
+                          attacks.restart_seeds(seeds, r))
+    survived.append(np.argmax(colour_model(adv).numpy(), -1) == 0)
+  worst = robustness.attack_batch(
+      colour_model, robustness.WhiteBoxAttack("start", spec, restarts=3),
+      tf.constant(images), tf.constant(labels), seeds)
+  got = np.argmax(colour_model(worst).numpy(), -1) == 0
+  np.testing.assert_array_equal(got, np.logical_and.reduce(survived))
+  assert got.sum() < survived[0].sum() < 24
+
+
+def test_evaluate_reports_every_attack_and_passes_every_check(colour_model):
+  images, labels = _colour_data(32)
+  out = robustness.evaluate(colour_model, images, labels, TINY, verbose=0)
+  metrics, per_example = out["metrics"], out["per_example"]
+  assert set(metrics) == {f"test/{k}_accuracy" for k in (
+      "clean", "pgd", "cw", "apgd_ce", "apgd_dlr", "worst_case", "nattack")}
+  assert metrics["test/clean_accuracy"] == 1.0
+  for name in robustness.WHITE_BOX:
+    assert metrics[f"test/{name}_accuracy"] < 0.6
+    assert metrics[f"test/{name}_accuracy"] >= metrics[
+        "test/worst_case_accuracy"]
+  np.testing.assert_array_equal(
+      per_example["worst_case"],
+      np.logical_and.reduce([per_example[k] for k in robustness.WHITE_BOX]))
+  assert len(per_example["nattack"]) == 8
+  assert metrics["test/nattack_accuracy"] == per_example["nattack"].mean()
+  # The linear model's optimal attack breaks exactly the gaps below 0.06.
+  gap = images[:, 0, 0, :].max(-1) - 0.5
+  np.testing.assert_array_equal(per_example["pgd"], gap > 0.06 + 1e-3)
+  assert out["attacks"]["cw"]["confidence"] == 50
+  assert out["attacks"]["nattack"]["population"] == 20
+  assert set(out["checks"]) == {
+      "outputs_are_logits", "zero_epsilon_gives_clean",
+      "large_epsilon_breaks_all", "more_steps_no_gain",
+      "more_restarts_no_gain", "black_box_not_stronger",
+      "perturbation_within_bounds"}
+  assert all(c["passed"] for c in out["checks"].values()), out["checks"]
+  assert out["adversarial"]["pgd"].shape == images.shape
+
+
+def test_zero_epsilon_attack_gives_clean_accuracy_exactly(colour_model):
+  images, labels = _colour_data(32, seed=1)
+  out = robustness.run_attack(
+      colour_model, robustness.WhiteBoxAttack(
+          "zero", attacks.pgd(0.0, 0.0075, 3, "eval")),
+      images, labels, batch_size=10, verbose=0)
+  np.testing.assert_array_equal(out["robust"], out["clean_correct"])
+  np.testing.assert_array_equal(out["linf"], 0.0)
+
+
+def test_checks_catch_softmax_outputs_and_saturated_gradients():
+  images, labels = _colour_data(16, seed=2)
+  config = dataclasses.replace(TINY, attacks=("pgd",))
+  softmax = robustness.evaluate(_colour_model(softmax=True), images, labels,
+                                config, verbose=0)["checks"]
+  assert not softmax["outputs_are_logits"]["passed"]
+  # Logits 1e4 times larger: the softmax saturates, cross-entropy gradients
+  # vanish in float32, and PGD cannot move even with eps = 0.5.
+  masked = robustness.evaluate(_colour_model(scale=1e4), images, labels,
+                               config, verbose=0)["checks"]
+  assert not masked["large_epsilon_breaks_all"]["passed"]
+
+
+def test_evaluation_leaves_every_variable_bit_identical():
+  # A small network with BatchNorm: any forward pass in training mode would
+  # move its moving averages.
+  keras.utils.set_random_seed(4)
+  model = keras.Sequential([
+      keras.Input((4, 4, 3)), keras.layers.Conv2D(4, 3, padding="same"),
+      keras.layers.BatchNormalization(momentum=0.5),
+      keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(),
+      keras.layers.Dense(3)])
+  images, labels = _colour_data(12, seed=3)
+  before = robustness.snapshot_variables(model)
+  config = dataclasses.replace(TINY, check_examples=6, batch_size=6)
+  robustness.evaluate(model, images, labels, config, verbose=0)
+  after = robustness.snapshot_variables(model)
+  assert before.keys() == after.keys()
+  assert any("moving_variance" in k for k in before)
+  for key in before:
+    np.testing.assert_array_equal(after[key], before[key], err_msg=key)
