@@ -1,0 +1,125 @@
+"""Loss sensitivity under brightness and gamma changes (the paper's Table 2).
+
+The loss sensitivity of a model at a set of images is the mean L2 norm of the
+input gradient of its cross-entropy loss,
+
+    (1 / N) sum_i || grad_x CE(f(t(x_i)), y_i) ||_2,
+
+where ``t`` is an image transformation: a brightness change (the official
+``utils.brightness``, applied with c = -0.15 by ``run_smooth_test.py``) or a
+gamma mapping x -> x^gamma. The gradient is taken with respect to the model's
+input, i.e. the transformed image, because the official code feeds the
+transformed array into the model's input placeholder. BatchNorm runs in eval
+mode.
+
+The official ``run_smooth_test.py`` reads the adversarial test set written by
+its PGD script; ``loss_sensitivity`` measures whatever images it is given.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rlfat_tf import data
+from rlfat_tf import objectives
+
+
+def brightness(images, delta):
+  """Shifts the HSV value (brightness) of images, as ``utils.brightness``.
+
+  Args:
+    images: float [..., H, W, 3] RGB images in [0, 1].
+    delta: amount added to the HSV value channel (negative darkens).
+
+  Returns:
+    Images of the same shape: RGB -> HSV, V + delta clipped to [0, 1],
+    HSV -> RGB, clipped to [0, 1].
+  """
+  hsv = tf.image.rgb_to_hsv(images)
+  hue, saturation, value = tf.unstack(hsv, axis=-1)
+  value = tf.clip_by_value(value + delta, 0.0, 1.0)
+  rgb = tf.image.hsv_to_rgb(tf.stack([hue, saturation, value], axis=-1))
+  return tf.clip_by_value(rgb, 0.0, 1.0)
+
+
+def gamma(images, g):
+  """Gamma mapping x -> x^g of images in [0, 1].
+
+  Args:
+    images: float images in [0, 1].
+    g: the exponent, > 0 (below 1 brightens, above 1 darkens).
+
+  Returns:
+    ``images ** g``, same shape.
+  """
+  if g <= 0:
+    raise ValueError(f"gamma must be positive, got {g}")
+  return tf.pow(images, g)
+
+
+def setting_key(kind, value):
+  """The metric key of one setting, e.g. ``sensitivity/brightness_-0.15``."""
+  return f"sensitivity/{kind}_{value:g}"
+
+
+def _transforms(brightness_values, gamma_values):
+  """Metric key -> image transformation, for every requested setting."""
+  out = {}
+  for value in brightness_values:
+    out[setting_key("brightness", value)] = (
+        lambda x, v=float(value): brightness(x, v))
+  for value in gamma_values:
+    out[setting_key("gamma", value)] = lambda x, v=float(value): gamma(x, v)
+  return out
+
+
+def loss_sensitivity(  # pylint: disable=redefined-outer-name
+    model, images, labels, brightness=(-0.15,), gamma=(), batch_size=100,
+    verbose=1):
+  """Mean input-gradient norm of the cross-entropy after each transformation.
+
+  Args:
+    model: Keras model mapping images in [0, 1] to logits.
+    images: [N, H, W, 3] images, uint8 or float in [0, 1].
+    labels: int [N] true labels.
+    brightness: brightness deltas, one setting each.
+    gamma: gamma exponents, one setting each.
+    batch_size: images per gradient computation.
+    verbose: 1 shows a progress bar over batches, 0 is silent.
+
+  Returns:
+    Dict mapping ``sensitivity/brightness_<v>`` and ``sensitivity/gamma_<v>``
+    (``v`` formatted with ``:g``) to the mean L2 norm over the N images.
+  """
+  transforms = _transforms(brightness, gamma)
+  if not transforms or not len(images):
+    return {}
+  dataset = data.eval_dataset(images, labels, batch_size=batch_size)
+  spec = dataset.element_spec
+
+  @tf.function(input_signature=[spec["image"], spec["label"]])
+  def gradient_norm_sums(batch_images, batch_labels):
+    sums = []
+    for transform in transforms.values():
+      inputs = transform(batch_images)
+      with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        # Each example's loss depends only on its own input (BatchNorm is in
+        # eval mode), so the gradient of the summed loss holds the
+        # per-example gradients in its rows, as in the official code.
+        loss = tf.reduce_sum(objectives.cross_entropy(
+            model(inputs, training=False), batch_labels))
+      grad = tape.gradient(loss, inputs)
+      flat = tf.reshape(grad, [tf.shape(grad)[0], -1])
+      sums.append(tf.reduce_sum(tf.norm(flat, axis=1)))
+    return tf.stack(sums)
+
+  totals = np.zeros(len(transforms), np.float64)
+  num_batches = -(-len(images) // batch_size)
+  progbar = keras.utils.Progbar(num_batches, verbose=verbose,
+                                unit_name="batch")
+  for batch in dataset:
+    totals += gradient_norm_sums(batch["image"], batch["label"]).numpy()
+    progbar.add(1)
+  return {key: float(total / len(images))
+          for key, total in zip(transforms, totals)}
