@@ -1,0 +1,202 @@
+"""The servable: a classifier as a SavedModel that TensorFlow Serving loads.
+
+Two signatures, both returning the same outputs:
+
+- ``serving_default`` takes ``images``, float32 [batch, H, W, 3] with values in
+  [0, 1] (the model's own input; nothing normalises outside it).
+- ``serving_bytes`` takes ``image_bytes``, string [batch]: encoded PNG, JPEG,
+  GIF or BMP images, as TensorFlow Serving's REST API passes ``{"b64": ...}``
+  values. Each image is decoded to 3 channels and, only if its size differs
+  from H x W, resized (bilinear with antialiasing).
+
+Outputs: ``logits`` float32 [batch, classes], ``probabilities`` (their
+softmax), ``classes`` int64 [batch] (the top-1 index) and ``class_names``
+string [batch] (its name, read from the ``class_names.txt`` asset, one name a
+line, line number = class index).
+
+The graph checks its input itself. Clients that bypass the Python signature
+(TensorFlow Serving, a loaded ``signatures[...]`` function) would otherwise
+run a wrong-sized batch through the global average pool and get answers, or
+crash the process on a wrong rank; instead they get an error that names the
+expected shape. Values outside [0, 1] (most often 8-bit pixels not divided by
+255) are refused the same way.
+"""
+
+import os
+import tempfile
+
+import tensorflow as tf
+
+IMAGES_SIGNATURE = "serving_default"
+BYTES_SIGNATURE = "serving_bytes"
+IMAGES_INPUT = "images"
+BYTES_INPUT = "image_bytes"
+OUTPUTS = ("logits", "probabilities", "classes", "class_names")
+CLASS_NAMES_ASSET = "class_names.txt"
+
+# tf.debugging.Assert prints this many elements of each tensor it reports, so
+# the offending shape appears in full.
+_SUMMARIZE = 8
+
+
+def _tracked_variables(model):
+  """The tf.Variables under a Keras 3 model's variables.
+
+  Keras 3 variables wrap tf.Variables. The TF1-style loader that TensorFlow
+  Serving and saved_model_cli use restores only tf.Variables that the saved
+  object graph reaches directly; without this list it fails with "Could not
+  find variable ...".
+  """
+  return [v.value for v in model.variables]
+
+
+def check_images(images, height, width):
+  """Passes ``images`` through once the graph has checked shape and range.
+
+  Args:
+    images: a float32 tensor that should be [batch, height, width, 3] in [0, 1].
+    height: expected image height.
+    width: expected image width.
+
+  Returns:
+    ``images``, with control dependencies on both checks, which raise
+    ``tf.errors.InvalidArgumentError`` naming the expected shape or range.
+  """
+  shape = tf.shape(images)
+  # Padding lets an input of lower rank still compare with [H, W, 3].
+  padded = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)
+  shape_ok = tf.logical_and(
+      tf.equal(tf.size(shape), 4),
+      tf.reduce_all(tf.equal(padded[1:4], [height, width, 3])))
+  shape_check = tf.debugging.Assert(
+      shape_ok, [f"{IMAGES_INPUT} must be float32 [batch, {height}, {width}, "
+                 f"3]; got shape", shape], summarize=_SUMMARIZE)
+  with tf.control_dependencies([shape_check]):
+    range_ok = tf.reduce_all(
+        tf.logical_and(images >= 0.0, images <= 1.0))
+    range_check = tf.debugging.Assert(
+        range_ok, [f"{IMAGES_INPUT} must lie in [0, 1] (divide 8-bit pixels "
+                   f"by 255); got min and max", tf.reduce_min(images),
+                   tf.reduce_max(images)], summarize=_SUMMARIZE)
+  with tf.control_dependencies([range_check]):
+    return tf.identity(images)
+
+
+def decode_images(image_bytes, height, width):
+  """Decodes encoded images to float32 [batch, height, width, 3] in [0, 1].
+
+  Args:
+    image_bytes: string [batch] of PNG, JPEG, GIF (first frame) or BMP data.
+    height: output height.
+    width: output width.
+
+  Returns:
+    The decoded batch; images of another size are resized with bilinear
+    interpolation and antialiasing, images of this size are left exact.
+  """
+
+  def decode(data):
+    image = tf.io.decode_image(data, channels=3, dtype=tf.float32,
+                               expand_animations=False)
+    same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
+    # Rounding in the resize can step just outside [0, 1], which the model's
+    # input check refuses.
+    resized = tf.cond(
+        same_size, lambda: image,
+        lambda: tf.clip_by_value(
+            tf.image.resize(image, [height, width], antialias=True), 0.0,
+            1.0))
+    return tf.ensure_shape(resized, [height, width, 3])
+
+  return tf.map_fn(
+      decode, image_bytes,
+      fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
+
+
+class Servable(tf.Module):
+  """A Keras classifier with serving signatures and its class names.
+
+  Attributes:
+    serve_images: the ``serving_default`` tf.function.
+    serve_bytes: the ``serving_bytes`` tf.function.
+    class_names_file: the class-names ``tf.saved_model.Asset``.
+  """
+
+  def __init__(self, model, class_names_path):
+    """Wraps ``model``.
+
+    Args:
+      model: a Keras model mapping [batch, H, W, 3] images in [0, 1] to logits.
+      class_names_path: text file of class names, one a line in class order;
+        it is copied into the SavedModel's assets.
+    """
+    super().__init__()
+    _, height, width, channels = model.input_shape
+    if channels != 3:
+      raise ValueError(f"the model takes {channels} channels; serving "
+                       f"decodes RGB images")
+    self.model_variables = _tracked_variables(model)
+    self.class_names_file = tf.saved_model.Asset(class_names_path)
+    self.class_table = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(
+            self.class_names_file, key_dtype=tf.int64,
+            key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+            value_dtype=tf.string,
+            value_index=tf.lookup.TextFileIndex.WHOLE_LINE),
+        default_value="")
+
+    # The model is captured by closure rather than tracked as a child: what
+    # the SavedModel needs of it is its variables, tracked above.
+    def outputs(images):
+      logits = model(images, training=False)
+      classes = tf.argmax(logits, axis=-1)
+      return {"logits": logits,
+              "probabilities": tf.nn.softmax(logits, axis=-1),
+              "classes": classes,
+              "class_names": self.class_table.lookup(classes)}
+
+    def serve_images(images):
+      return outputs(check_images(images, height, width))
+
+    def serve_bytes(image_bytes):
+      return outputs(decode_images(image_bytes, height, width))
+
+    self.serve_images = tf.function(
+        serve_images, autograph=False, input_signature=[
+            tf.TensorSpec([None, height, width, 3], tf.float32,
+                          name=IMAGES_INPUT)])
+    self.serve_bytes = tf.function(
+        serve_bytes, autograph=False, input_signature=[
+            tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
+
+  def signatures(self):
+    """The signature map for ``tf.saved_model.save``."""
+    return {IMAGES_SIGNATURE: self.serve_images.get_concrete_function(),
+            BYTES_SIGNATURE: self.serve_bytes.get_concrete_function()}
+
+
+def save(model, class_names, export_dir):
+  """Writes ``model`` as a servable SavedModel.
+
+  Args:
+    model: a Keras model mapping [batch, H, W, 3] images in [0, 1] to logits.
+    class_names: the class names, in class-index order.
+    export_dir: the SavedModel folder to write (a TF Serving version folder).
+
+  Raises:
+    ValueError: a class name is empty or spans lines, or their number does not
+      match the model's outputs.
+  """
+  class_names = list(class_names)
+  if any(not name or "\n" in name for name in class_names):
+    raise ValueError("class names must be non-empty single lines")
+  if len(class_names) != model.output_shape[-1]:
+    raise ValueError(f"{len(class_names)} class names for a model with "
+                     f"{model.output_shape[-1]} outputs")
+  with tempfile.TemporaryDirectory() as tmp:
+    names_path = os.path.join(tmp, CLASS_NAMES_ASSET)
+    with open(names_path, "w", encoding="utf-8") as f:
+      f.write("".join(f"{name}\n" for name in class_names))
+    servable = Servable(model, names_path)
+    tf.saved_model.save(servable, export_dir,
+                        signatures=servable.signatures())
