@@ -1,0 +1,515 @@
+r"""Evaluates a trained run: robust accuracy, integrity checks, sensitivity.
+
+Examples:
+  python -m rlfat_tf.evaluate --model_dir=/tmp/smoke --num_examples=200
+  python -m rlfat_tf.evaluate --model_dir=runs/c10 --which=best \
+      --output=results/c10_best.json --restarts=5
+  python -m rlfat_tf.evaluate --model_dir=runs/c10 --watch
+
+One evaluation writes a results file (default RUN/results_<which>_<split>.json)
+with the clean accuracy, the accuracy under PGD, CW-margin PGD, APGD-CE,
+APGD-DLR and the N attack, the per-example worst case over the white-box
+attacks, the integrity checks, the loss sensitivity under brightness and gamma
+shifts, and SmoothGrad salience maps (``<stem>_salience.npz`` beside it),
+with the per-example verdicts in ``<stem>_examples.npz``.
+
+Exit status: 0 when every integrity check passed, 3 when the results were
+written but at least one check failed (each failure is printed as an
+"INTEGRITY CHECK FAILED" line and recorded in the results file), 2 on bad
+input, 1 on a bad flag value.
+
+--watch turns the command into a sidecar of a training run: it evaluates
+every new checkpoint in RUN/checkpoints (clean and PGD accuracy on the run's
+validation split), writes TensorBoard scalars to RUN/summaries_eval and a line
+per checkpoint to RUN/eval_history.jsonl, and exits once the checkpoint of
+the run's last step is evaluated or no new checkpoint came for
+--watch_timeout seconds.
+"""
+
+import io
+import json
+import os
+import platform
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+# Before TensorFlow loads: keep its C++ start-up chatter off the console.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rlfat_tf import attacks
+from rlfat_tf import data
+from rlfat_tf import errors
+from rlfat_tf import nattack
+from rlfat_tf import robustness
+from rlfat_tf import runs
+from rlfat_tf import saliency
+from rlfat_tf import sensitivity
+from rlfat_tf import sources
+
+SCHEMA_VERSION = 1
+WATCH_HISTORY = "eval_history.jsonl"
+WATCH_SUMMARIES = "summaries_eval"
+INTEGRITY_FAILED_STATUS = 3
+
+FLAGS = flags.FLAGS
+
+
+def _floats(values):
+  try:
+    return [float(v) for v in values]
+  except ValueError:
+    return None
+
+
+def define_flags(flag_values=FLAGS):
+  """Defines the command's flags on ``flag_values``.
+
+  Called only when the module runs as a program, so importing it (tests,
+  other entry points) defines no flag that could collide with theirs; tests
+  parse into their own ``flags.FlagValues``.
+  """
+  fv = {"flag_values": flag_values}
+  # What to evaluate.
+  flags.DEFINE_string("model_dir", None, "Run folder written by "
+                      "rlfat_tf.train.", **fv)
+  flags.DEFINE_enum("which", "last", ("last", "best"), "Checkpoint: the last "
+                    "one (as the official code) or the best on validation.",
+                    **fv)
+  flags.DEFINE_string("output", None, "Results file (default: "
+                      "MODEL_DIR/results_<which>_<split>.json).", **fv)
+  flags.DEFINE_enum("split", "test", ("test", "val"), "test: the test set; "
+                    "val: the run's validation split of the training set.",
+                    **fv)
+  flags.DEFINE_integer("num_examples", None, "Evaluate the first N images "
+                       "(default: all).", lower_bound=1, **fv)
+  flags.DEFINE_string("data_dir", None, "Override the run's --data_dir.", **fv)
+  flags.DEFINE_string("tfds_data_dir", None, "Override the run's "
+                      "--tfds_data_dir.", **fv)
+  flags.DEFINE_integer("batch_size", 100, "Images per compiled attack call.",
+                       lower_bound=1, **fv)
+  flags.DEFINE_integer("seed", 0, "Seed of random starts, N-attack draws and "
+                       "SmoothGrad noise.", lower_bound=0, **fv)
+
+  # White-box attacks.
+  flags.DEFINE_list("attacks", list(robustness.ATTACKS),
+                    f"Attacks to run, from {','.join(robustness.ATTACKS)}.",
+                    **fv)
+  flags.DEFINE_float("epsilon", 0.03, "L-inf radius of every attack, in "
+                     "(0, 1] (official: 0.03).", **fv)
+  flags.DEFINE_float("step_size", 0.0075, "Step of PGD and CW (official: "
+                     "0.0075).", **fv)
+  flags.DEFINE_integer("pgd_steps", 20, "PGD steps.", lower_bound=1, **fv)
+  flags.DEFINE_integer("cw_steps", None, "CW-margin PGD steps (default: "
+                       "--pgd_steps).", lower_bound=1, **fv)
+  flags.DEFINE_integer("apgd_steps", 100, "APGD iterations.", lower_bound=1,
+                       **fv)
+  flags.DEFINE_integer("restarts", 1, "Random restarts of every white-box "
+                       "attack.", lower_bound=1, **fv)
+
+  # Black-box N attack (defaults: the official evaluation).
+  flags.DEFINE_integer("nattack_examples", 1500, "N attack on the first N "
+                       "images.", lower_bound=1, **fv)
+  flags.DEFINE_integer("nattack_population", 300, "N-attack population.",
+                       lower_bound=2, **fv)
+  flags.DEFINE_float("nattack_sigma", 0.1, "N-attack search deviation in "
+                     "tanh space.", lower_bound=0.0, **fv)
+  flags.DEFINE_float("nattack_lr", 0.008, "N-attack learning rate.",
+                     lower_bound=0.0, **fv)
+  flags.DEFINE_integer("nattack_iterations", 200, "N-attack iterations per "
+                       "image.", lower_bound=1, **fv)
+
+  # Loss sensitivity and salience.
+  flags.DEFINE_list("brightness", ["-0.15"], "Brightness shifts of the loss "
+                    "sensitivity study (official code: -0.15); empty: none.",
+                    **fv)
+  flags.DEFINE_list("gamma", ["0.8", "1.2"], "Gamma values of the loss "
+                    "sensitivity study; the paper's value is unverified (the "
+                    "official code has no gamma mapping); empty: none.", **fv)
+  flags.DEFINE_enum("sensitivity_inputs", "pgd", ("pgd", "clean"),
+                    "Images the sensitivity is measured on: the PGD "
+                    "adversarial examples (as the official code) or the "
+                    "clean images.", **fv)
+  flags.DEFINE_integer("salience_images", 8, "SmoothGrad maps of the first N "
+                       "images (0: none).", lower_bound=0, **fv)
+  flags.DEFINE_float("smoothgrad_noise", 0.1, "SmoothGrad noise level "
+                     "(standard deviation over the pixel range).",
+                     lower_bound=0.0, **fv)
+  flags.DEFINE_integer("smoothgrad_samples", 50, "SmoothGrad noisy samples "
+                       "per image.", lower_bound=1, **fv)
+
+  # Integrity checks.
+  flags.DEFINE_bool("checks", True, "Run the integrity checks.", **fv)
+  flags.DEFINE_integer("check_examples", 500, "Images of the checks' extra "
+                       "PGD sweeps (eps 0, large eps, more steps, more "
+                       "restarts).", lower_bound=1, **fv)
+  flags.DEFINE_float("large_epsilon", 0.5, "Radius at which accuracy must "
+                     "collapse.", lower_bound=0.0, upper_bound=1.0, **fv)
+
+  # Sidecar mode.
+  flags.DEFINE_bool("watch", False, "Evaluate each new checkpoint of a "
+                    "training run (clean + PGD on its validation split).",
+                    **fv)
+  flags.DEFINE_integer("watch_timeout", 3600, "Stop watching after this many "
+                       "seconds without a new checkpoint.", lower_bound=1,
+                       **fv)
+
+  flags.DEFINE_bool("progress", True, "Show progress bars.", **fv)
+
+  flags.mark_flag_as_required("model_dir", **fv)
+  for name in ("epsilon", "step_size"):
+    flags.register_validator(
+        name, lambda v: 0.0 < v <= 1.0,
+        message=f"--{name} must be in (0, 1] (images are in [0, 1]; e.g. "
+        f"0.03 for 7.65/255)", **fv)
+  flags.register_validator(
+      "attacks", lambda v: bool(v) and set(v) <= set(robustness.ATTACKS),
+      message=f"--attacks must be a non-empty list from "
+      f"{','.join(robustness.ATTACKS)}", **fv)
+  flags.register_validator(
+      "brightness", lambda v: _floats(v) is not None,
+      message="--brightness must be a list of numbers, e.g. -0.15,0.15", **fv)
+  flags.register_validator(
+      "gamma", lambda v: _floats(v) is not None and all(
+          g > 0 for g in _floats(v)),
+      message="--gamma must be a list of positive numbers, e.g. 0.8,1.2",
+      **fv)
+
+
+def flag_values(parsed=FLAGS):
+  """The parsed values of this module's flags, by name."""
+  return {f.name: f.value
+          for f in parsed.get_flags_for_module(sys.modules[__name__])}
+
+
+def _write_atomically(path, write):
+  """Calls ``write(file)`` on a temporary file, then renames it to ``path``."""
+  folder = os.path.dirname(path)
+  if folder:
+    tf.io.gfile.makedirs(folder)
+  tmp = f"{path}.tmp"
+  with tf.io.gfile.GFile(tmp, "wb") as f:
+    write(f)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _write_json(path, payload):
+  _write_atomically(path, lambda f: f.write(
+      json.dumps(payload, indent=2, sort_keys=True).encode()))
+
+
+def hardware():
+  """Where the evaluation ran."""
+  return {"platform": platform.platform(),
+          "processor": platform.processor(),
+          "cpu_count": os.cpu_count(),
+          "devices": [d.name for d in tf.config.list_logical_devices()],
+          "tensorflow": tf.__version__, "keras": keras.__version__,
+          "python": platform.python_version()}
+
+
+def load_images(run_flags, values, split):
+  """The images of a split of the run's dataset, cut to --num_examples.
+
+  Args:
+    run_flags: the run's resolved training flags (``runs.load_flags``).
+    values: this module's flag values (``data_dir`` and ``tfds_data_dir``
+      override the run's; ``num_examples`` keeps the first N images).
+    split: "test", or "val" for the run's validation split, recomputed with
+      ``data.validation_split`` and the run's ``val_size``.
+
+  Returns:
+    ``(images, labels)``: uint8 [N, H, W, 3] and int [N].
+
+  Raises:
+    errors.UserError: no validation split, or too few images.
+  """
+  data_dir = values["data_dir"] or run_flags.get("data_dir")
+  tfds_dir = values["tfds_data_dir"] or run_flags.get("tfds_data_dir")
+  if split == "val":
+    val_size = run_flags.get("val_size", 0)
+    if not val_size:
+      raise errors.UserError(
+          f"{values['model_dir']} was trained without a validation split "
+          f"(--val_size=0): evaluate --split=test, or train with --val_size")
+    images, labels = sources.load_split(run_flags["dataset"], "train",
+                                        data_dir, tfds_dir)
+    _, (images, labels) = data.validation_split(images, labels, val_size)
+  else:
+    images, labels = sources.load_split(run_flags["dataset"], "test",
+                                        data_dir, tfds_dir)
+  num = values["num_examples"]
+  if num is not None:
+    if num > len(images):
+      raise errors.UserError(
+          f"--num_examples={num} exceeds the {len(images)} images of the "
+          f"{split} split: pass at most {len(images)}")
+    images, labels = images[:num], labels[:num]
+  return images, labels
+
+
+def eval_config(values):
+  """The ``robustness.EvalConfig`` of the flags."""
+  return robustness.EvalConfig(
+      attacks=tuple(values["attacks"]), epsilon=values["epsilon"],
+      step_size=values["step_size"], pgd_steps=values["pgd_steps"],
+      cw_steps=values["cw_steps"] or values["pgd_steps"],
+      apgd_steps=values["apgd_steps"], restarts=values["restarts"],
+      black_box=nattack.NAttackSpec(
+          population=values["nattack_population"],
+          sigma=values["nattack_sigma"],
+          learning_rate=values["nattack_lr"],
+          iterations=values["nattack_iterations"]),
+      nattack_examples=values["nattack_examples"], checks=values["checks"],
+      check_examples=values["check_examples"],
+      large_epsilon=values["large_epsilon"],
+      batch_size=values["batch_size"], seed=values["seed"])
+
+
+def _sibling(output, suffix):
+  """A file beside the results file: <stem>_<suffix>."""
+  stem = os.path.splitext(os.path.basename(output))[0]
+  return os.path.join(os.path.dirname(output), f"{stem}_{suffix}")
+
+
+def run(values):
+  """Evaluates a run's checkpoint and writes the results file.
+
+  Args:
+    values: dict of this module's flag values.
+
+  Returns:
+    The results dict that was written.
+
+  Raises:
+    errors.UserError: bad input.
+  """
+  start = time.perf_counter()
+  verbose = int(values["progress"])
+  model_dir, which, split = (values["model_dir"], values["which"],
+                             values["split"])
+  brightness = tuple(float(v) for v in values["brightness"])
+  gamma = tuple(float(v) for v in values["gamma"])
+  if (brightness or gamma) and values["sensitivity_inputs"] == "pgd" and (
+      "pgd" not in values["attacks"]):
+    raise errors.UserError(
+        "the loss sensitivity is measured on PGD adversarial examples but "
+        "--attacks has no pgd: add pgd, or pass --sensitivity_inputs=clean")
+  output = values["output"] or os.path.join(
+      model_dir, f"results_{which}_{split}.json")
+  model, run_flags, checkpoint = runs.restore_model(model_dir, which)
+  images, labels = load_images(run_flags, values, split)
+  # Made before the long evaluation, so an unusable --output fails at once.
+  if os.path.dirname(output):
+    tf.io.gfile.makedirs(os.path.dirname(output))
+  config = eval_config(values)
+  before = robustness.snapshot_variables(model)
+
+  results = robustness.evaluate(model, images, labels, config, prefix=split,
+                                verbose=verbose)
+  metrics, checks = results["metrics"], results["checks"]
+  float_images = robustness.as_float(images)
+  if brightness or gamma:
+    inputs = (results["adversarial"]["pgd"]
+              if values["sensitivity_inputs"] == "pgd" else float_images)
+    if verbose:
+      print(f"loss sensitivity on {values['sensitivity_inputs']} images: "
+            f"brightness {brightness}, gamma {gamma}", flush=True)
+    metrics.update(sensitivity.loss_sensitivity(
+        model, inputs, labels, brightness=brightness, gamma=gamma,
+        batch_size=values["batch_size"], verbose=verbose))
+  salience = None
+  num_maps = min(values["salience_images"], len(images))
+  if num_maps:
+    if verbose:
+      print(f"SmoothGrad maps of {num_maps} images", flush=True)
+    maps = saliency.smoothgrad(
+        model, float_images[:num_maps], labels[:num_maps],
+        noise_level=values["smoothgrad_noise"],
+        samples=values["smoothgrad_samples"], seed=values["seed"],
+        batch_size=values["batch_size"], verbose=verbose)
+    path = _sibling(output, "salience.npz")
+    saliency.save_maps(path, float_images[:num_maps], labels[:num_maps],
+                       maps)
+    salience = {"file": os.path.basename(path),
+                "noise_level": values["smoothgrad_noise"],
+                "samples": values["smoothgrad_samples"],
+                "num_images": num_maps}
+  if values["checks"]:
+    checks["variables_unchanged"] = robustness.check_variables_unchanged(
+        before, robustness.snapshot_variables(model))
+
+  examples_path = _sibling(output, "examples.npz")
+  buffer = io.BytesIO()
+  np.savez(buffer, labels=np.asarray(labels), **results["per_example"])
+  _write_atomically(examples_path, lambda f: f.write(buffer.getvalue()))
+  payload = {
+      "schema_version": SCHEMA_VERSION,
+      "run": {"model_dir": model_dir, "checkpoint": checkpoint,
+              "which": which, "dataset": run_flags["dataset"],
+              "method": run_flags["method"],
+              "architecture": f"WRN-{run_flags['depth']}-"
+                              f"{run_flags['width']}",
+              "depth": run_flags["depth"], "width": run_flags["width"],
+              "train_flags": run_flags},
+      "eval": {"split": split, "num_examples": len(images),
+               "epsilon": values["epsilon"],
+               "batch_size": values["batch_size"], "seed": values["seed"],
+               "sensitivity_inputs": values["sensitivity_inputs"]},
+      "attacks": results["attacks"],
+      "metrics": metrics,
+      "checks": checks,
+      "salience": salience,
+      "per_example": {"file": os.path.basename(examples_path)},
+      "time_seconds": time.perf_counter() - start,
+      "hardware": hardware(),
+  }
+  _write_json(output, payload)
+  _print_summary(payload, output)
+  return payload
+
+
+def failed_checks(checks):
+  """Names of the failed checks, in order."""
+  return [name for name, result in checks.items() if not result["passed"]]
+
+
+def _print_summary(payload, output):
+  print(f"\n{payload['run']['architecture']} {payload['run']['method']} on "
+        f"{payload['eval']['num_examples']} {payload['eval']['split']} images "
+        f"of {payload['run']['dataset']}, eps {payload['eval']['epsilon']:g}")
+  for key, value in payload["metrics"].items():
+    print(f"  {key:40s} {value:.4f}")
+  for name, result in payload["checks"].items():
+    print(f"  check {name:34s} {'ok' if result['passed'] else 'FAILED'}")
+  failed = failed_checks(payload["checks"])
+  if failed:
+    bar = "!" * 78
+    lines = [bar] + [
+        f"INTEGRITY CHECK FAILED: {name}: "
+        f"{payload['checks'][name]['detail']}" for name in failed] + [
+            "These numbers cannot be trusted as they stand.", bar]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+  print(f"results: {output} ({payload['time_seconds']:.1f} s)", flush=True)
+
+
+def _checkpoint_step(path):
+  """The training step of a checkpoint: the trainer numbers them by step."""
+  return int(path.rsplit("-", 1)[1])
+
+
+def _read_history(path):
+  if not tf.io.gfile.exists(path):
+    return []
+  with tf.io.gfile.GFile(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def watch(values):
+  """Sidecar mode: evaluates each new checkpoint of a training run.
+
+  Every checkpoint still on disk that is not yet in RUN/eval_history.jsonl is
+  evaluated in step order (clean and PGD accuracy on the validation split),
+  so a restarted sidecar resumes where it stopped.
+
+  Args:
+    values: dict of this module's flag values.
+
+  Returns:
+    The history: one dict per evaluated checkpoint.
+
+  Raises:
+    errors.UserError: the run has no validation split.
+  """
+  verbose = int(values["progress"])
+  model_dir = values["model_dir"]
+  run_flags = runs.load_flags(model_dir)
+  images, labels = load_images(run_flags, values, "val")
+  model = runs.build_model(run_flags)
+  checkpoint = tf.train.Checkpoint(model=model)
+  steps = values["pgd_steps"]
+  attack = robustness.WhiteBoxAttack(
+      "pgd", attacks.pgd(values["epsilon"], values["step_size"], steps,
+                         "eval"), values["restarts"])
+  pgd_key = f"val/pgd{steps}_accuracy"
+  history_path = os.path.join(model_dir, WATCH_HISTORY)
+  history = _read_history(history_path)
+  done = {entry["step"] for entry in history}
+  writer = tf.summary.create_file_writer(
+      os.path.join(model_dir, WATCH_SUMMARIES))
+  folder = os.path.join(model_dir, "checkpoints")
+  if verbose:
+    print(f"watching {folder} (PGD-{steps} on {len(images)} validation "
+          f"images)", flush=True)
+  for _ in tf.train.checkpoints_iterator(folder, timeout=values[
+      "watch_timeout"]):
+    state = tf.train.get_checkpoint_state(folder)
+    pending = sorted((p for p in state.all_model_checkpoint_paths
+                      if _checkpoint_step(p) not in done),
+                     key=_checkpoint_step)
+    for path in pending:
+      step = _checkpoint_step(path)
+      try:
+        checkpoint.restore(path).assert_existing_objects_matched(
+        ).expect_partial()
+      except tf.errors.NotFoundError:
+        # Training keeps only its latest checkpoints and may have deleted
+        # this one since it was listed.
+        print(f"skipping {path}: deleted before it could be evaluated",
+              flush=True)
+        continue
+      start = time.perf_counter()
+      out = robustness.run_attack(model, attack, images, labels,
+                                  batch_size=values["batch_size"],
+                                  seed=values["seed"], verbose=verbose)
+      metrics = {"val/clean_accuracy": float(np.mean(out["clean_correct"])),
+                 pgd_key: float(np.mean(out["robust"]))}
+      with writer.as_default(step=step):
+        for key, value in metrics.items():
+          tf.summary.scalar(key, value)
+      writer.flush()
+      entry = {"step": step, "checkpoint": path, **metrics,
+               "time_seconds": time.perf_counter() - start}
+      history.append(entry)
+      done.add(step)
+      _write_atomically(history_path, lambda f: f.write("".join(
+          json.dumps(e, sort_keys=True) + "\n" for e in history).encode()))
+      print(f"step {step}: clean {metrics['val/clean_accuracy']:.4f}, "
+            f"PGD-{steps} {metrics[pgd_key]:.4f}", flush=True)
+    # Training may have been resumed with more steps: read them each time.
+    if max(done, default=-1) >= runs.load_flags(model_dir)["train_steps"]:
+      break
+  return history
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+    # Every attack compiles its own function, which TensorFlow's retracing
+    # heuristic reports as a warning although nothing is retraced.
+    tf.get_logger().setLevel("ERROR")
+  values = flag_values()
+  try:
+    if values["watch"]:
+      watch(values)
+      return
+    payload = run(values)
+  except errors.UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if failed_checks(payload["checks"]):
+    sys.exit(INTEGRITY_FAILED_STATUS)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,151 @@
+"""End-to-end tests of `python -m rlfat_tf.evaluate` on a smoke-trained run."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+from absl import flags
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from rlfat_tf import errors
+from rlfat_tf import evaluate
+from rlfat_tf import saliency
+from rlfat_tf import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "flags" / "smoke.cfg")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+           PYTHONPATH=str(ROOT))
+# Every stage, at a size that runs in seconds.
+SMALL = ("--num_examples=40", "--batch_size=20", "--pgd_steps=3",
+         "--apgd_steps=4", "--nattack_examples=4", "--nattack_population=8",
+         "--nattack_iterations=10", "--check_examples=20",
+         "--salience_images=2", "--smoothgrad_samples=2", "--noprogress")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  """A WRN-10-1 trained for 6 steps, checkpoints at steps 3 and 6."""
+  model_dir = str(tmp_path_factory.mktemp("smoke"))
+  train.run(train.values_from_argv(
+      ["train", f"--flagfile={SMOKE}", f"--model_dir={model_dir}",
+       "--noprogress"]))
+  return model_dir
+
+
+def _values(*argv):
+  parsed = flags.FlagValues()
+  evaluate.define_flags(parsed)
+  parsed(["evaluate", *argv])
+  return evaluate.flag_values(parsed)
+
+
+def test_results_file_holds_every_number_and_passing_checks(smoke_run,
+                                                            tmp_path):
+  output = str(tmp_path / "out" / "results.json")
+  payload = evaluate.run(_values(f"--model_dir={smoke_run}",
+                                 f"--output={output}", *SMALL))
+  with open(output) as f:
+    written = json.load(f)
+  assert written == json.loads(json.dumps(payload))
+  assert written["schema_version"] == 1
+  run = written["run"]
+  assert run["checkpoint"].endswith("ckpt-6") and run["which"] == "last"
+  assert (run["dataset"], run["method"], run["architecture"]) == (
+      "cifar10_sample", "rlfat_p", "WRN-10-1")
+  assert run["train_flags"]["train_steps"] == 6
+  assert written["eval"] == {"split": "test", "num_examples": 40,
+                             "epsilon": 0.03, "batch_size": 20, "seed": 0,
+                             "sensitivity_inputs": "pgd"}
+  assert set(written["attacks"]) == {"pgd", "cw", "apgd_ce", "apgd_dlr",
+                                     "nattack"}
+  assert written["attacks"]["cw"]["steps"] == 3  # --cw_steps follows PGD
+  assert written["attacks"]["nattack"]["num_examples"] == 4
+  metrics = written["metrics"]
+  for name in ("clean", "pgd", "cw", "apgd_ce", "apgd_dlr", "worst_case",
+               "nattack"):
+    assert 0.0 <= metrics[f"test/{name}_accuracy"] <= 1.0
+  for name in ("pgd", "cw", "apgd_ce", "apgd_dlr"):
+    assert (metrics["test/worst_case_accuracy"] <=
+            metrics[f"test/{name}_accuracy"] <=
+            metrics["test/clean_accuracy"])
+  assert {"sensitivity/brightness_-0.15", "sensitivity/gamma_0.8",
+          "sensitivity/gamma_1.2"} <= set(metrics)
+  assert len(written["checks"]) == 8
+  assert all(c["passed"] for c in written["checks"].values()), (
+      written["checks"])
+  assert written["checks"]["variables_unchanged"]["passed"]
+  assert written["hardware"]["cpu_count"] == os.cpu_count()
+  assert written["time_seconds"] > 0
+
+  folder = os.path.dirname(output)
+  assert written["salience"]["num_images"] == 2
+  images, labels, maps = saliency.load_maps(
+      os.path.join(folder, written["salience"]["file"]))
+  assert images.shape == (2, 32, 32, 3) and maps.shape == (2, 32, 32)
+  examples = np.load(os.path.join(folder, written["per_example"]["file"]))
+  assert examples["worst_case"].mean() == metrics["test/worst_case_accuracy"]
+  assert len(examples["nattack"]) == 4 and len(examples["labels"]) == 40
+  assert not [f for f in os.listdir(folder) if f.endswith(".tmp")]
+
+
+def test_bad_inputs_name_the_fix(smoke_run, tmp_path):
+  common = (f"--model_dir={smoke_run}", f"--output={tmp_path / 'r.json'}")
+  with pytest.raises(errors.UserError, match="at most 100"):
+    evaluate.run(_values(*common, "--split=val", "--num_examples=101"))
+  with pytest.raises(errors.UserError, match="sensitivity_inputs=clean"):
+    evaluate.run(_values(*common, "--attacks=cw"))
+  with pytest.raises(errors.UserError, match="holds no training run"):
+    evaluate.run(_values(f"--model_dir={tmp_path}", "--which=best"))
+  assert not os.path.exists(tmp_path / "r.json")
+  for bad in ("--epsilon=0", "--attacks=pgd,fgsm", "--gamma=-1",
+              "--brightness=dark"):
+    with pytest.raises(flags.IllegalFlagValueError):
+      _values(*common, bad)
+
+
+def _tags(folder):
+  acc = event_accumulator.EventAccumulator(
+      folder, size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  return {tag: [e.step for e in acc.Tensors(tag)]
+          for tag in acc.Tags()["tensors"]}
+
+
+def test_watch_evaluates_each_checkpoint_once(smoke_run):
+  values = _values(f"--model_dir={smoke_run}", "--watch", "--pgd_steps=2",
+                   "--num_examples=20", "--batch_size=20",
+                   "--watch_timeout=1", "--noprogress")
+  history = evaluate.watch(values)
+  assert [e["step"] for e in history] == [3, 6]
+  for entry in history:
+    assert 0.0 <= entry["val/pgd2_accuracy"] <= entry["val/clean_accuracy"]
+  with open(os.path.join(smoke_run, "eval_history.jsonl")) as f:
+    assert [json.loads(line) for line in f] == history
+  assert _tags(os.path.join(smoke_run, "summaries_eval")) == {
+      "val/clean_accuracy": [3, 6], "val/pgd2_accuracy": [3, 6]}
+  # The last step is done: a second sidecar evaluates nothing and stops.
+  assert evaluate.watch(values) == history
+
+
+def test_cli_exits_3_and_says_so_when_a_check_fails(smoke_run, tmp_path):
+  output = tmp_path / "failed.json"
+  # At eps = 0 the "large" radius cannot lower accuracy: that check fails.
+  proc = subprocess.run(
+      [sys.executable, "-m", "rlfat_tf.evaluate", f"--model_dir={smoke_run}",
+       f"--output={output}", *SMALL, "--attacks=pgd", "--large_epsilon=0",
+       "--brightness=", "--gamma=", "--salience_images=0"],
+      capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300,
+      check=False)
+  assert proc.returncode == 3, proc.stderr
+  assert "INTEGRITY CHECK FAILED: large_epsilon_breaks_all" in proc.stderr
+  with open(output) as f:
+    written = json.load(f)
+  assert not written["checks"]["large_epsilon_breaks_all"]["passed"]
+  assert written["checks"]["zero_epsilon_gives_clean"]["passed"]
+  assert set(written["attacks"]) == {"pgd"} and written["salience"] is None
+  assert not any(k.startswith("sensitivity/") for k in written["metrics"])
