@@ -178,7 +178,7 @@ def random_start(spec, images, seeds):
   return project(images + noise, images, spec.epsilon)
 
 
-def perturb(model, spec, images, labels, seeds):
+def perturb(model, spec, images, labels, seeds, unroll=False):
   """Runs an attack and returns adversarial examples.
 
   Args:
@@ -187,6 +187,10 @@ def perturb(model, spec, images, labels, seeds):
     images: [B, H, W, C] clean images in [0, 1].
     labels: int [B] true labels.
     seeds: int [B, 2] per-example seeds for the random start.
+    unroll: write the steps out one after another instead of running them in
+      a ``tf.while_loop``; same result. For the places that cannot take the
+      loop (see ``trainer.Trainer``): XLA on CPUs and cross-replica
+      BatchNorm updates.
 
   Returns:
     [B, H, W, C] adversarial examples within ``spec.epsilon`` of ``images``
@@ -199,7 +203,7 @@ def perturb(model, spec, images, labels, seeds):
   if spec.loss == "kl":
     clean_logits = tf.stop_gradient(model(images, training=training))
   adv = random_start(spec, images, seeds)
-  for _ in tf.range(spec.steps):
+  for _ in range(spec.steps) if unroll else tf.range(spec.steps):
     with tf.GradientTape() as tape:
       tape.watch(adv)
       loss = tf.reduce_sum(loss_fn(model(adv, training=training), labels,

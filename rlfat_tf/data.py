@@ -13,9 +13,16 @@ Training batches are dicts:
 
 All randomness (shuffle order, flips, crops, attack starts, RBS) comes from
 stateless ops keyed by the run's seed and the example's position in the
-stream. The iterator's state therefore holds all of it, and a run restored
-from a checkpoint sees exactly the batches an uninterrupted run would see.
-Shuffling runs over indices, not images, so that state stays small.
+stream: each epoch's order is a permutation drawn from (seed, epoch), and each
+example's choices from (seed, position). The stream is therefore a pure
+function of its start, so a resumed run (``start``) sees exactly the batches
+an uninterrupted run would see, whatever the number of replicas or workers,
+and no iterator state needs to be checkpointed.
+
+Speed: the decoded uint8 images live in memory as one constant (the cache),
+each example is augmented by a parallel map and batches are prefetched; under
+a ``tf.distribute`` strategy the distributed dataset also prefetches them to
+the replicas' devices.
 """
 
 import dataclasses
@@ -68,6 +75,25 @@ def _example_keys(seed, position):
   return tf.unstack(tf.random.experimental.stateless_split(key, num=3))
 
 
+def _epoch_order(seed, epoch, num):
+  """The example order of one epoch: a permutation drawn from (seed, epoch).
+
+  Negative second seed words never occur as example positions, so the
+  shuffle draws from streams that no example's choices use.
+  """
+  key = tf.stack([tf.constant(seed, tf.int64), -1 - epoch])
+  return tf.argsort(tf.random.stateless_uniform([num], key))
+
+
+def _positions_and_indices(seed, num, start):
+  """(position, example index) pairs of the endless stream, from ``start``."""
+  first_epoch = start // num
+  ds = tf.data.Dataset.counter(first_epoch).flat_map(
+      lambda epoch: tf.data.Dataset.from_tensor_slices(
+          tf.cast(_epoch_order(seed, epoch, num), tf.int64)))
+  return ds.enumerate(first_epoch * num).skip(start - first_epoch * num)
+
+
 def _augment(image, augmentation, seed):
   flip_seed, crop_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=2))
@@ -83,7 +109,7 @@ def _augment(image, augmentation, seed):
 
 def train_dataset(images, labels, *, batch_size, seed, augmentation,
                   rbs_blocks=None, rbs_granularity="batch",
-                  input_context=None):
+                  input_context=None, start=0):
   """An endless, shuffled, augmented stream of training batches.
 
   Args:
@@ -97,6 +123,9 @@ def train_dataset(images, labels, *, batch_size, seed, augmentation,
       carry none (methods that do not use RBS).
     rbs_granularity: "batch" (one transform per batch) or "example".
     input_context: a ``tf.distribute.InputContext`` to shard by, or None.
+    start: position of the first example, counted over the whole (unsharded)
+      stream; a multiple of ``batch_size`` resumes the stream after
+      ``start // batch_size`` global batches.
 
   Returns:
     A ``tf.data.Dataset`` of batch dicts (see the module docstring).
@@ -118,22 +147,22 @@ def train_dataset(images, labels, *, batch_size, seed, augmentation,
       params = rbs.sample_params(rbs_seed, height, width, rbs_blocks)
       out["rbs_rows"], out["rbs_cols"] = params["rows"], params["cols"]
     elif rbs_blocks:
-      out["rbs_seed"] = rbs_seed
+      out["position"] = position
     return out
 
   def batch_rbs(batch):
-    # The batch's transform is keyed by its first example, so the stream of
-    # transforms is as reproducible as the examples themselves.
-    params = rbs.sample_params(batch.pop("rbs_seed")[0], height, width,
+    # The transform is keyed by the first example of the *global* batch, so
+    # every replica's share of a batch gets the same one and the stream of
+    # transforms does not depend on how the batch is split.
+    first = batch.pop("position")[0] // batch_size * batch_size
+    params = rbs.sample_params(_example_keys(seed, first)[2], height, width,
                                rbs_blocks)
     batch["rbs_rows"], batch["rbs_cols"] = params["rows"], params["cols"]
     return batch
 
-  ds = tf.data.Dataset.range(num).shuffle(num, seed=seed,
-                                          reshuffle_each_iteration=True)
   # Positions count examples across epochs, before sharding, so every example
   # drawn has its own seeds whatever the number of input pipelines.
-  ds = ds.repeat().enumerate()
+  ds = _positions_and_indices(seed, num, start)
   per_replica = batch_size
   if input_context is not None:
     ds = ds.shard(input_context.num_input_pipelines,

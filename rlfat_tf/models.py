@@ -15,6 +15,12 @@ and nothing normalises the input outside the model either. Convolutions use
 He initialisation on fan-out from an untruncated normal (the TF1 code's
 ``stddev = sqrt(2 / (k * k * out))``), the dense layer the uniform unit
 scaling initialiser, BatchNorm momentum 0.9 and epsilon 1e-3.
+
+Mixed precision: layers follow Keras's dtype policy at build time (e.g.
+``mixed_bfloat16``), except the logits layer, which always computes in
+float32, so losses, softmaxes and attack gradients never see 16-bit logits.
+The input stays float32 and is cast by the first convolution, so the
+gradient with respect to the image is float32 too.
 """
 
 import keras
@@ -88,10 +94,11 @@ def wide_resnet(depth, width, num_classes, image_shape,
     num_classes: number of logits.
     image_shape: (H, W, C) of the [0, 1] input images.
     sync_batch_norm: use cross-replica batch statistics under a
-      ``tf.distribute`` strategy.
+      ``tf.distribute`` strategy, so a batch split across replicas is
+      normalised as one batch.
 
   Returns:
-    A ``keras.Model`` mapping images to logits.
+    A ``keras.Model`` mapping float32 images to float32 logits.
   """
   n = units_per_stage(depth)
   filters = [16, 16 * width, 32 * width, 64 * width]
@@ -114,5 +121,5 @@ def wide_resnet(depth, width, num_classes, image_shape,
       num_classes,
       kernel_initializer=keras.initializers.VarianceScaling(
           1.0, mode="fan_in", distribution="uniform"),
-      bias_initializer="zeros", name="logits")(x)
+      bias_initializer="zeros", dtype="float32", name="logits")(x)
   return keras.Model(inputs, logits, name=f"wrn-{depth}-{width}")

@@ -6,13 +6,25 @@ Examples:
       --model_dir=runs/stl10_rlfat_t
   python -m rlfat_tf.train --dataset=cifar10 --data_dir=../shared/data \
       --method=rlfat_p --depth=16 --width=2 --model_dir=runs/c10
+  # All local GPUs, cross-replica BatchNorm, bfloat16 compute:
+  python -m rlfat_tf.train --flagfile=flags/cifar10_rlfat_p.cfg \
+      --strategy=mirrored --sync_batch_norm --mixed_precision=mixed_bfloat16 \
+      --model_dir=runs/c10_rlfat_p
+  # One process per machine, each with its own TF_CONFIG task:
+  TF_CONFIG='{"cluster": {"worker": ["host1:2222", "host2:2222"]},
+              "task": {"type": "worker", "index": 0}}' \
+  python -m rlfat_tf.train --strategy=multi_worker --model_dir=/shared/run
 
 Running again with the same --model_dir resumes from its last checkpoint;
---train_steps may grow, the other training flags must stay the same.
+--train_steps may grow, the hardware and speed flags may change, the other
+training flags must stay the same. Under --strategy=multi_worker, --model_dir
+must be a folder every worker reads (e.g. a bucket or a network file system):
+the chief writes there and every worker resumes from the chief's checkpoint.
 """
 
 import os
 import sys
+import warnings
 
 from absl import app
 from absl import flags
@@ -30,6 +42,7 @@ from rlfat_tf import models
 from rlfat_tf import objectives
 from rlfat_tf import runs
 from rlfat_tf import sources
+from rlfat_tf import strategies
 from rlfat_tf import trainer
 
 
@@ -50,108 +63,156 @@ DATASET_DEFAULTS = {
 RESUMABLE_CHANGES = frozenset({
     "train_steps", "steps_per_loop", "checkpoint_every", "eval_every",
     "keep_checkpoints", "jit_compile", "progress", "data_dir",
-    "tfds_data_dir", "deterministic"})
+    "tfds_data_dir", "deterministic", "strategy", "cpu_devices", "tpu",
+    "sync_batch_norm", "mixed_precision"})
 
-FLAGS = flags.FLAGS
+def define_flags(flag_values=flags.FLAGS):
+  """Defines the command's flags in ``flag_values``; ``__main__`` calls it.
 
-# Data.
-flags.DEFINE_enum("dataset", "cifar10_sample", sources.DATASETS,
-                  "Dataset; cifar10_sample is a 4,000/1,000-image CIFAR-10 "
-                  "sample embedded in the package (no download).")
-flags.DEFINE_string("data_dir", None,
-                    "Folder holding the official binary release "
-                    "(cifar-10-batches-bin/, cifar-100-binary/ or "
-                    "stl10_binary/); without it, tensorflow-datasets loads "
-                    "the dataset.")
-flags.DEFINE_string("tfds_data_dir", None,
-                    "tensorflow-datasets data folder (default: its own).")
-flags.DEFINE_integer("val_size", 0, "Training examples held out for "
-                     "validation and best-checkpoint selection (0: none, as "
-                     "in the paper).", lower_bound=0)
-flags.DEFINE_bool("flip", True, "Random horizontal flips (official code).")
-flags.DEFINE_integer("pad_crop", 0, "Zero-pad by this many pixels and crop "
-                     "back at random (0: off, as in the official code).",
-                     lower_bound=0)
+  Defining them on import would clash with the other entry points' flags of
+  the same names when several are imported into one process (tests).
+  """
+  fv = {"flag_values": flag_values}
+  # Data.
+  flags.DEFINE_enum("dataset", "cifar10_sample", sources.DATASETS,
+                    "Dataset; cifar10_sample is a 4,000/1,000-image CIFAR-10 "
+                    "sample embedded in the package (no download).", **fv)
+  flags.DEFINE_string("data_dir", None,
+                      "Folder holding the official binary release "
+                      "(cifar-10-batches-bin/, cifar-100-binary/ or "
+                      "stl10_binary/); without it, tensorflow-datasets loads "
+                      "the dataset.", **fv)
+  flags.DEFINE_string("tfds_data_dir", None,
+                      "tensorflow-datasets data folder (default: its own).",
+                      **fv)
+  flags.DEFINE_integer("val_size", 0, "Training examples held out for "
+                       "validation and best-checkpoint selection (0: none, as "
+                       "in the paper).", lower_bound=0, **fv)
+  flags.DEFINE_bool("flip", True, "Random horizontal flips (official code).",
+                    **fv)
+  flags.DEFINE_integer("pad_crop", 0, "Zero-pad by this many pixels and crop "
+                       "back at random (0: off, as in the official code).",
+                       lower_bound=0, **fv)
 
-# Model.
-flags.DEFINE_integer("depth", None, "WRN depth 6n+4 (default: 34 on CIFAR, "
-                     "40 on STL-10).", lower_bound=10)
-flags.DEFINE_integer("width", None, "WRN widening factor (default: 10 on "
-                     "CIFAR, 2 on STL-10).", lower_bound=1)
+  # Model.
+  flags.DEFINE_integer("depth", None, "WRN depth 6n+4 (default: 34 on CIFAR, "
+                       "40 on STL-10).", lower_bound=10, **fv)
+  flags.DEFINE_integer("width", None, "WRN widening factor (default: 10 on "
+                       "CIFAR, 2 on STL-10).", lower_bound=1, **fv)
 
-# Method and attack.
-flags.DEFINE_enum("method", "rlfat_p", tuple(objectives.METHODS), "Training method.")
-flags.DEFINE_float("epsilon", 0.03, "L-inf radius of the training attack, "
-                   "in (0, 1].")
-flags.DEFINE_float("step_size", 0.0075, "Step of the training attack, in "
-                   "(0, 1].")
-flags.DEFINE_integer("attack_steps", None, "Steps of the training attack "
-                     "(default: 10 on CIFAR-10, 7 on CIFAR-100 and STL-10).",
-                     lower_bound=1)
-flags.DEFINE_enum("attack_bn_mode", "train", ("train", "eval"),
-                  "BatchNorm mode of the model while the training attack "
-                  "runs (train: the official code; eval: TRADES's code).")
-flags.DEFINE_float("trades_beta", 6.0, "Weight of the KL term (trades, "
-                   "rlfat_t, rbsat_t).", lower_bound=0.0)
-flags.DEFINE_float("eta", None, "Weight of the transfer term (default: 0.5 "
-                   "for rlfat_p, 1.0 for rlfat_t).", lower_bound=0.0)
-flags.DEFINE_integer("rbs_blocks", 2, "Random Block Shuffle blocks per "
-                     "axis.", lower_bound=1)
-flags.DEFINE_enum("rbs_granularity", "batch", ("batch", "example"),
-                  "One RBS per batch (official code) or per example "
-                  "(paper text).")
+  # Method and attack.
+  flags.DEFINE_enum("method", "rlfat_p", tuple(objectives.METHODS),
+                    "Training method.", **fv)
+  flags.DEFINE_float("epsilon", 0.03, "L-inf radius of the training attack, "
+                     "in (0, 1].", **fv)
+  flags.DEFINE_float("step_size", 0.0075, "Step of the training attack, in "
+                     "(0, 1].", **fv)
+  flags.DEFINE_integer("attack_steps", None, "Steps of the training attack "
+                       "(default: 10 on CIFAR-10, 7 on CIFAR-100 and STL-10).",
+                       lower_bound=1, **fv)
+  flags.DEFINE_enum("attack_bn_mode", "train", ("train", "eval"),
+                    "BatchNorm mode of the model while the training attack "
+                    "runs (train: the official code; eval: TRADES's code).",
+                    **fv)
+  flags.DEFINE_float("trades_beta", 6.0, "Weight of the KL term (trades, "
+                     "rlfat_t, rbsat_t).", lower_bound=0.0, **fv)
+  flags.DEFINE_float("eta", None, "Weight of the transfer term (default: 0.5 "
+                     "for rlfat_p, 1.0 for rlfat_t).", lower_bound=0.0, **fv)
+  flags.DEFINE_integer("rbs_blocks", 2, "Random Block Shuffle blocks per "
+                       "axis.", lower_bound=1, **fv)
+  flags.DEFINE_enum("rbs_granularity", "batch", ("batch", "example"),
+                    "One RBS per batch (official code) or per example "
+                    "(paper text).", **fv)
 
-# Optimisation.
-flags.DEFINE_integer("batch_size", 32, "Global batch size.", lower_bound=1)
-flags.DEFINE_integer("train_steps", None, "Optimizer steps (default: 79,800 "
-                     "on CIFAR, 29,700 on STL-10).", lower_bound=1)
-flags.DEFINE_enum("optimizer", "adam", ("adam", "sgd"), "Optimizer.")
-flags.DEFINE_float("learning_rate", 1e-3, "Initial learning rate.",
-                   lower_bound=0.0)
-flags.DEFINE_float("momentum", 0.9, "SGD momentum.", lower_bound=0.0,
-                   upper_bound=1.0)
-flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (0: none, "
-                   "as in the official code).", lower_bound=0.0)
-flags.DEFINE_list("lr_boundaries", [], "Steps at which the learning rate is "
-                  "multiplied by --lr_decay, e.g. 40000,60000.")
-flags.DEFINE_float("lr_decay", 0.1, "Learning-rate factor at each boundary.",
-                   lower_bound=0.0)
+  # Optimisation.
+  flags.DEFINE_integer("batch_size", 32, "Global batch size.", lower_bound=1,
+                       **fv)
+  flags.DEFINE_integer("train_steps", None, "Optimizer steps (default: 79,800 "
+                       "on CIFAR, 29,700 on STL-10).", lower_bound=1, **fv)
+  flags.DEFINE_enum("optimizer", "adam", ("adam", "sgd"), "Optimizer.", **fv)
+  flags.DEFINE_float("learning_rate", 1e-3, "Initial learning rate.",
+                     lower_bound=0.0, **fv)
+  flags.DEFINE_float("momentum", 0.9, "SGD momentum.", lower_bound=0.0,
+                     upper_bound=1.0, **fv)
+  flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (0: none, "
+                     "as in the official code).", lower_bound=0.0, **fv)
+  flags.DEFINE_list("lr_boundaries", [], "Steps at which the learning rate is "
+                    "multiplied by --lr_decay, e.g. 40000,60000.", **fv)
+  flags.DEFINE_float("lr_decay", 0.1, "Learning-rate factor at each boundary.",
+                     lower_bound=0.0, **fv)
 
-# Loop, checkpoints, logging.
-flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, summaries, "
-                    "flags.json, metrics.json.")
-flags.DEFINE_integer("steps_per_loop", 100, "Steps per call of the compiled "
-                     "loop.", lower_bound=1)
-flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.",
-                     lower_bound=1)
-flags.DEFINE_integer("keep_checkpoints", 3, "Recent checkpoints kept.",
-                     lower_bound=1)
-flags.DEFINE_integer("eval_every", None, "Steps between validations "
-                     "(default: --checkpoint_every).", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "Seed of initialisation, data order, "
-                     "augmentation, attack starts and RBS.", lower_bound=0)
-flags.DEFINE_bool("deterministic", False, "Turn on TensorFlow op determinism "
-                  "(bit-exact reruns and resumes on CPU; slower).")
-flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
-flags.DEFINE_bool("progress", True, "Show a progress bar.")
+  # Loop, checkpoints, logging.
+  flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, summaries, "
+                      "flags.json, metrics.json.", **fv)
+  flags.DEFINE_integer("steps_per_loop", 100, "Steps per call of the compiled "
+                       "loop.", lower_bound=1, **fv)
+  flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.",
+                       lower_bound=1, **fv)
+  flags.DEFINE_integer("keep_checkpoints", 3, "Recent checkpoints kept.",
+                       lower_bound=1, **fv)
+  flags.DEFINE_integer("eval_every", None, "Steps between validations "
+                       "(default: --checkpoint_every).", lower_bound=1, **fv)
+  flags.DEFINE_integer("seed", 0, "Seed of initialisation, data order, "
+                       "augmentation, attack starts and RBS.", lower_bound=0,
+                       **fv)
+  flags.DEFINE_bool("deterministic", False, "Turn on TensorFlow op determinism "
+                    "(bit-exact reruns and resumes on CPU; slower).", **fv)
+  flags.DEFINE_bool("progress", True, "Show a progress bar.", **fv)
 
-flags.mark_flag_as_required("model_dir")
-for _name in ("epsilon", "step_size"):
+  # Devices and speed.
+  flags.DEFINE_enum("strategy", "default", strategies.NAMES,
+                    "tf.distribute strategy: default (one device), mirrored "
+                    "(all local GPUs, or --cpu_devices logical CPUs), "
+                    "multi_worker (the cluster in TF_CONFIG) or tpu.", **fv)
+  flags.DEFINE_integer("cpu_devices", 1, "Split the CPU into this many logical "
+                       "devices for --strategy=mirrored on a machine without "
+                       "GPUs (to run multi-replica training anywhere; not "
+                       "faster).", lower_bound=1, **fv)
+  flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for "
+                      "--strategy=tpu, or 'local' on a TPU VM (default: found "
+                      "from the Cloud TPU environment).", **fv)
+  flags.DEFINE_bool("sync_batch_norm", False, "Normalise with batch statistics "
+                    "summed across replicas, so a batch split across devices "
+                    "is normalised as one batch.", **fv)
+  flags.DEFINE_enum("mixed_precision", "float32", trainer.PRECISIONS,
+                    "Compute dtype policy of the model (variables, logits, "
+                    "losses and the attack's gradient sign stay float32).",
+                    **fv)
+  flags.DEFINE_bool("jit_compile", False, "Compile each step's attack, forward "
+                    "and backward passes with XLA.", **fv)
+
+  flags.mark_flag_as_required("model_dir", **fv)
+  for _name in ("epsilon", "step_size"):
+    flags.register_validator(
+        _name, lambda v: 0.0 < v <= 1.0,
+        message=f"--{_name} must be in (0, 1] (images are in [0, 1]; e.g. "
+        f"0.03 for 7.65/255)", **fv)
   flags.register_validator(
-      _name, lambda v: 0.0 < v <= 1.0,
-      message=f"--{_name} must be in (0, 1] (images are in [0, 1]; e.g. "
-      f"0.03 for 7.65/255)")
-flags.register_validator(
-    "lr_boundaries", lambda v: all(s.isdigit() and int(s) > 0 for s in v) and
-    [int(s) for s in v] == sorted({int(s) for s in v}),
-    message="--lr_boundaries must be increasing positive step numbers, e.g. "
-    "40000,60000")
+      "lr_boundaries", lambda v: all(s.isdigit() and int(s) > 0 for s in v) and
+      [int(s) for s in v] == sorted({int(s) for s in v}),
+      message="--lr_boundaries must be increasing positive step numbers, e.g. "
+      "40000,60000", **fv)
 
 
-def flag_values():
-  """The parsed values of this module's flags, by name."""
+def parsed_values(flag_values=flags.FLAGS):
+  """The parsed values of the flags ``define_flags`` defined, by name."""
   return {f.name: f.value
-          for f in FLAGS.get_flags_for_module(sys.modules[__name__])}
+          for f in flag_values.get_flags_for_module(sys.modules[__name__])}
+
+
+def values_from_argv(argv):
+  """Parses a command line into resolved flag values, outside ``__main__``.
+
+  Args:
+    argv: the command line, program name first.
+
+  Returns:
+    The resolved values (``resolve_flags``).
+  """
+  flag_values = flags.FlagValues()
+  define_flags(flag_values)
+  flag_values(argv)
+  return resolve_flags(parsed_values(flag_values))
 
 
 def resolve_flags(values):
@@ -166,7 +227,6 @@ def resolve_flags(values):
   Raises:
     errors.UserError: flags that contradict each other.
   """
-
   out = dict(values)
   for key, default in DATASET_DEFAULTS[out["dataset"]].items():
     if out[key] is None:
@@ -187,6 +247,13 @@ def resolve_flags(values):
     raise errors.UserError(
         f"--depth={out['depth']} is not a WideResNet depth: use 6n+4, e.g. "
         f"10, 16, 28, 34 or 40") from None
+  if out["cpu_devices"] > 1 and out["strategy"] != "mirrored":
+    raise errors.UserError(
+        f"--cpu_devices={out['cpu_devices']} only applies to "
+        f"--strategy=mirrored: add it, or drop --cpu_devices")
+  if out["tpu"] and out["strategy"] != "tpu":
+    raise errors.UserError(
+        "--tpu only applies to --strategy=tpu: add it, or drop --tpu")
   if out["step_size"] > out["epsilon"] * 2 + 1e-12:
     raise errors.UserError(
         f"--step_size={out['step_size']} exceeds twice --epsilon="
@@ -197,7 +264,6 @@ def resolve_flags(values):
 
 def check_resume(model_dir, values):
   """Refuses to resume a run in ``model_dir`` with different flags."""
-
   try:
     previous = runs.load_flags(model_dir)
   except errors.UserError:
@@ -210,12 +276,27 @@ def check_resume(model_dir, values):
         f"{value}: pass the same value to resume it, or a new --model_dir")
 
 
-def run(values):
-  """Trains with resolved flag values; returns the final metrics."""
+def build_trainer(values):
+  """Sets up devices, data and the trainer for resolved flag values.
 
+  Writes ``flags.json`` (on the chief) once everything is known to be valid.
 
+  Args:
+    values: resolved flag values (``resolve_flags``).
+
+  Returns:
+    A ``trainer.Trainer``, not yet restored.
+
+  Raises:
+    errors.UserError: flags that cannot work here.
+  """
   model_dir = values["model_dir"]
   check_resume(model_dir, values)
+  # Devices and the cluster must be set up before TensorFlow runs any op.
+  if values["cpu_devices"] > 1:
+    strategies.split_cpu(values["cpu_devices"])
+  strategy = strategies.create(values["strategy"], values["tpu"])
+  strategies.check_batch_size(values["batch_size"], strategy)
   if values["deterministic"]:
     tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(values["seed"])
@@ -243,48 +324,64 @@ def run(values):
       lr_decay=values["lr_decay"],
       checkpoint_every=values["checkpoint_every"],
       keep_checkpoints=values["keep_checkpoints"],
-      eval_every=values["eval_every"], jit_compile=values["jit_compile"])
+      eval_every=values["eval_every"], jit_compile=values["jit_compile"],
+      mixed_precision=values["mixed_precision"])
   augmentation = data.Augmentation(flip=values["flip"],
                                    pad_crop=values["pad_crop"])
   rbs_blocks = values["rbs_blocks"] if config.method_spec.uses_rbs else None
 
-  def train_input_fn(input_context):
+  def train_input_fn(input_context, step):
     return data.train_dataset(
         images, labels, batch_size=config.batch_size, seed=values["seed"],
         augmentation=augmentation, rbs_blocks=rbs_blocks,
         rbs_granularity=values["rbs_granularity"],
-        input_context=input_context)
+        input_context=input_context, start=step * config.batch_size)
 
   def val_input_fn(input_context):
     return data.eval_dataset(val_images, val_labels,
                              batch_size=config.batch_size,
                              seed=values["seed"], input_context=input_context)
 
-  runs.save_flags(model_dir, values)
   runner = trainer.Trainer(
-      config, lambda: runs.build_model(values), train_input_fn, model_dir,
+      config,
+      lambda: runs.build_model(values,
+                               sync_batch_norm=values["sync_batch_norm"]),
+      train_input_fn, model_dir, strategy=strategy,
       val_input_fn=val_input_fn if len(val_images) else None,
       verbose=int(values["progress"]))
+  if runner.is_chief:
+    runs.save_flags(model_dir, values)
+  return runner
+
+
+def run(values):
+  """Trains with resolved flag values; returns the final metrics."""
+  runner = build_trainer(values)
   restored = runner.restore()
   if restored:
     print(f"resuming from {restored} (step {runner.step})", flush=True)
   metrics = runner.train()
   print(f"trained to step {runner.step}; last checkpoint: "
-        f"{runner.manager.latest_checkpoint}", flush=True)
+        f"{runs.checkpoint_path(values['model_dir'])}", flush=True)
   return metrics
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:
+  if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+    # tf.distribute reads dataset options while tracing, which tf.data warns
+    # about on every multi-replica run although nothing is lost.
+    warnings.filterwarnings(
+        "ignore", message="To make it possible to preserve tf.data options")
   try:
-    run(resolve_flags(flag_values()))
+    run(resolve_flags(parsed_values()))
   except errors.UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -5,13 +5,27 @@ Shuffle to the adversarial example, runs the forward passes the objective
 reads, and applies the update. An outer ``tf.function`` runs many steps per
 call through ``strategy.run``, so the host only wakes up to log, validate and
 checkpoint. Everything is built under a ``tf.distribute`` strategy (the
-default one on a single device), with the loss averaged over the global batch.
+default one on a single device, see ``strategies``), with the loss averaged
+over the global batch; each replica attacks its own share of the batch, with
+the per-example seeds and the RBS that travel with it.
 
-The checkpoint holds the model, the optimizer (whose ``iterations`` is the
-step), the input iterator (which carries every random choice, see ``data``)
-and the best validation score, so a killed run resumes where it stopped.
+The checkpoint holds the model, the optimizer, the number of steps run and
+the best validation score. The input stream is a pure function of its start
+(see ``data``), so a resumed run rebuilds it at ``step * batch_size`` instead
+of restoring an iterator, which also works under strategies whose distributed
+iterators cannot be saved, and for every worker of a multi-worker run.
+
+Speed options: ``jit_compile`` compiles the gradient computation of a step
+(attack, passes, loss and backward pass) with XLA; the optimizer update stays
+outside it because it synchronises replicas. ``mixed_precision`` runs the
+model in bfloat16 or float16 with float32 variables and logits; the attack's
+input, its gradient's sign and every loss stay in float32, and float16 adds
+dynamic loss scaling to the update. The attack needs no loss scale: it
+ascends a sum over examples, so its input gradients are a batch size larger
+than the training loss's and stay clear of float16's underflow.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,8 +38,10 @@ from rlfat_tf import attacks
 from rlfat_tf import errors
 from rlfat_tf import objectives
 from rlfat_tf import rbs
+from rlfat_tf import strategies
 
 OPTIMIZERS = ("adam", "sgd")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 SUM = tf.distribute.ReduceOp.SUM
 
 
@@ -55,7 +71,9 @@ class TrainConfig:
     checkpoint_every: steps between checkpoints.
     keep_checkpoints: most recent checkpoints kept.
     eval_every: steps between validations (when there is a validation split).
-    jit_compile: compile the replica step with XLA.
+    jit_compile: compile the gradient computation of a step with XLA.
+    mixed_precision: Keras dtype policy of the model's layers, one of
+      ``PRECISIONS``.
   """
   method: str
   epsilon: float = 0.03
@@ -77,6 +95,7 @@ class TrainConfig:
   keep_checkpoints: int = 3
   eval_every: int = 1000
   jit_compile: bool = False
+  mixed_precision: str = "float32"
 
   @property
   def method_spec(self):
@@ -112,10 +131,25 @@ def build_optimizer(config):
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
   if wd:
     optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+  if config.mixed_precision == "mixed_float16":
+    # float16 gradients underflow without a loss scale; bfloat16 has float32's
+    # exponent range and needs none.
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer
 
 
-def _write_json(path, payload):
+@contextlib.contextmanager
+def _dtype_policy(name):
+  """Builds layers under a Keras dtype policy, then restores the previous."""
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(name)
+  try:
+    yield
+  finally:
+    keras.config.set_dtype_policy(previous)
+
+
+def write_json(path, payload):
   """Writes JSON atomically, so a kill never leaves half a file."""
   tmp = f"{path}.tmp"
   with tf.io.gfile.GFile(tmp, "w") as f:
@@ -126,73 +160,155 @@ def _write_json(path, payload):
 class Trainer:
   """Trains a model with one of the methods of ``objectives``.
 
-  Files under ``model_dir``:
+  Files under ``model_dir`` (written by the chief worker only):
   - ``checkpoints/``: the last ``keep_checkpoints`` full checkpoints;
   - ``best/``: the model with the best validation PGD accuracy, and
     ``best.json`` with its step and scores (only with a validation split);
   - ``summaries/``: TensorBoard scalars, tagged by the keys of ``metrics``;
   - ``metrics.json``: the latest value of every tag.
+  Other workers of a multi-worker run take part in every save (saves are
+  collective) but write into a private directory that they delete at once,
+  and they write no summaries or JSON.
   """
 
   def __init__(self, config, model_fn, train_input_fn, model_dir,
                strategy=None, val_input_fn=None, verbose=1):
-    """Builds the model, optimizer, input iterator and checkpoint.
+    """Builds the model, optimizer, compiled loops and checkpoint.
 
     Args:
       config: a ``TrainConfig``.
-      model_fn: builds the Keras model (called in the strategy's scope).
-      train_input_fn: ``input_context -> tf.data.Dataset`` of training
-        batches (``data.train_dataset``).
+      model_fn: builds the Keras model (called in the strategy's scope and
+        under ``config.mixed_precision``'s dtype policy).
+      train_input_fn: ``(input_context, step) -> tf.data.Dataset`` of the
+        training batches from global step ``step`` on (``data.train_dataset``
+        with ``start=step * batch_size``).
       model_dir: directory of checkpoints, summaries and results.
       strategy: a ``tf.distribute.Strategy`` (default: the current one).
       val_input_fn: ``input_context -> tf.data.Dataset`` of validation
         batches (``data.eval_dataset``), or None for no validation.
-      verbose: 1 shows a progress bar, 0 is silent.
+      verbose: 1 shows a progress bar (on the chief), 0 is silent.
+
+    Raises:
+      errors.UserError: the batch does not split across the replicas, or the
+        model's synchronised BatchNorm cannot run under XLA here.
     """
+    if config.mixed_precision not in PRECISIONS:
+      raise ValueError(f"unknown precision {config.mixed_precision!r}")
     self.config = config
     self.method = config.method_spec
     self.model_dir = model_dir
     self.strategy = strategy or tf.distribute.get_strategy()
-    self.verbose = verbose
+    strategies.check_batch_size(config.batch_size, self.strategy)
+    self.is_chief = strategies.is_chief(self.strategy)
+    self.verbose = verbose if self.is_chief else 0
     with self.strategy.scope():
-      self.model = model_fn()
+      with _dtype_policy(config.mixed_precision):
+        self.model = model_fn()
       self.optimizer = build_optimizer(config)
       self.optimizer.build(self.model.trainable_variables)
       self.best_score = tf.Variable(-1.0, trainable=False,
                                     name="best_val_score")
-    self.iterator = iter(
-        self.strategy.distribute_datasets_from_function(train_input_fn))
+      self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64,
+                                     name="step")
+    self._unroll_attack = self._plan_attack_loop()
+    self._train_input_fn = train_input_fn
+    self._iterator = None
     self.val_dataset = (
         self.strategy.distribute_datasets_from_function(val_input_fn)
         if val_input_fn else None)
+    loss_scaled = isinstance(self.optimizer,
+                             keras.optimizers.LossScaleOptimizer)
+    # The unwrapped optimizer is saved, so a run can resume in another
+    # precision; the loss scale is saved beside it.
+    extra = ({"loss_scale": self.optimizer.dynamic_scale.value}
+             if loss_scaled else {})
     self.checkpoint = tf.train.Checkpoint(
-        model=self.model, optimizer=self.optimizer, iterator=self.iterator,
-        best_score=self.best_score)
+        model=self.model,
+        optimizer=(self.optimizer.inner_optimizer if loss_scaled
+                   else self.optimizer),
+        best_score=self.best_score, step=self.global_step, **extra)
+    write_dir = strategies.write_dir(model_dir, self.strategy)
     self.manager = tf.train.CheckpointManager(
-        self.checkpoint, os.path.join(model_dir, "checkpoints"),
+        self.checkpoint, os.path.join(write_dir, "checkpoints"),
         max_to_keep=config.keep_checkpoints)
     self.best_manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=self.model),
-        os.path.join(model_dir, "best"), max_to_keep=1)
+        os.path.join(write_dir, "best"), max_to_keep=1)
+    gradients = self._gradients
+    if config.jit_compile:
+      gradients = tf.function(gradients, jit_compile=True)
+    self._gradient_fn = gradients
     self._train_loop = self._build_train_loop()
     self._eval_loop = self._build_eval_loop() if self.val_dataset else None
     self.metrics = {}
 
   @property
   def step(self):
-    return int(self.optimizer.iterations.numpy())
+    """Training steps run so far (batches consumed)."""
+    return int(self.global_step.numpy())
+
+  def _plan_attack_loop(self):
+    """Whether the training attack's steps are unrolled into the graph.
+
+    ``attacks.perturb`` runs its steps in a ``tf.while_loop``. Two places
+    cannot take that loop:
+    - XLA's CPU backend compiles a convolution's input gradient inside a loop
+      body into a naive loop nest instead of its Eigen kernel (about 10x
+      slower; jax-ml/jax#12868), so under XLA on CPUs the steps are unrolled;
+    - synchronised BatchNorm in train mode sums batch statistics across
+      replicas with ``merge_call`` (see ``strategies.uses_merge_call``),
+      which cannot run inside a loop, so the steps are unrolled there too.
+    The unrolled attack computes exactly what the loop does.
+
+    Raises:
+      errors.UserError: synchronised BatchNorm under XLA on CPUs, where the
+        merge_call would sit inside the compiled function.
+    """
+    config, strategy = self.config, self.strategy
+    sync_bn = any(getattr(layer, "synchronized", False)
+                  for layer in self.model.layers)
+    merge = sync_bn and strategies.uses_merge_call(strategy)
+    cpu = strategies.on_cpu(strategy)
+    if merge and config.jit_compile and cpu:
+      raise errors.UserError(
+          "--sync_batch_norm cannot run under --jit_compile on CPUs (XLA "
+          "cannot compile the replicas' merge_call there): drop "
+          "--jit_compile, or run on GPUs")
+    return ((config.jit_compile and cpu)
+            or (merge and not config.jit_compile
+                and config.attack_bn_mode == "train"))
 
   def restore(self):
-    """Restores the latest checkpoint, if any; returns its path or None."""
-    return self.manager.restore_or_initialize()
+    """Restores the latest checkpoint of the chief, if any.
+
+    Every worker restores the chief's checkpoint, so all of them resume from
+    the same state.
+
+    Returns:
+      The checkpoint's path, or None when there is none.
+    """
+    path = tf.train.latest_checkpoint(
+        os.path.join(self.model_dir, "checkpoints"))
+    if path is None:
+      return None
+    # Checkpoints may also hold objects this trainer does not track (an input
+    # iterator, another precision's loss scale).
+    self.checkpoint.restore(path).expect_partial()
+    if not tf.train.load_checkpoint(path).has_tensor(
+        "step/.ATTRIBUTES/VARIABLE_VALUE"):
+      # Checkpoints without a step counter counted steps in the optimizer.
+      self.global_step.assign(tf.cast(self.optimizer.iterations, tf.int64))
+    self._iterator = None
+    return path
 
   # Replica functions --------------------------------------------------------
 
-  def _train_step(self, batch):
+  def _gradients(self, batch):
+    """Attack, forward passes, loss and gradients of one replica's batch."""
     config, method, model = self.config, self.method, self.model
     images, labels = batch["image"], batch["label"]
     adv = attacks.perturb(model, config.attack_spec(), images, labels,
-                          batch["seed"])
+                          batch["seed"], unroll=self._unroll_attack)
     inputs = {"clean": images, "adv": adv}
     if method.uses_rbs:
       inputs["rbs"] = rbs.apply(adv, batch["rbs_rows"], batch["rbs_cols"])
@@ -202,8 +318,8 @@ class Trainer:
                                  config.resolved_eta)
       loss = tf.nn.compute_average_loss(terms["total"],
                                         global_batch_size=config.batch_size)
-    grads = tape.gradient(loss, model.trainable_variables)
-    self.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+      scaled_loss = self.optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled_loss, model.trainable_variables)
     # Accuracy on x and x' is always reported; a pass the objective does not
     # read runs in inference mode, so it neither trains nor moves BN stats.
     for p in ("clean", "adv"):
@@ -216,26 +332,32 @@ class Trainer:
     out["examples"] = tf.cast(tf.shape(labels)[0], tf.float32)
     out["nonfinite"] = tf.cast(
         tf.logical_not(tf.math.is_finite(loss)), tf.float32)
+    return grads, out
+
+  def _train_step(self, batch):
+    grads, out = self._gradient_fn(batch)
+    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
     return out
 
   def _eval_step(self, batch):
     images, labels = batch["image"], batch["label"]
-    adv = attacks.perturb(self.model, self.config.attack_spec("eval"), images,
-                          labels, batch["seed"])
-    return {
-        "clean_correct": _count_correct(self.model(images, training=False),
-                                        labels),
-        "adv_correct": _count_correct(self.model(adv, training=False),
-                                      labels),
-        "examples": tf.cast(tf.shape(labels)[0], tf.float32),
-    }
+
+    def count():
+      adv = attacks.perturb(self.model, self.config.attack_spec("eval"),
+                            images, labels, batch["seed"])
+      return (_count_correct(self.model(images, training=False), labels),
+              _count_correct(self.model(adv, training=False), labels))
+
+    # The last batch of a split can leave a replica with no examples, and
+    # TensorFlow's CPU convolution gives an empty batch the wrong shape.
+    clean, adv = tf.cond(tf.size(labels) > 0, count,
+                         lambda: (tf.constant(0.0), tf.constant(0.0)))
+    return {"clean_correct": clean, "adv_correct": adv,
+            "examples": tf.cast(tf.shape(labels)[0], tf.float32)}
 
   # Compiled loops -----------------------------------------------------------
 
   def _build_train_loop(self):
-    step_fn = self._train_step
-    if self.config.jit_compile:
-      step_fn = tf.function(step_fn, jit_compile=True)
     strategy = self.strategy
     keys = self._train_keys()
 
@@ -244,10 +366,11 @@ class Trainer:
       totals = {k: tf.constant(0.0) for k in keys}
       steps = tf.constant(0)
       for _ in tf.range(num_steps):
-        out = strategy.run(step_fn, args=(next(iterator),))
+        out = strategy.run(self._train_step, args=(next(iterator),))
         totals = {k: totals[k] + strategy.reduce(SUM, out[k], axis=None)
                   for k in keys}
         steps += 1
+        self.global_step.assign_add(1)
         # Stop at the first bad step: nothing after it is worth computing,
         # and the caller must not checkpoint the damaged weights.
         if totals["nonfinite"] > 0:
@@ -297,6 +420,58 @@ class Trainer:
 
   # Host loop ----------------------------------------------------------------
 
+  def _data_iterator(self):
+    """The distributed input iterator, built from the current step."""
+    if self._iterator is None:
+      step = self.step
+      self._iterator = iter(self.strategy.distribute_datasets_from_function(
+          lambda ctx: self._train_input_fn(ctx, step)))
+    return self._iterator
+
+  def run_steps(self, num_steps):
+    """Runs up to ``num_steps`` training steps in one compiled call.
+
+    Nothing is logged or saved; ``train`` is built on this, and benchmarks
+    time it.
+
+    Args:
+      num_steps: steps to run.
+
+    Returns:
+      ``(totals, done)``: the sums over the steps of every per-step quantity
+      (losses and correct counts summed over examples, ``examples``,
+      ``nonfinite``), as floats, and the number of steps run (fewer than
+      ``num_steps`` only when a step was not finite).
+    """
+    totals, done = self._train_loop(self._data_iterator(),
+                                    tf.constant(num_steps))
+    return {k: float(v) for k, v in totals.items()}, int(done)
+
+  def step_hlo(self, batch):
+    """XLA's optimised HLO of one training step on ``batch``.
+
+    The step is compiled as on a single device; with the attack in a loop,
+    the loop body appears once, marked with its trip count. Used to count a
+    step's floating-point operations (``benchmark.hlo_flops``).
+
+    Args:
+      batch: one batch dict of ``data.train_dataset``.
+
+    Returns:
+      The HLO module as text.
+
+    Raises:
+      ValueError: the trainer runs under a strategy other than the default,
+        whose replicas synchronise outside what XLA can compile.
+    """
+    if self.strategy is not tf.distribute.get_strategy():
+      raise ValueError("step_hlo needs a trainer on the default strategy")
+    step = tf.function(self._train_step, jit_compile=True)
+    # Compiled for the CPU whatever the devices: the arithmetic is the same,
+    # and accelerators turn convolutions into library calls.
+    return step.experimental_get_compiler_ir(batch)(
+        stage="optimized_hlo", platform_name="CPU")
+
   def validate(self):
     """Clean and PGD accuracy on the validation split (BN in eval mode)."""
     totals = {k: float(v) for k, v in self._eval_loop(self.val_dataset).items()}
@@ -329,14 +504,20 @@ class Trainer:
       stops.append((step // config.eval_every + 1) * config.eval_every)
     return min(stops)
 
+  def _save(self, manager, step):
+    """Saves on every worker (a collective); only the chief's copy stays."""
+    manager.save(checkpoint_number=step)
+    strategies.discard_writes(self.model_dir, self.strategy)
+
   def _save_best(self, step, val):
     score = val["val/pgd_accuracy"]
     if score <= float(self.best_score.numpy()):
       return
     self.best_score.assign(score)
-    self.best_manager.save(checkpoint_number=step)
-    _write_json(os.path.join(self.model_dir, "best.json"),
-                {"step": step, "criterion": "val/pgd_accuracy", **val})
+    self._save(self.best_manager, step)
+    if self.is_chief:
+      write_json(os.path.join(self.model_dir, "best.json"),
+                  {"step": step, "criterion": "val/pgd_accuracy", **val})
 
   def train(self):
     """Trains until ``config.train_steps``; returns the final metrics.
@@ -344,10 +525,25 @@ class Trainer:
     Raises:
       errors.TrainingDiverged: the loss became NaN or Inf. The checkpoints on
         disk are those written before the bad step.
+      errors.UserError: another worker of a multi-worker run stopped.
     """
+    try:
+      return self._train()
+    except tf.errors.UnavailableError:
+      # A multi-worker run cannot go on without one of its workers; TensorFlow
+      # aborts the collectives on the survivors.
+      last = tf.train.latest_checkpoint(
+          os.path.join(self.model_dir, "checkpoints")) or "none yet"
+      raise errors.UserError(
+          f"lost contact with another worker of the cluster; the last "
+          f"checkpoint ({last}) is intact: restart every worker with the "
+          f"same command to resume from it") from None
+
+  def _train(self):
     config = self.config
-    writer = tf.summary.create_file_writer(
-        os.path.join(self.model_dir, "summaries"))
+    writer = (tf.summary.create_file_writer(
+        os.path.join(self.model_dir, "summaries")) if self.is_chief
+              else tf.summary.create_noop_writer())
     step = self.step
     # Every value shown is already an average over its loop, so none is
     # averaged again by the bar.
@@ -359,10 +555,9 @@ class Trainer:
     while step < config.train_steps:
       num_steps = self._next_stop(step) - step
       start = time.perf_counter()
-      totals, done = self._train_loop(self.iterator, tf.constant(num_steps))
-      totals = {k: float(v) for k, v in totals.items()}
+      totals, done = self.run_steps(num_steps)
       elapsed = time.perf_counter() - start
-      step += int(done)
+      step += done
       # A finite loss can still come with an update that overflows the
       # weights, so they are checked too before anything is saved.
       if totals["nonfinite"] > 0 or not bool(self._weights_finite()):
@@ -379,14 +574,15 @@ class Trainer:
         metrics.update(val)
         self._save_best(step, val)
       if step % config.checkpoint_every == 0 or step == config.train_steps:
-        self.manager.save(checkpoint_number=step)
+        self._save(self.manager, step)
       self.metrics.update(metrics)
       with writer.as_default(step=step):
         for key, value in metrics.items():
           tf.summary.scalar(key, value)
       writer.flush()
-      _write_json(os.path.join(self.model_dir, "metrics.json"),
-                  {"step": step, **self.metrics})
+      if self.is_chief:
+        write_json(os.path.join(self.model_dir, "metrics.json"),
+                    {"step": step, **self.metrics})
       progbar.update(step, [(k.split("/", 1)[1], v)
                             for k, v in metrics.items()
                             if k != "train/learning_rate"],

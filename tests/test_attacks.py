@@ -212,3 +212,21 @@ def test_cw_attack_masks_the_true_class_when_other_logits_are_negative():
                         tf.constant([[0, 0]], tf.int64))
   np.testing.assert_allclose(adv.numpy(), 0.45, atol=1e-6)
   assert int(tf.argmax(linear(adv), -1)[0]) == 1
+
+
+@pytest.mark.parametrize("spec", [
+    attacks.pgd(0.03, 0.01, 3, "eval"),
+    attacks.trades_kl(0.03, 0.01, 3, "train"),
+])
+def test_unrolled_steps_compute_what_the_loop_computes(spec):
+  model = models.wide_resnet(10, 1, 10, (8, 8, 3))
+  images = tf.random.stateless_uniform([4, 8, 8, 3], [1, 2])
+  labels = tf.constant([0, 3, 5, 9])
+  seeds = tf.constant([[1, 2], [3, 4], [5, 6], [7, 8]], tf.int64)
+  unrolled = tf.function(
+      lambda *a: attacks.perturb(*a, unroll=True))(model, spec, images,
+                                                   labels, seeds)
+  looped = tf.function(attacks.perturb)(model, spec, images, labels, seeds)
+  assert float(tf.reduce_max(tf.abs(looped - images))) > 0.0
+  np.testing.assert_allclose(unrolled.numpy(), looped.numpy(), rtol=0,
+                             atol=1e-7)

@@ -186,3 +186,40 @@ def test_eval_dataset_is_one_ordered_pass(arrays):
       np.concatenate([b["label"].numpy() for b in batches]), labels)
   seeds = np.concatenate([b["seed"].numpy() for b in batches])
   assert len({tuple(s) for s in seeds}) == N
+
+
+@pytest.mark.parametrize("granularity", ["batch", "example"])
+def test_start_resumes_the_stream_after_that_many_examples(arrays,
+                                                           granularity):
+  images, labels = arrays
+  make = lambda start: data.train_dataset(  # pylint: disable=g-long-lambda
+      images, labels, batch_size=4, seed=8,
+      augmentation=data.Augmentation(pad_crop=1), rbs_blocks=2,
+      rbs_granularity=granularity, start=start)
+  reference = _take(make(0), 10)
+  # Batch 4 starts at example 16 and the stream crosses into epoch 2 at 20.
+  for expected, got in zip(reference[4:], _take(make(16), 6)):
+    for key in expected:
+      np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+def test_a_global_batch_has_one_rbs_however_it_is_sharded(arrays):
+  images, labels = arrays
+  kwargs = dict(batch_size=4, seed=9, augmentation=data.Augmentation(),
+                rbs_blocks=3, start=8)
+  whole = _take(data.train_dataset(images, labels, **kwargs), 5)
+  shards = [
+      _take(data.train_dataset(
+          images, labels, input_context=tf.distribute.InputContext(
+              num_input_pipelines=2, input_pipeline_id=i,
+              num_replicas_in_sync=2), **kwargs), 5)
+      for i in range(2)]
+  for step, batch in enumerate(whole):
+    for shard in shards:
+      assert shard[step]["image"].shape[0] == 2
+      np.testing.assert_array_equal(shard[step]["rbs_rows"],
+                                    batch["rbs_rows"])
+      np.testing.assert_array_equal(shard[step]["rbs_cols"],
+                                    batch["rbs_cols"])
+  assert len({b["rbs_rows"].tobytes() + b["rbs_cols"].tobytes()
+              for b in whole}) > 1

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from rlfat_tf import models
 
@@ -95,3 +96,27 @@ def test_zero_pad_shortcut_pools_and_pads_the_unit_input():
   expected = np.pad(pooled, [(0, 0), (0, 0), (0, 0), (8, 8)])
   np.testing.assert_allclose(shortcut(x).numpy(), expected, rtol=1e-5,
                              atol=1e-6)
+
+
+@pytest.mark.parametrize("policy, compute", [("mixed_bfloat16", "bfloat16"),
+                                             ("mixed_float16", "float16")])
+def test_mixed_precision_keeps_variables_logits_and_input_gradients_float32(
+    policy, compute):
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(policy)
+  try:
+    model = models.wide_resnet(10, 1, 10, (8, 8, 3), sync_batch_norm=True)
+  finally:
+    keras.config.set_dtype_policy(previous)
+  assert model.get_layer("stage2_unit0_conv1").compute_dtype == compute
+  assert model.get_layer("logits").compute_dtype == "float32"
+  assert {v.dtype for v in model.variables} == {"float32"}
+  assert all(l.synchronized for l in model.layers
+             if isinstance(l, keras.layers.BatchNormalization))
+  x = tf.random.stateless_uniform([2, 8, 8, 3], [0, 1])
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    logits = model(x, training=True)
+    loss = tf.reduce_sum(logits)
+  assert logits.dtype == tf.float32
+  assert tape.gradient(loss, x).dtype == tf.float32

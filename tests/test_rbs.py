@@ -97,11 +97,15 @@ def test_identity_rate_matches_official_two_block_rbs():
   # (probability 1/2) or the cut is 0 (1/W): (1/2 + 1/(2W))^2 per transform.
   width = 8
   trials = 4000
-  identity = 0
-  for s in range(trials):
-    p = rbs.sample_params(tf.constant([s, 5]), width, width, 2)
-    identity += int(np.array_equal(p["rows"], np.arange(width)) and
-                    np.array_equal(p["cols"], np.arange(width)))
+
+  def is_identity(s):
+    p = rbs.sample_params(tf.stack([s, 5]), width, width, 2)
+    return tf.reduce_all(p["rows"] == tf.range(width)) & tf.reduce_all(
+        p["cols"] == tf.range(width))
+
+  identity = tf.function(lambda: tf.map_fn(
+      is_identity, tf.range(trials, dtype=tf.int64),
+      fn_output_signature=tf.bool))().numpy().sum()
   expected = (0.5 + 0.5 / width) ** 2
   assert abs(identity / trials - expected) < 4 * np.sqrt(
       expected * (1 - expected) / trials)

@@ -23,14 +23,13 @@ from rlfat_tf import trainer
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "flags" / "smoke.cfg")
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar-10-batches-bin"
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+ENV = dict({k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
+           TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
            PYTHONPATH=str(ROOT))
 
 
 def _parse(*argv):
-  train.FLAGS.unparse_flags()
-  train.FLAGS(["train", f"--flagfile={SMOKE}", *argv])
-  return train.resolve_flags(train.flag_values())
+  return train.values_from_argv(["train", f"--flagfile={SMOKE}", *argv])
 
 
 def _cli(*argv, timeout=300):
@@ -156,6 +155,14 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     (["--depth=12"], "--depth=12 is not a WideResNet depth"),
     (["--method=pgdat", "--eta=0.5"], "no transfer term"),
     (["--dataset=cifar100", "--data_dir=/nonexistent"], "--data_dir"),
+    (["--mixed_precision=float64"], "--mixed_precision"),
+    (["--strategy=mirrored", "--cpu_devices=3"],
+     "--batch_size=32 does not split evenly across 3 replicas"),
+    (["--cpu_devices=2"], "--cpu_devices=2 only applies"),
+    (["--tpu=grpc://10.0.0.1:8470"], "--tpu only applies"),
+    (["--strategy=multi_worker"], "TF_CONFIG environment variable"),
+    (["--strategy=mirrored", "--cpu_devices=2", "--sync_batch_norm",
+      "--jit_compile"], "--sync_batch_norm cannot run under --jit_compile"),
 ])
 def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(argv, needle,
                                                             tmp_path):
@@ -166,6 +173,7 @@ def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(argv, needle,
   lines = [l for l in result.stderr.splitlines()
            if needle in l or l.startswith("error:")]
   assert len(lines) == 1 and needle in lines[0], result.stderr
+  assert not (model_dir / "flags.json").exists()
   assert not model_dir.exists() or not any(
       (model_dir / "checkpoints").glob("ckpt-*"))
 
@@ -180,9 +188,10 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
       optimizer="sgd", learning_rate=1e12, momentum=0.0)
   runner = trainer.Trainer(
       config, lambda: models.wide_resnet(10, 1, 10, (8, 8, 3)),
-      lambda ctx: data.train_dataset(
+      lambda ctx, step: data.train_dataset(
           images, labels, batch_size=16, seed=0,
-          augmentation=data.Augmentation(), input_context=ctx),
+          augmentation=data.Augmentation(), input_context=ctx,
+          start=step * 16),
       str(tmp_path), verbose=0)
   with pytest.raises(errors.TrainingDiverged, match="NaN or Inf by step"):
     runner.train()
@@ -205,3 +214,26 @@ def test_trains_on_real_cifar10_from_data_dir(tmp_path):
   assert metrics["val/clean_accuracy"] >= 0.0
   with open(tmp_path / "flags.json") as f:
     assert json.load(f)["dataset"] == "cifar10"
+
+
+def test_mixed_precision_and_xla_runs_resume_across_precisions(tmp_path):
+  model_dir = str(tmp_path / "run")
+  common = [f"--model_dir={model_dir}", "--method=pgdat", "--val_size=0"]
+  first = train.run(_parse(*common, "--mixed_precision=mixed_float16",
+                           "--train_steps=3"))
+  path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+  assert path.endswith("ckpt-3")
+  # float16 trains with a dynamic loss scale, saved beside the optimizer.
+  reader = tf.train.load_checkpoint(path)
+  assert reader.get_tensor("loss_scale/.ATTRIBUTES/VARIABLE_VALUE") > 1.0
+  later = train.run(_parse(*common, "--mixed_precision=mixed_bfloat16",
+                           "--jit_compile", "--train_steps=6"))
+  for metrics in (first, later):
+    for key, value in metrics.items():
+      assert np.isfinite(value), key
+  values = _checkpoint_values(
+      os.path.join(model_dir, "checkpoints", "ckpt-6"), prefix="")
+  assert values["step/.ATTRIBUTES/VARIABLE_VALUE"] == 6
+  for key, value in values.items():
+    if value.dtype.kind == "f":
+      assert value.dtype == np.float32 and np.all(np.isfinite(value)), key
