@@ -1,0 +1,75 @@
+"""Keeps the Bazel BUILD file true to the code: every module, entry point and
+test has a target, and every target depends on the project modules it
+imports."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_SPEC = importlib.util.spec_from_file_location(
+    "write_build", ROOT / "scripts" / "write_build.py")
+write_build = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(write_build)
+
+
+def _targets(text):
+  """Evaluates BUILD text with recording stand-ins for the rules it calls."""
+  targets = {}
+
+  def rule(kind):
+    def record(name, **attrs):
+      assert name not in targets, f"duplicate target {name}"
+      targets[name] = dict(attrs, kind=kind)
+    return record
+
+  scope = {k: rule(k) for k in ("py_library", "py_binary", "py_test")}
+  scope.update(package=lambda **_: None,
+               glob=lambda patterns, **_: [])
+  exec(compile(text, "BUILD", "exec"), scope)  # pylint: disable=exec-used
+  return targets
+
+
+def _deps(target):
+  return {d.lstrip(":") for d in target["deps"]}
+
+
+@pytest.fixture(scope="module")
+def targets():
+  return _targets((ROOT / "BUILD").read_text())
+
+
+def test_build_file_is_current():
+  assert (ROOT / "BUILD").read_text() == write_build.render(), (
+      "BUILD is stale: run python scripts/write_build.py")
+
+
+def test_every_module_has_a_library_with_its_imports_as_deps(targets):
+  modules = [p for p in (ROOT / "rlfat_tf").glob("*.py")
+             if p.stem != "__init__"]
+  assert len(modules) > 10
+  for path in modules:
+    target = targets[path.stem]
+    assert target["kind"] == "py_library"
+    assert f"rlfat_tf/{path.name}" in target["srcs"]
+    assert _deps(target) == set(write_build.project_imports(path))
+
+
+def test_entry_points_have_binaries(targets):
+  for name in ("train", "evaluate", "export", "report", "edge_eval"):
+    binary = targets[f"{name}_main"]
+    assert binary["kind"] == "py_binary" and _deps(binary) == {name}
+
+
+def test_every_test_module_has_a_py_test(targets):
+  for path in (ROOT / "tests").glob("test_*.py"):
+    target = targets[path.stem]
+    assert target["kind"] == "py_test"
+    assert f"tests/{path.name}" in target["srcs"]
+    assert _deps(target) == set(write_build.project_imports(path))
+
+
+def test_fast_tests_are_tagged_for_bazel_in_ci(targets):
+  tagged = {n for n, t in targets.items() if "bazel_ci" in t.get("tags", [])}
+  assert tagged == set(write_build.BAZEL_CI_TESTS)
