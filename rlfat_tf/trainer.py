@@ -409,14 +409,16 @@ class Trainer:
     return (terms + [f"{p}_correct" for p in passes]
             + ["examples", "nonfinite"])
 
-  def _metric_names(self):
-    names = ["examples_per_second", "clean_accuracy", "pgd_accuracy"]
+  def _bar_names(self):
+    """Progress-bar names of every metric this trainer can report."""
+    keys = ["train/examples_per_second", "val/clean_accuracy",
+            "val/pgd_accuracy"]
     for key in self._train_keys():
       if key.startswith("loss"):
-        names.append(key)
+        keys.append(f"train/{key}")
       elif key.endswith("_correct"):
-        names.append(key[:-len("_correct")] + "_accuracy")
-    return names
+        keys.append(f"train/{key[:-len('_correct')]}_accuracy")
+    return [_bar_name(k) for k in keys]
 
   # Host loop ----------------------------------------------------------------
 
@@ -549,7 +551,7 @@ class Trainer:
     # averaged again by the bar.
     progbar = keras.utils.Progbar(
         config.train_steps, verbose=self.verbose, unit_name="step",
-        stateful_metrics=self._metric_names())
+        stateful_metrics=self._bar_names())
     progbar.update(step)
     first_call = True
     while step < config.train_steps:
@@ -583,11 +585,16 @@ class Trainer:
       if self.is_chief:
         write_json(os.path.join(self.model_dir, "metrics.json"),
                     {"step": step, **self.metrics})
-      progbar.update(step, [(k.split("/", 1)[1], v)
-                            for k, v in metrics.items()
+      progbar.update(step, [(_bar_name(k), v) for k, v in metrics.items()
                             if k != "train/learning_rate"],
                      finalize=step >= config.train_steps)
     return dict(self.metrics)
+
+
+def _bar_name(key):
+  """A metric's name on the progress bar: "train/loss" -> "loss",
+  "val/pgd_accuracy" -> "val_pgd_accuracy"."""
+  return key.removeprefix("train/").replace("/", "_")
 
 
 def _count_correct(logits, labels):
