@@ -413,11 +413,7 @@ class Trainer:
     """Progress-bar names of every metric this trainer can report."""
     keys = ["train/examples_per_second", "val/clean_accuracy",
             "val/pgd_accuracy"]
-    for key in self._train_keys():
-      if key.startswith("loss"):
-        keys.append(f"train/{key}")
-      elif key.endswith("_correct"):
-        keys.append(f"train/{key[:-len('_correct')]}_accuracy")
+    keys += filter(None, map(_metric_key, self._train_keys()))
     return [_bar_name(k) for k in keys]
 
   # Host loop ----------------------------------------------------------------
@@ -483,12 +479,8 @@ class Trainer:
 
   def _summarise(self, totals, elapsed, first_call):
     n = max(totals["examples"], 1.0)
-    metrics = {}
-    for key, value in totals.items():
-      if key.startswith("loss"):
-        metrics[f"train/{key}"] = value / n
-      elif key.endswith("_correct"):
-        metrics[f"train/{key[:-len('_correct')]}_accuracy"] = value / n
+    metrics = {_metric_key(k): v / n for k, v in totals.items()
+               if _metric_key(k)}
     metrics["train/learning_rate"] = float(
         keras.ops.convert_to_numpy(self.optimizer.learning_rate))
     # The first call includes tracing and compilation: its rate is not the
@@ -589,6 +581,16 @@ class Trainer:
                             if k != "train/learning_rate"],
                      finalize=step >= config.train_steps)
     return dict(self.metrics)
+
+
+def _metric_key(total):
+  """The metric tag of a per-step sum: "loss_ce" -> "train/loss_ce",
+  "adv_correct" -> "train/adv_accuracy"; None for counters."""
+  if total.startswith("loss"):
+    return f"train/{total}"
+  if total.endswith("_correct"):
+    return f"train/{total.removesuffix('_correct')}_accuracy"
+  return None
 
 
 def _bar_name(key):
