@@ -211,7 +211,16 @@ def test_trains_on_real_cifar10_from_data_dir(tmp_path):
       f"--model_dir={tmp_path}", "--dataset=cifar10", "--method=rlfat_t",
       f"--data_dir={SHARED_CIFAR.parent}", "--train_steps=3",
       "--val_size=64"))
-  assert metrics["val/clean_accuracy"] >= 0.0
+  # Every RLFAT_T term is live: a KL between the clean and the shuffled
+  # adversarial view, and the transfer term between x' and RBS(x').
+  assert metrics["train/loss_kl"] > 0.0
+  assert metrics["train/loss_transfer"] > 0.0
+  assert np.isclose(metrics["train/loss"],
+                    metrics["train/loss_ce"] + 6.0 * metrics["train/loss_kl"]
+                    + 1.0 * metrics["train/loss_transfer"], rtol=1e-4)
+  assert 0.0 <= metrics["val/clean_accuracy"] <= 1.0
+  assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith(
+      "ckpt-3")
   with open(tmp_path / "flags.json") as f:
     assert json.load(f)["dataset"] == "cifar10"
 
