@@ -409,14 +409,10 @@ def build_runner(method, xla, settings, images, labels, info):
       method=method, attack_steps=settings["attack_steps"],
       batch_size=settings["batch_size"], jit_compile=xla == "on",
       mixed_precision=settings["mixed_precision"])
-  batch_size = settings["batch_size"]
-  rbs_blocks = 2 if config.method_spec.uses_rbs else None
-
-  def input_fn(ctx, step):
-    return data.train_dataset(
-        images, labels, batch_size=batch_size, seed=0,
-        augmentation=data.Augmentation(), rbs_blocks=rbs_blocks,
-        input_context=ctx, start=step * batch_size)
+  input_fn = data.train_input_fn(
+      images, labels, batch_size=settings["batch_size"], seed=0,
+      augmentation=data.Augmentation(),
+      rbs_blocks=2 if config.method_spec.uses_rbs else None)
 
   # Only ``run_steps`` is called, which writes nothing, so the run folder is
   # never created.

@@ -175,6 +175,25 @@ def train_dataset(images, labels, *, batch_size, seed, augmentation,
   return ds.prefetch(AUTOTUNE)
 
 
+def train_input_fn(images, labels, *, batch_size, seed, augmentation,
+                   rbs_blocks=None, rbs_granularity="batch"):
+  """The ``(input_context, step) -> dataset`` function ``trainer.Trainer`` takes.
+
+  The stream it returns for ``step`` is ``train_dataset`` resumed after
+  ``step`` global batches, so a resumed run sees the batches an uninterrupted
+  one would. Arguments as for ``train_dataset``.
+  """
+
+  def input_fn(input_context, step):
+    return train_dataset(
+        images, labels, batch_size=batch_size, seed=seed,
+        augmentation=augmentation, rbs_blocks=rbs_blocks,
+        rbs_granularity=rbs_granularity, input_context=input_context,
+        start=step * batch_size)
+
+  return input_fn
+
+
 def eval_dataset(images, labels, *, batch_size, seed=0, input_context=None):
   """One pass over a split in order, in batches (the last may be smaller).
 

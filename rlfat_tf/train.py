@@ -330,12 +330,10 @@ def build_trainer(values):
                                    pad_crop=values["pad_crop"])
   rbs_blocks = values["rbs_blocks"] if config.method_spec.uses_rbs else None
 
-  def train_input_fn(input_context, step):
-    return data.train_dataset(
-        images, labels, batch_size=config.batch_size, seed=values["seed"],
-        augmentation=augmentation, rbs_blocks=rbs_blocks,
-        rbs_granularity=values["rbs_granularity"],
-        input_context=input_context, start=step * config.batch_size)
+  train_input_fn = data.train_input_fn(
+      images, labels, batch_size=config.batch_size, seed=values["seed"],
+      augmentation=augmentation, rbs_blocks=rbs_blocks,
+      rbs_granularity=values["rbs_granularity"])
 
   def val_input_fn(input_context):
     return data.eval_dataset(val_images, val_labels,

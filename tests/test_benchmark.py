@@ -128,13 +128,10 @@ def test_step_count_equals_the_count_of_its_passes(method):
   labels = np.arange(16, dtype=np.int32) % 10
   config = trainer.TrainConfig(method=method, attack_steps=steps,
                                batch_size=batch_size)
-  rbs_blocks = 2 if config.method_spec.uses_rbs else None
-
-  def input_fn(ctx, step):
-    return data.train_dataset(
-        images, labels, batch_size=batch_size, seed=0,
-        augmentation=data.Augmentation(), rbs_blocks=rbs_blocks,
-        input_context=ctx, start=step * batch_size)
+  input_fn = data.train_input_fn(
+      images, labels, batch_size=batch_size, seed=0,
+      augmentation=data.Augmentation(),
+      rbs_blocks=2 if config.method_spec.uses_rbs else None)
 
   runner = trainer.Trainer(
       config, lambda: models.wide_resnet(10, 1, 10, (8, 8, 3)), input_fn,

@@ -203,6 +203,17 @@ def test_start_resumes_the_stream_after_that_many_examples(arrays,
       np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 
 
+def test_input_fn_for_a_step_resumes_after_that_many_batches(arrays):
+  images, labels = arrays
+  kwargs = dict(batch_size=4, seed=9, augmentation=data.Augmentation(),
+                rbs_blocks=2, rbs_granularity="example")
+  reference = _take(data.train_dataset(images, labels, **kwargs), 7)
+  input_fn = data.train_input_fn(images, labels, **kwargs)
+  for expected, got in zip(reference[3:], _take(input_fn(None, 3), 4)):
+    for key in expected:
+      np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
 def test_a_global_batch_has_one_rbs_however_it_is_sharded(arrays):
   images, labels = arrays
   kwargs = dict(batch_size=4, seed=9, augmentation=data.Augmentation(),
