@@ -92,12 +92,6 @@ def _schedule(steps):
   return tf.constant(is_checkpoint), tf.constant(stretch)
 
 
-def _select(mask, a, b):
-  """Per-example choice between two [B, ...] tensors."""
-  mask = tf.reshape(mask, [-1] + [1] * (len(a.shape) - 1))
-  return tf.where(mask, a, b)
-
-
 def perturb(model, spec, images, labels, seeds):
   """Runs APGD and returns adversarial examples.
 
@@ -142,10 +136,10 @@ def perturb(model, spec, images, labels, seeds):
   x1 = step(x0, g0, eta)
   f1, g1, wrong1 = evaluate(x1)
   better = f1 > f0
-  x_max, f_max, g_max = (_select(better, x1, x0), tf.maximum(f0, f1),
-                         _select(better, g1, g0))
+  x_max, f_max, g_max = (attacks.select(better, x1, x0), tf.maximum(f0, f1),
+                         attacks.select(better, g1, g0))
   found = wrong0 | wrong1
-  x_found = _select(wrong1, x1, x0)
+  x_found = attacks.select(wrong1, x1, x0)
   # Increases of the loss counted since the last checkpoint (the stretch
   # w_{j-1} .. w_j - 1 of condition 1), whether the step was halved at the
   # last checkpoint, and the best loss then (condition 2).
@@ -160,12 +154,12 @@ def perturb(model, spec, images, labels, seeds):
         x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev),
         images, eps)
     f_next, g_next, wrong = evaluate(x_next)
-    x_found = _select(wrong, x_next, x_found)
+    x_found = attacks.select(wrong, x_next, x_found)
     found |= wrong
     rose = f_next > f_cur
     better = f_next > f_max
-    x_max = _select(better, x_next, x_max)
-    g_max = _select(better, g_next, g_max)
+    x_max = attacks.select(better, x_next, x_max)
+    g_max = attacks.select(better, g_next, g_max)
     f_max = tf.where(better, f_next, f_max)
 
     at_checkpoint = is_checkpoint[k]
@@ -173,8 +167,8 @@ def perturb(model, spec, images, labels, seeds):
     stalled = tf.logical_not(halved_last) & (f_max <= f_max_last)
     halve = at_checkpoint & (oscillating | stalled)
     eta = tf.where(halve, eta / 2.0, eta)
-    x_next = _select(halve, x_max, x_next)
-    g_next = _select(halve, g_max, g_next)
+    x_next = attacks.select(halve, x_max, x_next)
+    g_next = attacks.select(halve, g_max, g_next)
     f_next = tf.where(halve, f_max, f_next)
     halved_last = tf.where(at_checkpoint, halve, halved_last)
     f_max_last = tf.where(at_checkpoint, f_max, f_max_last)
@@ -182,4 +176,4 @@ def perturb(model, spec, images, labels, seeds):
         rose, tf.float32)
     x_prev, x_cur, f_cur, g_cur = x_cur, x_next, f_next, g_next
 
-  return tf.stop_gradient(_select(found, x_found, x_max))
+  return tf.stop_gradient(attacks.select(found, x_found, x_max))

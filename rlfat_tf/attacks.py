@@ -148,6 +148,17 @@ def restart_seeds(seeds, restart):
   return tf.where(restart > 0, folded, seeds)
 
 
+def select(mask, a, b):
+  """Per example, ``a`` where ``mask`` holds, else ``b``.
+
+  Args:
+    mask: bool [B].
+    a, b: tensors of the same shape [B, ...].
+  """
+  mask = tf.reshape(mask, [-1] + [1] * (len(a.shape) - 1))
+  return tf.where(mask, a, b)
+
+
 def project(adv, images, epsilon):
   """Projects onto the epsilon ball around ``images`` and onto [0, 1]."""
   adv = tf.clip_by_value(adv, images - epsilon, images + epsilon)

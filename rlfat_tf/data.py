@@ -177,7 +177,7 @@ def train_dataset(images, labels, *, batch_size, seed, augmentation,
 
 def train_input_fn(images, labels, *, batch_size, seed, augmentation,
                    rbs_blocks=None, rbs_granularity="batch"):
-  """The ``(input_context, step) -> dataset`` function ``trainer.Trainer`` takes.
+  """The ``(input_context, step) -> dataset`` that ``trainer.Trainer`` takes.
 
   The stream it returns for ``step`` is ``train_dataset`` resumed after
   ``step`` global batches, so a resumed run sees the batches an uninterrupted

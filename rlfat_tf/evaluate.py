@@ -164,11 +164,7 @@ def define_flags(flag_values=FLAGS):
   flags.DEFINE_bool("progress", True, "Show progress bars.", **fv)
 
   flags.mark_flag_as_required("model_dir", **fv)
-  for name in ("epsilon", "step_size"):
-    flags.register_validator(
-        name, lambda v: 0.0 < v <= 1.0,
-        message=f"--{name} must be in (0, 1] (images are in [0, 1]; e.g. "
-        f"0.03 for 7.65/255)", **fv)
+  runs.register_radius_validators(flag_values)
   flags.register_validator(
       "attacks", lambda v: bool(v) and set(v) <= set(robustness.ATTACKS),
       message=f"--attacks must be a non-empty list from "

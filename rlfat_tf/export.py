@@ -441,11 +441,7 @@ def define_flags(flag_values=flags.FLAGS):
           bool(v) and set(v) <= choices and len(set(v)) == len(v)),
       message=f"--tflite must list distinct variants from "
       f"{', '.join(tflite.VARIANTS)}, or be 'none'", **fv)
-  for name in ("epsilon", "step_size"):
-    flags.register_validator(
-        name, lambda v: v is None or 0.0 < v <= 1.0,
-        message=f"--{name} must be in (0, 1] (images are in [0, 1]; e.g. "
-        f"0.03 for 7.65/255)", **fv)
+  runs.register_radius_validators(flag_values)
 
 
 def main(argv, flag_values=flags.FLAGS):

@@ -157,10 +157,6 @@ def perturb(model, spec, images, labels, seeds):
   return attacks.perturb(model, spec, images, labels, seeds)
 
 
-def _select(mask, a, b):
-  return tf.where(tf.reshape(mask, [-1, 1, 1, 1]), a, b)
-
-
 def _predictions(model, images, labels):
   return tf.argmax(model(images, training=False), -1, output_type=labels.dtype)
 
@@ -186,7 +182,7 @@ def attack_batch(model, attack, images, labels, seeds):
   for restart in tf.range(attack.restarts):
     adv = perturb(model, attack.spec, images, labels,
                   attacks.restart_seeds(seeds, restart))
-    best = _select(broken, best, adv)
+    best = attacks.select(broken, best, adv)
     broken |= tf.not_equal(_predictions(model, adv, labels), labels)
   return best
 

@@ -8,6 +8,7 @@ rebuild the same model and restore its weights.
 import json
 import os
 
+from absl import flags
 import tensorflow as tf
 
 from rlfat_tf import errors
@@ -82,3 +83,16 @@ def restore_model(model_dir, which="last"):
   # iterator it also holds are not needed here.
   status.assert_existing_objects_matched().expect_partial()
   return model, run_flags, path
+
+
+def register_radius_validators(flag_values, names=("epsilon", "step_size")):
+  """Makes the named float flags accept only values in (0, 1] (or unset).
+
+  Attack radii and steps are in pixel units of [0, 1] images; the message
+  says so, since 8 (for 8/255) is the usual mistake.
+  """
+  for name in names:
+    flags.register_validator(
+        name, lambda v: v is None or 0.0 < v <= 1.0,
+        message=f"--{name} must be in (0, 1] (images are in [0, 1]; e.g. "
+        f"0.03 for 7.65/255)", flag_values=flag_values)

@@ -182,11 +182,7 @@ def define_flags(flag_values=flags.FLAGS):
                     "and backward passes with XLA.", **fv)
 
   flags.mark_flag_as_required("model_dir", **fv)
-  for _name in ("epsilon", "step_size"):
-    flags.register_validator(
-        _name, lambda v: 0.0 < v <= 1.0,
-        message=f"--{_name} must be in (0, 1] (images are in [0, 1]; e.g. "
-        f"0.03 for 7.65/255)", **fv)
+  runs.register_radius_validators(flag_values)
   flags.register_validator(
       "lr_boundaries", lambda v: all(s.isdigit() and int(s) > 0 for s in v) and
       [int(s) for s in v] == sorted({int(s) for s in v}),

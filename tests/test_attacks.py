@@ -230,3 +230,12 @@ def test_unrolled_steps_compute_what_the_loop_computes(spec):
   assert float(tf.reduce_max(tf.abs(looped - images))) > 0.0
   np.testing.assert_allclose(unrolled.numpy(), looped.numpy(), rtol=0,
                              atol=1e-7)
+
+
+def test_select_picks_whole_examples():
+  a = tf.reshape(tf.range(12.0), [3, 2, 2])
+  b = -a
+  got = attacks.select(tf.constant([True, False, True]), a, b).numpy()
+  np.testing.assert_array_equal(got[0], a[0].numpy())
+  np.testing.assert_array_equal(got[1], -a[1].numpy())
+  np.testing.assert_array_equal(got[2], a[2].numpy())

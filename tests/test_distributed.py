@@ -81,6 +81,16 @@ def _kill(procs):
       proc.wait()
 
 
+def _run_workers(model_dir, out_dir):
+  """Runs a two-worker cluster to the end; asserts both workers exit 0."""
+  procs = _start_workers(model_dir, out_dir)
+  try:
+    codes = _wait(procs)
+  finally:
+    _kill(procs)
+  assert codes == [0, 0], _log(out_dir, 0) + _log(out_dir, 1)
+
+
 def _log(out_dir, index):
   return (out_dir / f"worker{index}.log").read_text()
 
@@ -130,12 +140,7 @@ def uninterrupted(tmp_path_factory):
   """A two-worker run trained straight to the end."""
   out_dir = tmp_path_factory.mktemp("uninterrupted")
   model_dir = out_dir / "run"
-  procs = _start_workers(model_dir, out_dir)
-  try:
-    codes = _wait(procs)
-  finally:
-    _kill(procs)
-  assert codes == [0, 0], _log(out_dir, 0) + _log(out_dir, 1)
+  _run_workers(model_dir, out_dir)
   return out_dir, model_dir
 
 
@@ -182,12 +187,7 @@ def test_killed_worker_resumes_from_the_chiefs_checkpoint(uninterrupted,
       "the run finished before it could be killed")
   resume_from = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
 
-  procs = _start_workers(model_dir, tmp_path)
-  try:
-    codes = _wait(procs)
-  finally:
-    _kill(procs)
-  assert codes == [0, 0], _log(tmp_path, 0) + _log(tmp_path, 1)
+  _run_workers(model_dir, tmp_path)
   for index in range(2):
     assert f"resuming from {resume_from}" in _log(tmp_path, index)
   # Both workers, and the chief's last checkpoint, hold exactly what the
