@@ -20,7 +20,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ("train", "evaluate", "export", "report", "benchmark",
                 "edge_eval")
 # Tests fast enough to run under `bazel test` in CI as well as under pytest.
-BAZEL_CI_TESTS = ("test_build", "test_models", "test_objectives", "test_rbs")
+BAZEL_CI_TESTS = ("test_build", "test_flagfiles", "test_models",
+                  "test_objectives", "test_rbs")
 # Extra runtime files a module reads.
 LIBRARY_DATA = {"sources": 'glob(["rlfat_tf/assets/**"])'}
 TEST_DATA = {
@@ -28,7 +29,7 @@ TEST_DATA = {
                    '"scripts/*.py"])'),
 }
 DEFAULT_TEST_DATA = ('["tests/conftest.py", "tests/pytest_main.py"] + '
-                     'glob(["flags/*.cfg", "tests/*_worker.py", '
+                     'glob(["flags/**/*.cfg", "tests/*_worker.py", '
                      '"scripts/*.sh"])')
 
 
