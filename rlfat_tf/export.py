@@ -25,7 +25,6 @@ reads only the SavedModel's own files and ignores ``edge/`` and
 SavedModel it was converted from.
 """
 
-import hashlib
 import json
 import os
 import re
@@ -56,7 +55,7 @@ from rlfat_tf import tflite
 
 EDGE_DIR = "edge"
 EVAL_SET_FILE = "eval_set.npz"
-MANIFEST_FILE = "export.json"
+MANIFEST_FILE = edge_eval.MANIFEST_FILE
 TEMP_PREFIX = ".export-"
 # Inside a temporary export: "<host> <pid>" of the process writing it, so a
 # later export can tell a killed export's leftovers from a running one.
@@ -233,14 +232,6 @@ def saved_model_max_diff(path, image_batches, reference_logits):
   return float(np.abs(logits - reference_logits).max())
 
 
-def _sha256(path):
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def _batches(images, batch_size):
   return [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
 
@@ -409,6 +400,7 @@ def _write_artifacts(out_dir, model, info, eval_set, tflite_variants,
       "saved_model_max_abs_logit_diff": diff,
       "eval_set": {
           "file": f"{EDGE_DIR}/{EVAL_SET_FILE}",
+          "sha256": edge_eval.sha256(eval_set_path),
           "examples": int(len(labels)),
           "epsilon": float(eval_set["epsilon"]),
           "step_size": float(eval_set["step_size"]),
@@ -434,7 +426,7 @@ def _write_artifacts(out_dir, model, info, eval_set, tflite_variants,
     report["model"] = file_name
     manifest["tflite"][variant] = {"file": file_name,
                                    "bytes": os.path.getsize(path),
-                                   "sha256": _sha256(path),
+                                   "sha256": edge_eval.sha256(path),
                                    "evaluation": report}
   return manifest
 

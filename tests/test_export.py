@@ -6,6 +6,8 @@ import io
 import json
 import os
 import pathlib
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -340,3 +342,24 @@ def test_export_flag_sets_the_decode_limit(exported):
             bytes([8, 2, 0, 0, 0, 0, 0, 0, 0]))
   with pytest.raises(tf.errors.InvalidArgumentError, match="more than"):
     loaded.signatures["serving_bytes"](image_bytes=tf.constant([header]))
+
+
+def test_edge_eval_verifies_the_recorded_sha256(exported, tmp_path, capsys):
+  version = tmp_path / "copy" / "1"
+  shutil.copytree(exported["version"], version)
+  model = version / export.EDGE_DIR / "float32.tflite"
+  data = version / export.EDGE_DIR / export.EVAL_SET_FILE
+  args = [f"--tflite={model}", f"--data={data}", "--latency_runs=0"]
+  edge_eval.main(args)
+  assert re.search(r"\nsha256 +model, eval_set match export.json",
+                   capsys.readouterr().out)
+  # One flipped bit in the middle of the weights: LiteRT still loads it.
+  content = bytearray(model.read_bytes())
+  content[len(content) // 2] ^= 0x01
+  model.write_bytes(bytes(content))
+  with pytest.raises(SystemExit) as e:
+    edge_eval.main(args)
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1
+  assert "does not match the sha256" in err[0] and "float32.tflite" in err[0]
