@@ -17,6 +17,7 @@ TensorFlow, so this runs where the device's runtime runs.
 """
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -33,6 +34,9 @@ EVAL_SET_ARRAYS = ("clean_images", "adv_images", "labels", "clean_logits",
                    "adv_logits")
 # Scalars recorded with it: how the adversarial images were made.
 EVAL_SET_ATTACK = ("epsilon", "step_size", "pgd_steps")
+
+# Written by rlfat_tf.export in the version folder, above edge/.
+MANIFEST_FILE = "export.json"
 
 DEFAULT_BATCH_SIZE = 50
 DEFAULT_LATENCY_RUNS = 100
@@ -112,6 +116,60 @@ def quantize(values, scale, zero_point, dtype):
 def dequantize(values, scale, zero_point):
   """Maps a quantised integer tensor back to real values: (q - z) * s."""
   return (np.asarray(values, np.float32) - zero_point) * np.float32(scale)
+
+
+def sha256(path):
+  """Hex SHA-256 of a file, read in 1 MiB blocks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def verify_against_manifest(path, flag):
+  """Checks a file against the SHA-256 that ``export.json`` records for it.
+
+  The manifest is looked for where ``rlfat_tf.export`` writes it: in the
+  version folder that holds the file's ``edge/`` folder. A file copied to a
+  device without its manifest cannot be checked, and is not.
+
+  Args:
+    path: the .tflite model or the evaluation set.
+    flag: the command-line flag that named it, for the message.
+
+  Returns:
+    True if the file matched a recorded hash, False if there is none.
+
+  Raises:
+    errors.UserError: the file differs from the export (damaged, truncated or
+      replaced), or the manifest is unreadable.
+  """
+  folder = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  manifest_path = os.path.join(folder, MANIFEST_FILE)
+  if not os.path.isfile(path) or not os.path.isfile(manifest_path):
+    return False
+  try:
+    with open(manifest_path, encoding="utf-8") as f:
+      manifest = json.load(f)
+    entries = [manifest.get("eval_set", {}),
+               *manifest.get("tflite", {}).values()]
+  except (OSError, ValueError, AttributeError) as e:
+    raise errors.UserError(
+        f"{manifest_path} is not the JSON manifest rlfat_tf.export writes "
+        f"({_first_line(e)}): export the model again") from e
+  relative = os.path.relpath(os.path.abspath(path), folder)
+  recorded = [e["sha256"] for e in entries
+              if isinstance(e, dict) and e.get("file") == relative and
+              "sha256" in e]
+  if not recorded:
+    return False
+  if sha256(path) != recorded[0]:
+    raise errors.UserError(
+        f"--{flag}={path} does not match the sha256 that {manifest_path} "
+        f"records for it (the file is damaged or was replaced): copy it "
+        f"again or export the model again")
+  return True
 
 
 class Classifier:
@@ -300,6 +358,10 @@ def format_report(report):
                           f"adversarial {report['adv_agreement']:.4f}"),
       ("max |logit diff|", f"{report['max_abs_logit_diff']:.3g}"),
   ]
+  if "sha256_verified" in report:
+    checked = [name for name, ok in report["sha256_verified"].items() if ok]
+    rows.append(("sha256", f"{', '.join(checked)} match export.json"
+                 if checked else "not checked (no export.json beside it)"))
   if "latency_ms_mean" in report:
     rows.append(("latency per image", f"{report['latency_ms_mean']:.3f} ms "
                  f"mean, {report['latency_ms_median']:.3f} ms median, "
@@ -370,10 +432,13 @@ def main(argv=None):
   """Runs the evaluation; prints the report, or one error line and exits 2."""
   args = parse_args(argv)
   try:
+    verified = {"model": verify_against_manifest(args.tflite, "tflite"),
+                "eval_set": verify_against_manifest(args.data, "data")}
     classifier = Classifier(args.tflite, args.num_threads)
     report = evaluate(classifier, load_eval_set(args.data), args.batch_size,
                       args.latency_runs)
     report["num_threads"] = args.num_threads
+    report["sha256_verified"] = verified
     if args.json:
       write_json(args.json, report)
   except errors.UserError as e:

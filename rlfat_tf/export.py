@@ -25,11 +25,11 @@ reads only the SavedModel's own files and ignores ``edge/`` and
 SavedModel it was converted from.
 """
 
-import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -55,8 +55,11 @@ from rlfat_tf import tflite
 
 EDGE_DIR = "edge"
 EVAL_SET_FILE = "eval_set.npz"
-MANIFEST_FILE = "export.json"
+MANIFEST_FILE = edge_eval.MANIFEST_FILE
 TEMP_PREFIX = ".export-"
+# Inside a temporary export: "<host> <pid>" of the process writing it, so a
+# later export can tell a killed export's leftovers from a running one.
+OWNER_FILE = ".owner"
 
 DEFAULT_REPRESENTATIVE_EXAMPLES = 200
 DEFAULT_EVAL_EXAMPLES = 500
@@ -83,6 +86,72 @@ def next_version(model_root):
   return max(versions, default=0) + 1
 
 
+def _process_alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_exports(model_root):
+  """Deletes temporary folders that killed exports left in ``model_root``.
+
+  A temporary folder is stale when its owner file names a process of this
+  host that no longer runs, or when it has no owner file (an export killed
+  before writing it). Folders of running exports, and of other hosts (whose
+  processes cannot be checked from here), are kept.
+
+  Returns:
+    The names of the folders removed.
+  """
+  if not os.path.isdir(model_root):
+    return []
+  removed = []
+  host = socket.gethostname()
+  for name in sorted(os.listdir(model_root)):
+    path = os.path.join(model_root, name)
+    if not name.startswith(TEMP_PREFIX) or not os.path.isdir(path):
+      continue
+    try:
+      with open(os.path.join(path, OWNER_FILE), encoding="utf-8") as f:
+        owner_host, pid = f.read().split()
+      stale = owner_host == host and not _process_alive(int(pid))
+    except (OSError, ValueError):
+      # The owner file is written right after the folder is made, so a
+      # folder without one is more than a moment old only if its export died.
+      stale = True
+    if stale:
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(name)
+  return removed
+
+
+def check_writable(folder):
+  """Fails at once if ``folder`` could not be made or written.
+
+  Runs before any expensive work and creates nothing: the nearest existing
+  ancestor of ``folder`` must be a folder that accepts a new file.
+
+  Raises:
+    errors.UserError: naming the folder and the reason.
+  """
+  existing = os.path.abspath(folder)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  try:
+    if not os.path.isdir(existing):
+      raise NotADirectoryError(20, "not a folder")
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise errors.UserError(
+        f"cannot write to {folder} ({existing}: {e.strerror}): pass an "
+        f"--export_dir you can write to") from None
+
+
 def publish(temp_dir, model_root):
   """Renames a finished export to the next free version folder.
 
@@ -93,6 +162,9 @@ def publish(temp_dir, model_root):
   Returns:
     ``(version, path)``.
   """
+  owner = os.path.join(temp_dir, OWNER_FILE)
+  if os.path.exists(owner):
+    os.remove(owner)
   for _ in range(_RENAME_ATTEMPTS):
     version = next_version(model_root)
     path = os.path.join(model_root, str(version))
@@ -160,14 +232,6 @@ def saved_model_max_diff(path, image_batches, reference_logits):
   return float(np.abs(logits - reference_logits).max())
 
 
-def _sha256(path):
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def _batches(images, batch_size):
   return [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
 
@@ -185,7 +249,8 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
            representative_examples=DEFAULT_REPRESENTATIVE_EXAMPLES,
            eval_examples=DEFAULT_EVAL_EXAMPLES, epsilon=None, step_size=None,
            pgd_steps=DEFAULT_PGD_STEPS, batch_size=DEFAULT_BATCH_SIZE, seed=0,
-           data_dir=None, tfds_data_dir=None, progress=True):
+           data_dir=None, tfds_data_dir=None, progress=True,
+           max_image_pixels=serving.DEFAULT_MAX_IMAGE_PIXELS):
   """Exports a run's model as the next version under ``export_dir``.
 
   Args:
@@ -205,6 +270,8 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
     data_dir: official binary release folder; None for the run's.
     tfds_data_dir: tensorflow-datasets folder; None for the run's.
     progress: show a progress bar while the attack runs.
+    max_image_pixels: largest width x height the ``serving_bytes`` signature
+      decodes (``serving.decode_images``).
 
   Returns:
     ``(version_path, manifest)``; the manifest is also ``export.json``.
@@ -224,6 +291,8 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
   if os.path.exists(export_dir) and not os.path.isdir(export_dir):
     raise errors.UserError(f"--export_dir={export_dir} is a file: pass a "
                            f"folder")
+  model_root = os.path.join(export_dir, model_name)
+  check_writable(model_root)
   epsilon = run_flags["epsilon"] if epsilon is None else epsilon
   step_size = run_flags["step_size"] if step_size is None else step_size
   data_dir = data_dir or run_flags.get("data_dir")
@@ -265,9 +334,13 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
               "step_size": np.float64(step_size),
               "pgd_steps": np.int32(pgd_steps)}
 
-  model_root = os.path.join(export_dir, model_name)
   os.makedirs(model_root, exist_ok=True)
+  for name in remove_stale_exports(model_root):
+    print(f"removed {os.path.join(model_root, name)}, left by an export that "
+          f"was killed", flush=True)
   temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=model_root)
+  with open(os.path.join(temp_dir, OWNER_FILE), "w", encoding="utf-8") as f:
+    f.write(f"{socket.gethostname()} {os.getpid()}\n")
   # mkdtemp makes the folder private; the published version must be readable
   # by the serving process like any other folder the user creates.
   umask = os.umask(0)
@@ -276,7 +349,7 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
   try:
     manifest = _write_artifacts(
         temp_dir, model, info, eval_set, tflite_variants, representative,
-        batch_size)
+        batch_size, max_image_pixels)
     manifest.update({
         "model_name": model_name,
         "source": {"model_dir": os.path.abspath(model_dir),
@@ -296,9 +369,9 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
 
 
 def _write_artifacts(out_dir, model, info, eval_set, tflite_variants,
-                     representative, batch_size):
+                     representative, batch_size, max_image_pixels):
   """Writes the SavedModel, TFLite files and evaluation set; checks each."""
-  serving.save(model, info.class_names, out_dir)
+  serving.save(model, info.class_names, out_dir, max_image_pixels)
   clean = eval_set["clean_images"].astype(np.float32) / 255.0
   diff = saved_model_max_diff(
       out_dir, _batches(clean, batch_size) + _batches(
@@ -327,6 +400,7 @@ def _write_artifacts(out_dir, model, info, eval_set, tflite_variants,
       "saved_model_max_abs_logit_diff": diff,
       "eval_set": {
           "file": f"{EDGE_DIR}/{EVAL_SET_FILE}",
+          "sha256": edge_eval.sha256(eval_set_path),
           "examples": int(len(labels)),
           "epsilon": float(eval_set["epsilon"]),
           "step_size": float(eval_set["step_size"]),
@@ -352,7 +426,7 @@ def _write_artifacts(out_dir, model, info, eval_set, tflite_variants,
     report["model"] = file_name
     manifest["tflite"][variant] = {"file": file_name,
                                    "bytes": os.path.getsize(path),
-                                   "sha256": _sha256(path),
+                                   "sha256": edge_eval.sha256(path),
                                    "evaluation": report}
   return manifest
 
@@ -434,6 +508,10 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets folder "
                       "(default: the run's).", **fv)
   flags.DEFINE_bool("progress", True, "Show a progress bar.", **fv)
+  flags.DEFINE_integer("max_image_pixels", serving.DEFAULT_MAX_IMAGE_PIXELS,
+                       "Largest width x height the serving_bytes signature "
+                       "decodes; larger images are refused from their header.",
+                       lower_bound=1, **fv)
   flags.mark_flags_as_required(["model_dir", "export_dir"], **fv)
   choices = set(tflite.VARIANTS)
   flags.register_validator(
@@ -466,7 +544,8 @@ def main(argv, flag_values=flags.FLAGS):
         pgd_steps=flag_values.pgd_steps, batch_size=flag_values.batch_size,
         seed=flag_values.seed, data_dir=flag_values.data_dir,
         tfds_data_dir=flag_values.tfds_data_dir,
-        progress=flag_values.progress)
+        progress=flag_values.progress,
+        max_image_pixels=flag_values.max_image_pixels)
   except errors.UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -18,8 +18,14 @@ The graph checks its input itself. Clients that bypass the Python signature
 (TensorFlow Serving, a loaded ``signatures[...]`` function) would otherwise
 run a wrong-sized batch through the global average pool and get answers, or
 crash the process on a wrong rank; instead they get an error that names the
-expected shape. Values outside [0, 1] (most often 8-bit pixels not divided by
-255) are refused the same way.
+expected shape. NaN or Inf values get their own error, and values outside
+[0, 1] (most often 8-bit pixels not divided by 255) are refused the same way.
+An empty batch returns empty outputs.
+
+``serving_bytes`` reads each image's width and height from its header before
+decoding it and refuses images of more than ``max_image_pixels`` pixels: a
+small compressed file can decode to gigabytes (a 285 KB PNG of 10,000 x 10,000
+pixels), which would take the server's memory.
 """
 
 import os
@@ -37,6 +43,10 @@ CLASS_NAMES_ASSET = "class_names.txt"
 # tf.debugging.Assert prints this many elements of each tensor it reports, so
 # the offending shape appears in full.
 _SUMMARIZE = 8
+
+# 2048 x 2048: any real photograph fits, and the float32 decode of the largest
+# allowed image stays under 50 MB.
+DEFAULT_MAX_IMAGE_PIXELS = 2048 * 2048
 
 
 def _tracked_variables(model):
@@ -59,8 +69,9 @@ def check_images(images, height, width):
     width: expected image width.
 
   Returns:
-    ``images``, with control dependencies on both checks, which raise
-    ``tf.errors.InvalidArgumentError`` naming the expected shape or range.
+    ``images``, with control dependencies on the checks, which raise
+    ``tf.errors.InvalidArgumentError`` naming the expected shape, finite values
+    or range.
   """
   shape = tf.shape(images)
   # Padding lets an input of lower rank still compare with [H, W, 3].
@@ -72,6 +83,11 @@ def check_images(images, height, width):
       shape_ok, [f"{IMAGES_INPUT} must be float32 [batch, {height}, {width}, "
                  f"3]; got shape", shape], summarize=_SUMMARIZE)
   with tf.control_dependencies([shape_check]):
+    finite_check = tf.debugging.Assert(
+        tf.reduce_all(tf.math.is_finite(images)),
+        [f"{IMAGES_INPUT} hold NaN or Inf values; send finite pixel values "
+         f"in [0, 1]"], summarize=_SUMMARIZE)
+  with tf.control_dependencies([finite_check]):
     range_ok = tf.reduce_all(
         tf.logical_and(images >= 0.0, images <= 1.0))
     range_check = tf.debugging.Assert(
@@ -82,13 +98,72 @@ def check_images(images, height, width):
     return tf.identity(images)
 
 
-def decode_images(image_bytes, height, width):
+def _header_integer(data, offset, size, little_endian):
+  """An unsigned integer of ``size`` (2 or 4) bytes at ``offset`` of ``data``."""
+  raw = tf.io.decode_raw(tf.strings.substr(data, offset, size), tf.uint8,
+                         fixed_length=size)
+  raw = tf.cast(raw, tf.int64)
+  if not little_endian:
+    raw = tf.reverse(raw, [0])
+  return tf.reduce_sum(raw * tf.constant([256**i for i in range(size)],
+                                         tf.int64))
+
+
+def header_pixels(data):
+  """Width x height of an encoded image, read from its header alone.
+
+  PNG (IHDR), GIF (logical screen), BMP (DIB header) and JPEG (SOF marker,
+  ``tf.image.extract_jpeg_shape``) are read without decoding any pixel.
+
+  Args:
+    data: scalar string, the encoded image.
+
+  Returns:
+    Scalar int64 pixel count; -1 for data too short or of another format (the
+    decoder then reports it).
+  """
+  length = tf.strings.length(data)
+  magic = tf.strings.substr(data, 0, 4)
+
+  def png():
+    return (_header_integer(data, 16, 4, False) *
+            _header_integer(data, 20, 4, False))
+
+  def gif():
+    return (_header_integer(data, 6, 2, True) *
+            _header_integer(data, 8, 2, True))
+
+  def bmp():
+    # The height is signed (negative for top-down rows).
+    height = tf.bitcast(tf.cast(_header_integer(data, 22, 4, True), tf.uint32),
+                        tf.int32)
+    return _header_integer(data, 18, 4, True) * tf.abs(tf.cast(height,
+                                                                tf.int64))
+
+  def jpeg():
+    shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)
+    return shape[0] * shape[1]
+
+  return tf.case([
+      (tf.logical_and(tf.equal(magic, b"\x89PNG"), length >= 24), png),
+      (tf.logical_and(tf.equal(tf.strings.substr(data, 0, 3), b"GIF"),
+                      length >= 10), gif),
+      (tf.logical_and(tf.equal(tf.strings.substr(data, 0, 2), b"BM"),
+                      length >= 26), bmp),
+      (tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff"), jpeg),
+  ], default=lambda: tf.constant(-1, tf.int64), exclusive=True)
+
+
+def decode_images(image_bytes, height, width,
+                  max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
   """Decodes encoded images to float32 [batch, height, width, 3] in [0, 1].
 
   Args:
     image_bytes: string [batch] of PNG, JPEG, GIF (first frame) or BMP data.
     height: output height.
     width: output width.
+    max_image_pixels: largest width x height decoded; a larger image is
+      refused from its header, before any pixel is decoded.
 
   Returns:
     The decoded batch; images of another size are resized with bilinear
@@ -96,6 +171,15 @@ def decode_images(image_bytes, height, width):
   """
 
   def decode(data):
+    pixels = header_pixels(data)
+    size_check = tf.debugging.Assert(
+        pixels <= max_image_pixels,
+        [f"{BYTES_INPUT}: an image has more than {max_image_pixels} pixels "
+         f"(width x height from its header); send images of at most that "
+         f"size, e.g. resized to {height}x{width}; got", pixels],
+        summarize=_SUMMARIZE)
+    with tf.control_dependencies([size_check]):
+      data = tf.identity(data)
     image = tf.io.decode_image(data, channels=3, dtype=tf.float32,
                                expand_animations=False)
     same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
@@ -122,13 +206,15 @@ class Servable(tf.Module):
     class_names_file: the class-names ``tf.saved_model.Asset``.
   """
 
-  def __init__(self, model, class_names_path):
+  def __init__(self, model, class_names_path,
+               max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Wraps ``model``.
 
     Args:
       model: a Keras model mapping [batch, H, W, 3] images in [0, 1] to logits.
       class_names_path: text file of class names, one a line in class order;
         it is copied into the SavedModel's assets.
+      max_image_pixels: largest encoded image ``serving_bytes`` decodes.
     """
     super().__init__()
     _, height, width, channels = model.input_shape
@@ -147,8 +233,14 @@ class Servable(tf.Module):
 
     # The model is captured by closure rather than tracked as a child: what
     # the SavedModel needs of it is its variables, tracked above.
+    num_classes = model.output_shape[-1]
+
     def outputs(images):
-      logits = model(images, training=False)
+      # BatchNorm kernels fail on an empty batch; an empty request gets an
+      # empty answer instead.
+      logits = tf.cond(
+          tf.shape(images)[0] > 0, lambda: model(images, training=False),
+          lambda: tf.zeros([0, num_classes], tf.float32))
       classes = tf.argmax(logits, axis=-1)
       return {"logits": logits,
               "probabilities": tf.nn.softmax(logits, axis=-1),
@@ -159,7 +251,8 @@ class Servable(tf.Module):
       return outputs(check_images(images, height, width))
 
     def serve_bytes(image_bytes):
-      return outputs(decode_images(image_bytes, height, width))
+      return outputs(decode_images(image_bytes, height, width,
+                                   max_image_pixels))
 
     self.serve_images = tf.function(
         serve_images, autograph=False, input_signature=[
@@ -175,13 +268,15 @@ class Servable(tf.Module):
             BYTES_SIGNATURE: self.serve_bytes.get_concrete_function()}
 
 
-def save(model, class_names, export_dir):
+def save(model, class_names, export_dir,
+         max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
   """Writes ``model`` as a servable SavedModel.
 
   Args:
     model: a Keras model mapping [batch, H, W, 3] images in [0, 1] to logits.
     class_names: the class names, in class-index order.
     export_dir: the SavedModel folder to write (a TF Serving version folder).
+    max_image_pixels: largest width x height the bytes signature decodes.
 
   Raises:
     ValueError: a class name is empty or spans lines, or their number does not
@@ -197,6 +292,6 @@ def save(model, class_names, export_dir):
     names_path = os.path.join(tmp, CLASS_NAMES_ASSET)
     with open(names_path, "w", encoding="utf-8") as f:
       f.write("".join(f"{name}\n" for name in class_names))
-    servable = Servable(model, names_path)
+    servable = Servable(model, names_path, max_image_pixels)
     tf.saved_model.save(servable, export_dir,
                         signatures=servable.signatures())

@@ -6,6 +6,9 @@ import io
 import json
 import os
 import pathlib
+import re
+import shutil
+import socket
 import subprocess
 import sys
 
@@ -285,3 +288,78 @@ def test_required_flags():
   export.define_flags(flag_values)
   with pytest.raises(flags.IllegalFlagValueError, match="export_dir"):
     flag_values(["export", "--model_dir=a"])
+
+
+def _temp_export(root, name, owner=None):
+  path = root / name
+  path.mkdir(parents=True)
+  (path / "saved_model.pb").write_text("")
+  if owner is not None:
+    (path / export.OWNER_FILE).write_text(owner)
+  return path
+
+
+def test_stale_exports_are_removed_and_running_ones_kept(tmp_path):
+  root = tmp_path / "model"
+  host = socket.gethostname()
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  dead_pid = int(dead.stdout)
+  _temp_export(root, ".export-dead", f"{host} {dead_pid}\n")
+  _temp_export(root, ".export-no-owner")
+  _temp_export(root, ".export-running", f"{host} {os.getpid()}\n")
+  _temp_export(root, ".export-elsewhere", f"another-host {dead_pid}\n")
+  (root / "1").mkdir()
+  assert export.remove_stale_exports(str(root)) == [".export-dead",
+                                                    ".export-no-owner"]
+  assert sorted(os.listdir(root)) == [".export-elsewhere", ".export-running",
+                                      "1"]
+
+
+def test_published_version_holds_no_owner_file(exported):
+  assert not (exported["version"] / export.OWNER_FILE).exists()
+
+
+def test_unwritable_export_dir_fails_before_the_attack(run_dir, tmp_path,
+                                                      monkeypatch):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+
+  def attack(*unused_args):
+    raise AssertionError("the attack ran before the output was checked")
+
+  monkeypatch.setattr(export, "adversarial_set", attack)
+  with pytest.raises(errors.UserError, match="cannot write to .*pass an "
+                     "--export_dir you can write to"):
+    export.export(run_dir, str(blocker / "exports"), tflite_variants=(),
+                  eval_examples=10, pgd_steps=1, progress=False)
+
+
+def test_export_flag_sets_the_decode_limit(exported):
+  loaded = tf.saved_model.load(str(exported["version"]))
+  header = (b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR" +
+            (5000).to_bytes(4, "big") + (5000).to_bytes(4, "big") +
+            bytes([8, 2, 0, 0, 0, 0, 0, 0, 0]))
+  with pytest.raises(tf.errors.InvalidArgumentError, match="more than"):
+    loaded.signatures["serving_bytes"](image_bytes=tf.constant([header]))
+
+
+def test_edge_eval_verifies_the_recorded_sha256(exported, tmp_path, capsys):
+  version = tmp_path / "copy" / "1"
+  shutil.copytree(exported["version"], version)
+  model = version / export.EDGE_DIR / "float32.tflite"
+  data = version / export.EDGE_DIR / export.EVAL_SET_FILE
+  args = [f"--tflite={model}", f"--data={data}", "--latency_runs=0"]
+  edge_eval.main(args)
+  assert re.search(r"\nsha256 +model, eval_set match export.json",
+                   capsys.readouterr().out)
+  # One flipped bit in the middle of the weights: LiteRT still loads it.
+  content = bytearray(model.read_bytes())
+  content[len(content) // 2] ^= 0x01
+  model.write_bytes(bytes(content))
+  with pytest.raises(SystemExit) as e:
+    edge_eval.main(args)
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1
+  assert "does not match the sha256" in err[0] and "float32.tflite" in err[0]

@@ -1,5 +1,6 @@
 """Tests of the servable SavedModel: signatures, parity, input checks."""
 
+import io
 import os
 import pathlib
 import re
@@ -10,6 +11,7 @@ import textwrap
 
 import keras
 import numpy as np
+import PIL.Image
 import pytest
 import tensorflow as tf
 
@@ -274,3 +276,79 @@ def test_save_refuses_bad_class_names(model, tmp_path):
     serving.save(model, ("cat", "dog\nfish", "ship", "truck"),
                  str(tmp_path / "b"))
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _encoded(image_uint8, fmt):
+  """``image_uint8`` encoded by Pillow in ``fmt`` (GIF, BMP, PNG, JPEG)."""
+  buffer = io.BytesIO()
+  PIL.Image.fromarray(image_uint8).save(buffer, format=fmt)
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP"])
+def test_header_pixels_reads_width_times_height(fmt):
+  image = np.zeros((7, 13, 3), np.uint8)
+  pixels = serving.header_pixels(tf.constant(_encoded(image, fmt)))
+  assert int(pixels) == 7 * 13
+
+
+def test_header_pixels_of_unknown_data_is_minus_one():
+  assert int(serving.header_pixels(tf.constant(b"not an image"))) == -1
+
+
+def _png_header(width, height):
+  """A PNG signature and IHDR chunk declaring ``width`` x ``height``, no data.
+
+  What a decompression bomb's first bytes look like: the size check must
+  refuse it from these bytes alone.
+  """
+  ihdr = (width.to_bytes(4, "big") + height.to_bytes(4, "big") +
+          bytes([8, 2, 0, 0, 0]))
+  return (b"\x89PNG\r\n\x1a\n" + len(ihdr).to_bytes(4, "big") + b"IHDR" +
+          ihdr + b"\x00" * 4)
+
+
+def test_bytes_signature_refuses_an_image_too_large_before_decoding(loaded):
+  # 10,000 x 10,000 pixels would decode to 1.2 GB of float32; the header is
+  # all the signature needs to refuse it.
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=f"more than {serving.DEFAULT_MAX_IMAGE_PIXELS} "
+                     r"pixels .*got\] \[100000000\]"):
+    loaded.signatures["serving_bytes"](
+        image_bytes=tf.constant([_png_header(10_000, 10_000)]))
+
+
+def test_max_image_pixels_is_set_at_save(model, tmp_path):
+  path = str(tmp_path / "1")
+  serving.save(model, CLASS_NAMES, path, max_image_pixels=HEIGHT * WIDTH)
+  serve = tf.saved_model.load(path).signatures["serving_bytes"]
+  rng = np.random.default_rng(4)
+  fits = rng.integers(0, 256, (HEIGHT, WIDTH, 3), np.uint8)
+  too_large = rng.integers(0, 256, (HEIGHT, WIDTH + 1, 3), np.uint8)
+  assert serve(image_bytes=tf.constant([_png(fits)]))["logits"].shape == (
+      1, CLASSES)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=f"more than {HEIGHT * WIDTH} pixels"):
+    serve(image_bytes=tf.constant([_png(too_large)]))
+
+
+def test_empty_batches_return_empty_outputs(loaded):
+  by_float = loaded.signatures["serving_default"](
+      images=tf.zeros((0, HEIGHT, WIDTH, 3), tf.float32))
+  by_bytes = loaded.signatures["serving_bytes"](
+      image_bytes=tf.zeros((0,), tf.string))
+  for out in (by_float, by_bytes):
+    assert out["logits"].shape == (0, CLASSES)
+    assert out["probabilities"].shape == (0, CLASSES)
+    assert out["classes"].shape == (0,)
+    assert out["class_names"].shape == (0,)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_get_their_own_message(loaded, value):
+  images = np.full((1, HEIGHT, WIDTH, 3), 0.5, np.float32)
+  images[0, 3, 4, 1] = value
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="hold NaN or Inf values") as e:
+    loaded.signatures["serving_default"](images=tf.constant(images))
+  assert "divide 8-bit pixels" not in str(e.value)
