@@ -61,13 +61,12 @@ choices() {
   echo "${names[*]}" | sed 's/,/, /g'
 }
 
-# Splits a comma list into the array named by $3 after checking every name
-# against flags/<kind>/ ($2) and refusing repeats; $1 is the option's name.
-parse_list() {
+# Checks the comma list $3 of option $1: every name has a file in
+# flags/<kind>/ ($2), and none repeats.
+check_list() {
   local option="$1" kind="$2" name seen=","
-  local -n out="$3"
   local -a items
-  IFS=, read -r -a items <<<"$4"
+  IFS=, read -r -a items <<<"$3"
   (( ${#items[@]} > 0 )) || die "--$option is empty; choose from $(choices "$kind")"
   for name in "${items[@]}"; do
     [[ -n "$name" && -f "$ROOT/flags/$kind/$name.cfg" ]] ||
@@ -75,7 +74,6 @@ parse_list() {
     [[ "$seen" != *",$name,"* ]] || die "--$option lists '$name' twice"
     seen+="$name,"
   done
-  out=("${items[@]}")
 }
 
 # A path given on the command line, made absolute against the caller's
@@ -135,8 +133,10 @@ done
 # The report takes the results files as one comma list.
 [[ "$results_dir" != *,* ]] ||
     die "--results_dir=$results_dir has a comma, which the report's --results list cannot hold"
-parse_list datasets datasets datasets "$datasets_arg"
-parse_list methods methods methods "$methods_arg"
+check_list datasets datasets "$datasets_arg"
+check_list methods methods "$methods_arg"
+IFS=, read -r -a datasets <<<"$datasets_arg"
+IFS=, read -r -a methods <<<"$methods_arg"
 cd "$ROOT"
 
 names=()
