@@ -133,6 +133,10 @@ def test_reaches_the_minimal_distance_of_a_linear_model():
   dist = _linf(adv, images)
   np.testing.assert_allclose(dist, [0.3, 0.1], rtol=0.01)
   assert np.all(dist <= 0.35) and adv.min() >= 0 and adv.max() <= 1
+  # One restart starts at the clean point: the seeds play no part.
+  again, _ = _run(_NEAR, fab.FABSpec(0.35, steps=20, target_classes=2),
+                  images, [0, 0], [[5, 6], [7, 8]])
+  np.testing.assert_array_equal(again, adv)
 
 
 def test_epsilon_below_the_minimal_distance_leaves_the_clean_image():
