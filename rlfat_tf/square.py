@@ -26,12 +26,18 @@ already misclassifies are not attacked and cost none. At the end, as the
 reference does, an image keeps its best point only if the model misclassifies
 it; otherwise the clean image is returned.
 
-Differences, both forced by per-example randomness: the reference draws one
+Without rescaling, the schedule's bounds are raw iterations: at 5000 queries
+p goes down to p_init / 128 (after iteration 4000) and no further.
+
+One difference, forced by per-example randomness: the reference draws one
 corner and one set of channel signs per iteration for the whole batch; here
 each image draws its own, from its own stateless seed, so an image's result
-does not depend on its batch mates and repeats exactly. All of an image's
-draws are made before the loop, one row per iteration (queries x (2 + C)
-floats per image, 100 KB at 5000 queries on RGB).
+repeats exactly and does not depend on its batch mates (as far as the
+model's logits for an image do not depend on the batch it is in: batched
+kernels may round differently, and a near-tie of margins can then go the
+other way). All of an image's draws are made before the loop, one row per
+iteration (queries x (2 + C) floats per image, 100 KB at 5000 queries on
+RGB).
 """
 
 import dataclasses
@@ -274,9 +280,15 @@ def attack(model, spec, images, labels, seeds):
   first = tf.where(attacked)[:, 0]
   start = tf.gather(initial_point(images, eps, seeds), first)
   best = tf.tensor_scatter_nd_update(images, first[:, None], start)
-  margin = tf.tensor_scatter_nd_update(
-      _margin(clean_logits, labels), first[:, None],
-      _margin(predict(start), tf.gather(labels, first)))
+  clean_margin = _margin(clean_logits, labels)
+  # Convolutions fail on an empty batch: skip the query when there is
+  # nothing to attack (the loop below only runs while some image is active).
+  margin = tf.cond(
+      tf.size(first) > 0,
+      lambda: tf.tensor_scatter_nd_update(
+          clean_margin, first[:, None],
+          _margin(predict(start), tf.gather(labels, first))),
+      lambda: clean_margin)
   queries = tf.cast(attacked, tf.int32)
 
   def active(margin):

@@ -260,3 +260,19 @@ def test_any_image_size_stays_in_bounds(shape):
   assert np.max(np.abs(adv - images)) <= 0.05 + 1e-6
   assert adv.min() >= 0.0 and adv.max() <= 1.0
   assert np.all((queries.numpy() >= 1) & (queries.numpy() <= 6))
+
+
+def test_a_batch_with_nothing_to_attack_queries_nothing():
+  # Convolutions fail on an empty batch, so the attack must not make one.
+  inputs = keras.Input(SHAPE)
+  hidden = keras.layers.BatchNormalization()(
+      keras.layers.Conv2D(4, 3, padding="same")(inputs))
+  logits = keras.layers.Dense(3)(keras.layers.Flatten()(hidden))
+  model = keras.Model(inputs, logits)
+  images = np.random.default_rng(4).uniform(size=(2, *SHAPE)).astype(
+      np.float32)
+  wrong = ((_predict(model, images) + 1) % 3).astype(np.int32)
+  run = square.compiled(model, square.SquareSpec(EPS, 5), SHAPE)
+  adv, queries = run(images, wrong, np.array([[1, 0], [1, 1]], np.int64))
+  np.testing.assert_array_equal(adv.numpy(), images)
+  np.testing.assert_array_equal(queries.numpy(), [0, 0])
