@@ -146,10 +146,7 @@ def get(name):
   Raises:
     errors.UserError: no method has that name.
   """
-  if name not in METHODS:
-    raise errors.UserError(f"unknown method {name!r}: choose from "
-                           f"{', '.join(METHODS)}")
-  return METHODS[name]
+  return errors.lookup(METHODS, name, "method")
 
 
 def with_weight(weight):

@@ -96,7 +96,8 @@ def test_the_registry_builds_it_at_the_evaluation_epsilon():
   assert attack.spec == nattack.NAttackSpec(epsilon=0.05, population=20)
   assert attack.settings() == {"population": 20, "sigma": 0.1,
                                "learning_rate": 0.008, "iterations": 200,
-                               "check_every": 10}
+                               "check_every": 10, "init_scale": 0.001,
+                               "restarts": 1}
 
 
 def test_bad_specs_are_rejected():

@@ -93,10 +93,7 @@ def get(name):
   Raises:
     errors.UserError: no attack has that name.
   """
-  if name not in ATTACKS:
-    raise errors.UserError(f"unknown attack {name!r}: choose from "
-                           f"{', '.join(NAMES)}")
-  return ATTACKS[name]
+  return errors.lookup(ATTACKS, name, "attack")
 
 
 def of_kind(kind, names=NAMES):

@@ -182,19 +182,8 @@ def perturb(model, spec, images, labels, seeds):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class APGD(base.Attack):
-  """APGD as an evaluation attack with restarts.
-
-  Attributes:
-    spec: its ``APGDSpec``.
-  """
+  """APGD as an evaluation attack; ``spec`` is an ``APGDSpec``."""
   kind = "white_box"
-  spec: APGDSpec
-
-  def settings(self):
-    spec = self.spec
-    return {"steps": spec.steps, "restarts": self.restarts,
-            "loss": spec.loss, "momentum": spec.momentum, "rho": spec.rho,
-            "initial_step": spec.initial_step}
 
   def run(self, model, images, labels, seeds):
     return perturb(model, self.spec, images, labels, seeds)

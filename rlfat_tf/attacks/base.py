@@ -9,6 +9,7 @@ the attacks of kind "white_box".
 
 import abc
 import dataclasses
+from typing import Any
 
 KINDS = ("white_box", "black_box")
 
@@ -39,6 +40,8 @@ class Attack(abc.ABC):
   Attributes:
     name: its key in the registry and in results ("pgd", "apgd_ce", ...).
     display_name: its name in reports ("PGD", "APGD-CE", ...).
+    spec: a frozen dataclass of the attack's parameters, ``epsilon`` among
+      them.
     restarts: runs from independent random starts; an example survives only
       if it survives all of them.
     examples: the attack runs on the first this-many images of a set (None:
@@ -47,6 +50,7 @@ class Attack(abc.ABC):
   kind = None  # "white_box" or "black_box", set by each subclass.
   name: str
   display_name: str
+  spec: Any
   restarts: int = 1
   examples: int | None = None
 
@@ -54,9 +58,15 @@ class Attack(abc.ABC):
     if self.restarts < 1:
       raise ValueError(f"restarts must be positive, got {self.restarts}")
 
-  @abc.abstractmethod
   def settings(self):
-    """The attack's settings as recorded in results files (JSON values)."""
+    """The attack's settings as recorded in results files (JSON values).
+
+    Every field of ``spec`` but ``epsilon`` (which results record once for
+    all attacks), and ``restarts``.
+    """
+    out = dataclasses.asdict(self.spec)
+    del out["epsilon"]
+    return {**out, "restarts": self.restarts}
 
   @abc.abstractmethod
   def run(self, model, images, labels, seeds):

@@ -141,19 +141,8 @@ def attack_image(model, spec, image, label, seed):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NAttack(base.Attack):
-  """The N attack as an evaluation attack.
-
-  Attributes:
-    spec: its ``NAttackSpec``.
-  """
+  """The N attack as an evaluation attack; ``spec`` is an ``NAttackSpec``."""
   kind = "black_box"
-  spec: NAttackSpec
-
-  def settings(self):
-    spec = self.spec
-    return {"population": spec.population, "sigma": spec.sigma,
-            "learning_rate": spec.learning_rate,
-            "iterations": spec.iterations, "check_every": spec.check_every}
 
   def run(self, model, images, labels, seeds):
     """Attacks each image the model classifies correctly; see ``Attack``.

@@ -202,11 +202,9 @@ def perturb(model, spec, images, labels, seeds, unroll=False):
 class PGD(base.Attack):
   """A sign-gradient evaluation attack (PGD, CW-margin PGD) with restarts.
 
-  Attributes:
-    spec: its ``AttackSpec``; BatchNorm must be in "eval" mode.
+  ``spec`` is an ``AttackSpec`` with BatchNorm in "eval" mode.
   """
   kind = "white_box"
-  spec: AttackSpec
 
   def __post_init__(self):
     super().__post_init__()
