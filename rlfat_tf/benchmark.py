@@ -4,8 +4,8 @@ For one architecture, batch and attack length it reports:
 - training examples/second of every method, with XLA off and on, timed in
   interleaved rounds so that a change of machine load hits every
   configuration alike;
-- each method's cost relative to its base (rlfat_p / pgdat, rlfat_t /
-  trades), next to what the pass count, the forward-equivalent cost and the
+- each method's cost relative to the baseline of its framework
+  (``methods.Method.framework``: rlfat_p / pgdat, rlfat_t / trades, ...), next to what the pass count, the forward-equivalent cost and the
   counted FLOPs predict;
 - floating-point operations per step, counted from XLA's optimised HLO of the
   step (convolutions and matrix products, valid taps only, loops multiplied
@@ -45,12 +45,11 @@ import tensorflow as tf
 from rlfat_tf import data
 from rlfat_tf import errors
 from rlfat_tf import models
-from rlfat_tf import objectives
+from rlfat_tf import methods
 from rlfat_tf import sources
 from rlfat_tf import trainer
+from rlfat_tf.attacks import losses
 
-# Each RLFAT variant and the method it extends.
-BASES = {"rlfat_p": "pgdat", "rlfat_t": "trades"}
 XLA_SETTINGS = ("off", "on")
 
 FLAGS = flags.FLAGS
@@ -100,8 +99,8 @@ def define_flags(flag_values=FLAGS):
       message="--depth must be a WideResNet depth 6n+4, e.g. 10, 16, 28 or "
       "34", **fv)
   flags.register_validator(
-      "methods", lambda v: bool(v) and set(v) <= set(objectives.METHODS),
-      message=f"--methods must be a list of {', '.join(objectives.METHODS)}",
+      "methods", lambda v: bool(v) and set(v) <= set(methods.METHODS),
+      message=f"--methods must be a list of {', '.join(methods.METHODS)}",
       **fv)
   flags.register_validator(
       "xla", lambda v: bool(v) and set(v) <= set(XLA_SETTINGS),
@@ -308,10 +307,11 @@ def pass_counts(method_name, attack_steps):
     clean and adversarial accuracy for methods that do not train on them
     count 1 each.
   """
-  method = objectives.METHODS[method_name]
+  config = trainer.TrainConfig(method=method_name, attack_steps=attack_steps)
+  method = config.method_spec
   train_passes = len(method.passes)
   inference = len({"clean", "adv"} - set(method.passes))
-  kl_clean = 1 if method.attack_loss == "kl" else 0
+  kl_clean = int(config.attack_spec().loss in losses.NEEDS_CLEAN_LOGITS)
   return {
       "passes": attack_steps + train_passes,
       "forward_units": 2 * attack_steps + 3 * train_passes + inference
@@ -465,7 +465,7 @@ def measure_training(runners, rounds, steps):
 
 
 def _first_batch(images, labels, batch_size, method):
-  rbs_blocks = 2 if objectives.METHODS[method].uses_rbs else None
+  rbs_blocks = 2 if methods.get(method).uses_rbs else None
   return next(iter(data.train_dataset(
       images, labels, batch_size=batch_size, seed=0,
       augmentation=data.Augmentation(), rbs_blocks=rbs_blocks)))
@@ -494,7 +494,7 @@ def run(settings):
   hand_forward = forward_flops_by_hand(model)
   peak = measure_conv_peak(model, settings["peak_batch"],
                            settings["peak_repeats"])
-  methods = {}
+  per_method = {}
   for method in settings["methods"]:
     runner = runners[(method, settings["xla"][0])]
     flops = hlo_flops(runner.step_hlo(
@@ -510,13 +510,14 @@ def run(settings):
       entry[f"xla_{xla}"] = {
           **measured, "flops_per_second": achieved,
           "fraction_of_peak": achieved / peak["peak_flops_per_second"]}
-    methods[method] = entry
+    per_method[method] = entry
 
   relative = {}
-  for method, base in BASES.items():
-    if method not in methods or base not in methods:
+  for method, m in per_method.items():
+    base = methods.get(method).framework
+    if base == method or base not in per_method:
       continue
-    m, b = methods[method], methods[base]
+    b = per_method[base]
     relative[f"{method}/{base}"] = {
         "predicted_by_passes": m["passes"] / b["passes"],
         "predicted_by_forward_units": m["forward_units"] / b["forward_units"],
@@ -528,7 +529,7 @@ def run(settings):
   fastest = max(t["examples_per_second"] for t in timing.values())
   pipeline_rate = measure_pipeline(
       images, labels, batch_size,
-      2 if any(objectives.METHODS[m].uses_rbs for m in settings["methods"])
+      2 if any(methods.get(m).uses_rbs for m in settings["methods"])
       else None, settings["pipeline_batches"])
   results = {
       "settings": settings,
@@ -540,7 +541,7 @@ def run(settings):
                   "load_average_end": os.getloadavg()[0]},
       "model": {"name": model.name, "parameters": model.count_params(),
                 "forward_flops_per_example_by_hand": hand_forward},
-      "methods": methods,
+      "methods": per_method,
       "relative_cost": relative,
       "conv_peak": peak,
       "input_pipeline": {"examples_per_second": pipeline_rate,

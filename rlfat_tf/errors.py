@@ -11,3 +11,17 @@ class UserError(Exception):
 
 class TrainingDiverged(UserError):
   """The loss became NaN or Inf; checkpoints written before it are kept."""
+
+
+def lookup(registry, name, what):
+  """``registry[name]``, or a UserError naming the choices.
+
+  Args:
+    registry: a dict from names to entries.
+    name: the name asked for.
+    what: what the entries are, for the message ("method", "attack").
+  """
+  if name not in registry:
+    raise UserError(f"unknown {what} {name!r}: choose from "
+                    f"{', '.join(registry)}")
+  return registry[name]

@@ -47,7 +47,6 @@ import tensorflow as tf
 from rlfat_tf import attacks
 from rlfat_tf import data
 from rlfat_tf import errors
-from rlfat_tf import nattack
 from rlfat_tf import robustness
 from rlfat_tf import runs
 from rlfat_tf import saliency
@@ -98,33 +97,20 @@ def define_flags(flag_values=FLAGS):
   flags.DEFINE_integer("seed", 0, "Seed of random starts, N-attack draws and "
                        "SmoothGrad noise.", lower_bound=0, **fv)
 
-  # White-box attacks.
-  flags.DEFINE_list("attacks", list(robustness.ATTACKS),
-                    f"Attacks to run, from {','.join(robustness.ATTACKS)}.",
-                    **fv)
+  # Attacks: the shared settings, then each registered attack's own.
+  flags.DEFINE_list("attacks", list(attacks.NAMES),
+                    f"Attacks to run, from {','.join(attacks.NAMES)}.", **fv)
   flags.DEFINE_float("epsilon", 0.03, "L-inf radius of every attack, in "
                      "(0, 1] (official: 0.03).", **fv)
   flags.DEFINE_float("step_size", 0.0075, "Step of PGD and CW (official: "
                      "0.0075).", **fv)
-  flags.DEFINE_integer("pgd_steps", 20, "PGD steps.", lower_bound=1, **fv)
-  flags.DEFINE_integer("cw_steps", None, "CW-margin PGD steps (default: "
-                       "--pgd_steps).", lower_bound=1, **fv)
-  flags.DEFINE_integer("apgd_steps", 100, "APGD iterations.", lower_bound=1,
-                       **fv)
   flags.DEFINE_integer("restarts", 1, "Random restarts of every white-box "
                        "attack.", lower_bound=1, **fv)
-
-  # Black-box N attack (defaults: the official evaluation).
-  flags.DEFINE_integer("nattack_examples", 1500, "N attack on the first N "
-                       "images.", lower_bound=1, **fv)
-  flags.DEFINE_integer("nattack_population", 300, "N-attack population.",
-                       lower_bound=2, **fv)
-  flags.DEFINE_float("nattack_sigma", 0.1, "N-attack search deviation in "
-                     "tanh space.", lower_bound=0.0, **fv)
-  flags.DEFINE_float("nattack_lr", 0.008, "N-attack learning rate.",
-                     lower_bound=0.0, **fv)
-  flags.DEFINE_integer("nattack_iterations", 200, "N-attack iterations per "
-                       "image.", lower_bound=1, **fv)
+  for setting in attacks.settings():
+    define = (flags.DEFINE_float if setting.type is float
+              else flags.DEFINE_integer)
+    define(setting.flag, setting.default, setting.help,
+           lower_bound=setting.lower_bound, **fv)
 
   # Loss sensitivity and salience.
   flags.DEFINE_list("brightness", ["-0.15"], "Brightness shifts of the loss "
@@ -166,9 +152,9 @@ def define_flags(flag_values=FLAGS):
   flags.mark_flag_as_required("model_dir", **fv)
   runs.register_radius_validators(flag_values)
   flags.register_validator(
-      "attacks", lambda v: bool(v) and set(v) <= set(robustness.ATTACKS),
+      "attacks", lambda v: bool(v) and set(v) <= set(attacks.NAMES),
       message=f"--attacks must be a non-empty list from "
-      f"{','.join(robustness.ATTACKS)}", **fv)
+      f"{','.join(attacks.NAMES)}", **fv)
   flags.register_validator(
       "brightness", lambda v: _floats(v) is not None,
       message="--brightness must be a list of numbers, e.g. -0.15,0.15", **fv)
@@ -255,15 +241,9 @@ def eval_config(values):
   """The ``robustness.EvalConfig`` of the flags."""
   return robustness.EvalConfig(
       attacks=tuple(values["attacks"]), epsilon=values["epsilon"],
-      step_size=values["step_size"], pgd_steps=values["pgd_steps"],
-      cw_steps=values["cw_steps"] or values["pgd_steps"],
-      apgd_steps=values["apgd_steps"], restarts=values["restarts"],
-      black_box=nattack.NAttackSpec(
-          population=values["nattack_population"],
-          sigma=values["nattack_sigma"],
-          learning_rate=values["nattack_lr"],
-          iterations=values["nattack_iterations"]),
-      nattack_examples=values["nattack_examples"], checks=values["checks"],
+      step_size=values["step_size"], restarts=values["restarts"],
+      settings={s.flag: values[s.flag] for s in attacks.settings()},
+      checks=values["checks"],
       check_examples=values["check_examples"],
       large_epsilon=values["large_epsilon"],
       batch_size=values["batch_size"], seed=values["seed"])
@@ -431,9 +411,7 @@ def watch(values):
   model = runs.build_model(run_flags)
   checkpoint = tf.train.Checkpoint(model=model)
   steps = values["pgd_steps"]
-  attack = robustness.WhiteBoxAttack(
-      "pgd", attacks.pgd(values["epsilon"], values["step_size"], steps,
-                         "eval"), values["restarts"])
+  attack = attacks.build("pgd", eval_config(values).values())
   pgd_key = f"val/pgd{steps}_accuracy"
   history_path = os.path.join(model_dir, WATCH_HISTORY)
   history = _read_history(history_path)

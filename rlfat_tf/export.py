@@ -44,7 +44,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rlfat_tf import attacks
 from rlfat_tf import data
 from rlfat_tf import edge_eval
 from rlfat_tf import errors
@@ -52,6 +51,7 @@ from rlfat_tf import runs
 from rlfat_tf import serving
 from rlfat_tf import sources
 from rlfat_tf import tflite
+from rlfat_tf.attacks import pgd
 
 EDGE_DIR = "edge"
 EVAL_SET_FILE = "eval_set.npz"
@@ -187,7 +187,7 @@ def adversarial_set(model, images, labels, spec, batch_size, seed,
     model: a Keras classifier.
     images: uint8 [N, H, W, 3] test images.
     labels: int [N] labels.
-    spec: an ``attacks.AttackSpec``.
+    spec: a ``pgd.AttackSpec``.
     batch_size: images per attack batch.
     seed: seed of the per-example random starts.
     progress: show a progress bar.
@@ -198,8 +198,8 @@ def adversarial_set(model, images, labels, spec, batch_size, seed,
 
   @tf.function
   def attack(batch):
-    adv = attacks.perturb(model, spec, batch["image"], batch["label"],
-                          batch["seed"])
+    adv = pgd.perturb(model, spec, batch["image"], batch["label"],
+                      batch["seed"])
     return (adv, model(batch["image"], training=False),
             model(adv, training=False))
 
@@ -320,7 +320,7 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
         len(train_images), representative_examples, replace=False)
     representative = train_images[np.sort(picked)].astype(np.float32) / 255.0
 
-  spec = attacks.pgd(epsilon, step_size, pgd_steps, bn_mode="eval")
+  spec = pgd.pgd(epsilon, step_size, pgd_steps, bn_mode="eval")
   print(f"crafting the adversarial evaluation set: PGD-{pgd_steps}, eps "
         f"{epsilon:g}, step {step_size:g}, {len(test_images)} test images",
         flush=True)

@@ -39,8 +39,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
+from rlfat_tf import attacks
 from rlfat_tf import errors
 from rlfat_tf import figures
+from rlfat_tf import methods
 from rlfat_tf import saliency
 from rlfat_tf import sources
 
@@ -57,14 +59,12 @@ REQUIRED_KEYS = {
 # The paper's order of datasets and methods; others follow alphabetically.
 DATASET_NAMES = {"stl10": "STL-10", "cifar10": "CIFAR-10",
                  "cifar100": "CIFAR-100", "cifar10_sample": "CIFAR-10 sample"}
-METHOD_NAMES = {"pgdat": "PGDAT", "trades": "TRADES", "rlfat_p": "RLFAT_P",
-                "rlfat_t": "RLFAT_T", "rbsat_p": "RBSAT_P",
-                "rbsat_t": "RBSAT_T"}
+METHOD_NAMES = {name: m.display_name for name, m in methods.METHODS.items()}
 # The ablation compares, within each framework, the baseline, RBS adversarial
 # training alone and RLFAT.
-FRAMEWORKS = (("pgdat", "rbsat_p", "rlfat_p"), ("trades", "rbsat_t", "rlfat_t"))
-ATTACK_NAMES = {"pgd": "PGD", "cw": "CW", "apgd_ce": "APGD-CE",
-                "apgd_dlr": "APGD-DLR", "nattack": "N attack"}
+FRAMEWORKS = tuple(group for group in methods.frameworks().values()
+                   if len(group) > 1)
+ATTACK_NAMES = {name: a.display_name for name, a in attacks.ATTACKS.items()}
 # Keys of an attack's entry that describe a run of it, not its settings.
 NOT_SETTINGS = frozenset({"seconds"})
 
@@ -281,20 +281,20 @@ def _attack_value(results, attack, key):
 
 
 def table1_columns(results):
-  """Table 1's columns as (title, attack); steps in titles when shared."""
-  pgd = _attack_value(results, "pgd", "steps")
-  cw = _attack_value(results, "cw", "steps")
-  nattack = _attack_value(results, "nattack", "num_examples")
-  return [
-      ("Clean", "clean"),
-      (f"PGD-{pgd if pgd is not None else 'k'}", "pgd"),
-      (f"CW-{cw if cw is not None else 'k'}", "cw"),
-      ("APGD-CE", "apgd_ce"),
-      ("APGD-DLR", "apgd_dlr"),
-      ("Worst case", "worst_case"),
-      ("N attack" + (f" ({nattack})" if nattack is not None else ""),
-       "nattack"),
-  ]
+  """Table 1's columns as (title, attack): clean, the white-box attacks,
+  their worst case, the black-box attacks; settings such as steps in titles
+  when every result shares them (``attacks.Registered.title``)."""
+
+  def column(name):
+    entry = attacks.get(name)
+    shared = (_attack_value(results, name, entry.title_setting)
+              if entry.title_setting else None)
+    return (entry.title(shared), name)
+
+  return ([("Clean", "clean")]
+          + [column(n) for n in attacks.of_kind("white_box")]
+          + [("Worst case", "worst_case")]
+          + [column(n) for n in attacks.of_kind("black_box")])
 
 
 def _row_label(result):
@@ -444,9 +444,9 @@ def ablation(results, output_dir):
            if key in ("clean", "pgd", "worst_case")]
   for dataset in dict.fromkeys(r.dataset for r in ordered(results)):
     present = [r for r in ordered(results) if r.dataset == dataset]
-    methods = {r.method for r in present}
+    trained = {r.method for r in present}
     for framework in FRAMEWORKS:
-      if not set(framework[1:]) <= methods:
+      if not set(framework[1:]) <= trained:
         continue
       members = sorted((r for r in present if r.method in framework),
                        key=lambda r, f=framework: f.index(r.method))
@@ -458,9 +458,10 @@ def ablation(results, output_dir):
   if not rows:
     found = ", ".join(sorted({f"{dataset_name(r.dataset)} "
                               f"{method_name(r.method)}" for r in results}))
+    needed = ", or ".join(" with ".join(method_name(m) for m in group[1:])
+                          for group in FRAMEWORKS)
     return [f"Skipped: no dataset has both an RBSAT and an RLFAT result of "
-            f"the same framework (RBSAT_P with RLFAT_P, or RBSAT_T with "
-            f"RLFAT_T); the results hold {found}."]
+            f"the same framework ({needed}); the results hold {found}."]
   path = os.path.join(output_dir, "ablation.png")
   figures.ablation_bars(rows, path)
   return ["Baseline, RBS adversarial training alone (RBSAT) and RLFAT, per "

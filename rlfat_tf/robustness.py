@@ -1,9 +1,10 @@
 """Robust accuracy of a classifier, and checks that the number can be trusted.
 
-``evaluate`` runs the white-box attacks (PGD, CW-margin PGD, APGD-CE,
-APGD-DLR) and the black-box N attack over a set of images, and reports each
-attack's accuracy and the per-example worst case: an example counts as robust
-only if it is classified correctly and every white-box attack failed on it.
+``evaluate`` runs registered attacks (``rlfat_tf.attacks``: PGD, CW-margin
+PGD, APGD-CE, APGD-DLR, the black-box N attack) over a set of images through
+their common interface, and reports each attack's accuracy and the
+per-example worst case: an example counts as robust only if it is classified
+correctly and every white-box attack failed on it.
 An example the model already misclassifies counts as broken by every attack
 (its clean image lies in the ball), so no attack's accuracy exceeds the clean
 accuracy.
@@ -26,7 +27,7 @@ each returns ``{"passed": bool, "detail": one line}``. ``evaluate`` runs:
 - more_restarts_no_gain: one more restart does not raise accuracy; the runs
   share their first restarts, so this fails only when predictions are not
   repeatable (BatchNorm in training mode, a randomised model);
-- black_box_not_stronger: the N attack does not beat the white-box worst case
+- black_box_not_stronger: no black-box attack beats the white-box worst case
   on the same images (a sign of gradient masking);
 - perturbation_within_bounds: every adversarial example is within epsilon of
   its image and inside [0, 1].
@@ -43,51 +44,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rlfat_tf import apgd
 from rlfat_tf import attacks
 from rlfat_tf import data
-from rlfat_tf import nattack
-
-WHITE_BOX = ("pgd", "cw", "apgd_ce", "apgd_dlr")
-ATTACKS = WHITE_BOX + ("nattack",)
+from rlfat_tf.attacks import pgd
 
 # Float32 slack allowed on the epsilon-ball and [0, 1] bounds.
 BOUND_TOLERANCE = 1e-6
-
-
-@dataclasses.dataclass(frozen=True)
-class WhiteBoxAttack:
-  """A white-box attack with restarts.
-
-  Attributes:
-    name: key of the attack in results ("pgd", "cw", "apgd_ce", ...).
-    spec: an ``attacks.AttackSpec`` or an ``apgd.APGDSpec``.
-    restarts: independent random starts; an example survives only if it
-      survives all of them.
-  """
-  name: str
-  spec: attacks.AttackSpec | apgd.APGDSpec
-  restarts: int = 1
-
-  def __post_init__(self):
-    if self.restarts < 1:
-      raise ValueError(f"restarts must be positive, got {self.restarts}")
-    if (isinstance(self.spec, attacks.AttackSpec) and
-        self.spec.bn_mode != "eval"):
-      raise ValueError("evaluation attacks must run with bn_mode='eval'")
-
-  def settings(self):
-    """The attack's settings as recorded in results files."""
-    spec = self.spec
-    if isinstance(spec, apgd.APGDSpec):
-      return {"steps": spec.steps, "restarts": self.restarts,
-              "loss": spec.loss, "momentum": spec.momentum, "rho": spec.rho,
-              "initial_step": spec.initial_step}
-    out = {"steps": spec.steps, "step_size": spec.step_size,
-           "restarts": self.restarts, "loss": spec.loss}
-    if spec.loss == "cw":
-      out["confidence"] = attacks.CW_CONFIDENCE
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,32 +57,24 @@ class EvalConfig:
   """What ``evaluate`` runs.
 
   Attributes:
-    attacks: names from ``ATTACKS`` to run.
+    attacks: names of registered attacks (``attacks.NAMES``) to run.
     epsilon: L-infinity radius of every attack.
-    step_size: step of PGD and CW.
-    pgd_steps: PGD steps.
-    cw_steps: CW-margin PGD steps.
-    apgd_steps: APGD iterations (both losses).
+    step_size: step of the sign-gradient attacks (PGD, CW).
     restarts: random restarts of every white-box attack.
-    black_box: an ``nattack.NAttackSpec`` (its epsilon is replaced by
-      ``epsilon``).
-    nattack_examples: the N attack runs on the first this-many images.
+    settings: values of attack settings (flag -> value, see
+      ``attacks.settings``) that replace their defaults.
     checks: run the integrity checks.
     check_examples: images (the first ones) of the step, restart and
       epsilon sweeps of the checks.
     large_epsilon: the radius at which accuracy must collapse.
     batch_size: images per compiled call.
-    seed: seed of every random start and N-attack draw.
+    seed: seed of every random start and random draw of the attacks.
   """
-  attacks: tuple[str, ...] = ATTACKS
+  attacks: tuple[str, ...] = attacks.NAMES
   epsilon: float = 0.03
   step_size: float = 0.0075
-  pgd_steps: int = 20
-  cw_steps: int = 20
-  apgd_steps: int = 100
   restarts: int = 1
-  black_box: nattack.NAttackSpec = nattack.NAttackSpec()
-  nattack_examples: int = 1500
+  settings: dict = dataclasses.field(default_factory=dict)
   checks: bool = True
   check_examples: int = 500
   large_epsilon: float = 0.5
@@ -128,33 +82,24 @@ class EvalConfig:
   seed: int = 0
 
   def __post_init__(self):
-    unknown = set(self.attacks) - set(ATTACKS)
+    for name in self.attacks:
+      attacks.get(name)
+    unknown = set(self.settings) - set(attacks.default_values())
     if unknown:
-      raise ValueError(f"unknown attacks {sorted(unknown)}; choose from "
-                       f"{ATTACKS}")
+      raise ValueError(f"unknown attack settings {sorted(unknown)}; choose "
+                       f"from {sorted(attacks.default_values())}")
 
-  def white_box(self):
-    """The configured white-box attacks, in ``WHITE_BOX`` order."""
-    eps, restarts = self.epsilon, self.restarts
-    specs = {
-        "pgd": attacks.pgd(eps, self.step_size, self.pgd_steps, "eval"),
-        "cw": attacks.cw(eps, self.step_size, self.cw_steps, "eval"),
-        "apgd_ce": apgd.APGDSpec(eps, self.apgd_steps, "ce"),
-        "apgd_dlr": apgd.APGDSpec(eps, self.apgd_steps, "dlr"),
-    }
-    return [WhiteBoxAttack(name, specs[name], restarts)
-            for name in WHITE_BOX if name in self.attacks]
+  def values(self, **changes):
+    """The values attacks are built from (``attacks.build``), with changes."""
+    return {**attacks.default_values(), **self.settings,
+            "epsilon": self.epsilon, "step_size": self.step_size,
+            "restarts": self.restarts, **changes}
 
-  def nattack_spec(self):
-    """The N attack's settings at this evaluation's epsilon."""
-    return dataclasses.replace(self.black_box, epsilon=self.epsilon)
-
-
-def perturb(model, spec, images, labels, seeds):
-  """Runs a PGD-style or an APGD spec; returns adversarial examples."""
-  if isinstance(spec, apgd.APGDSpec):
-    return apgd.perturb(model, spec, images, labels, seeds)
-  return attacks.perturb(model, spec, images, labels, seeds)
+  def build(self):
+    """The configured attacks, in registry order."""
+    values = self.values()
+    return [attacks.build(name, values) for name in attacks.NAMES
+            if name in self.attacks]
 
 
 def _predictions(model, images, labels):
@@ -166,11 +111,11 @@ def attack_batch(model, attack, images, labels, seeds):
 
   Args:
     model: a Keras model mapping images to logits.
-    attack: a ``WhiteBoxAttack``.
+    attack: a ``attacks.base.Attack``.
     images: [B, H, W, C] clean images in [0, 1].
     labels: int [B] true labels.
     seeds: int64 [B, 2] per-example seeds; restart r uses
-      ``attacks.restart_seeds(seeds, r)``.
+      ``pgd.restart_seeds(seeds, r)``.
 
   Returns:
     [B, H, W, C]: per example, the clean image if it is misclassified, else
@@ -180,9 +125,8 @@ def attack_batch(model, attack, images, labels, seeds):
   broken = tf.not_equal(_predictions(model, images, labels), labels)
   best = images
   for restart in tf.range(attack.restarts):
-    adv = perturb(model, attack.spec, images, labels,
-                  attacks.restart_seeds(seeds, restart))
-    best = attacks.select(broken, best, adv)
+    adv = attack.run(model, images, labels, pgd.restart_seeds(seeds, restart))
+    best = pgd.select(broken, best, adv)
     broken |= tf.not_equal(_predictions(model, adv, labels), labels)
   return best
 
@@ -208,11 +152,11 @@ def _compiled(model, attack, image_shape):
 
 def run_attack(model, attack, images, labels, *, batch_size, seed=0,
                verbose=1, keep_adversarial=False):
-  """Runs a white-box attack over a set of images.
+  """Runs an attack over a set of images (its first ``attack.examples``).
 
   Args:
     model: a Keras model mapping images to logits.
-    attack: a ``WhiteBoxAttack``.
+    attack: a ``attacks.base.Attack``.
     images: [N, H, W, C] images, uint8 or float32 in [0, 1].
     labels: int [N] true labels.
     batch_size: images per compiled call.
@@ -221,11 +165,14 @@ def run_attack(model, attack, images, labels, *, batch_size, seed=0,
     keep_adversarial: also return the adversarial examples.
 
   Returns:
-    Dict of NumPy arrays over the N images: ``clean_correct``, ``robust``
+    Dict of NumPy arrays over the N images (or the first
+    ``attack.examples``): ``clean_correct``, ``robust``
     (correct on the clean image and on the adversarial example), ``linf``
     (distance to the clean image), ``low`` / ``high`` (pixel range of the
     adversarial example), and ``adversarial`` if asked for.
   """
+  if attack.examples is not None:
+    images, labels = images[:attack.examples], labels[:attack.examples]
   run = _compiled(model, attack, images.shape[1:])
   keys = ["clean_correct", "robust", "linf", "low", "high"]
   if keep_adversarial:
@@ -328,12 +275,24 @@ def check_monotone(what, accuracies, num_examples):
                  f"on {num_examples} images")
 
 
-def check_black_box(black_box_accuracy, white_box_accuracy, num_examples):
-  """A black-box attack must not beat the white-box ones (gradient masking)."""
+def check_black_box(black_box_accuracy, white_box_accuracy, num_examples,
+                    black_box="black box"):
+  """A black-box attack must not beat the white-box ones (gradient masking).
+
+  Args:
+    black_box_accuracy: accuracy under the black-box attacks (their
+      per-example worst case).
+    white_box_accuracy: the white-box worst case on the same images.
+    num_examples: how many images both are measured on.
+    black_box: the black-box attacks' names, for the message.
+
+  Returns:
+    The check result.
+  """
   tol = max(0.01, 1.0 / max(num_examples, 1))
   return _result(
       black_box_accuracy >= white_box_accuracy - tol,
-      f"N attack accuracy {black_box_accuracy:.4f} vs white-box worst case "
+      f"{black_box} accuracy {black_box_accuracy:.4f} vs white-box worst case "
       f"{white_box_accuracy:.4f} on the same {num_examples} images (black "
       f"box may be at most {tol:.4f} lower)")
 
@@ -438,53 +397,33 @@ def evaluate(model, images, labels, config, prefix="test", verbose=1,
   metrics = {f"{prefix}/clean_accuracy": _fraction(clean)}
   _say(verbose, f"clean accuracy {_fraction(clean):.4f} on {n} images")
 
-  for attack in config.white_box():
-    _say(verbose, f"{attack.name}: {attack.settings()}")
+  built = config.build()
+  for attack in built:
+    entry = attack.settings()
+    if attack.examples is not None:
+      entry["num_examples"] = min(attack.examples, n)
+    _say(verbose, f"{attack.name}: {entry}")
     start = time.perf_counter()
     keep = attack.name in keep_adversarial
     out = run_attack(model, attack, images, labels,
                      batch_size=config.batch_size, seed=config.seed,
                      verbose=verbose, keep_adversarial=keep)
-    settings[attack.name] = {**attack.settings(),
-                             "seconds": time.perf_counter() - start}
+    settings[attack.name] = {**entry, "seconds": time.perf_counter() - start}
     per_example[attack.name] = out["robust"]
     stats[attack.name] = out
     if keep:
       adversarial[attack.name] = out["adversarial"]
     metrics[f"{prefix}/{attack.name}_accuracy"] = _fraction(out["robust"])
-  white = [a.name for a in config.white_box()]
+  white = [a.name for a in built if a.kind == "white_box"]
   if white:
     per_example["worst_case"] = worst_case(
         {k: per_example[k] for k in ["clean", *white]})
     metrics[f"{prefix}/worst_case_accuracy"] = _fraction(
         per_example["worst_case"])
 
-  black = None
-  if "nattack" in config.attacks:
-    spec = config.nattack_spec()
-    num = min(config.nattack_examples, n)
-    _say(verbose, f"nattack on the first {num} images: {spec}")
-    start = time.perf_counter()
-    clean_images = as_float(images[:num])
-    black = nattack.evaluate(model, spec, clean_images, labels[:num],
-                             seed=config.seed, verbose=verbose)
-    attacked = black["clean_correct"]
-    settings["nattack"] = {
-        "num_examples": num, "population": spec.population,
-        "sigma": spec.sigma, "learning_rate": spec.learning_rate,
-        "iterations": spec.iterations, "check_every": spec.check_every,
-        "mean_queries": (float(np.mean(black["queries"][attacked]))
-                         if attacked.any() else 0.0),
-        "seconds": time.perf_counter() - start}
-    per_example["nattack"] = black["robust"]
-    metrics[f"{prefix}/nattack_accuracy"] = _fraction(black["robust"])
-    adv = black["adversarial"]
-    axes = tuple(range(1, adv.ndim))
-    stats["nattack"] = {"linf": np.abs(adv - clean_images).max(axis=axes),
-                        "low": adv.min(axis=axes), "high": adv.max(axis=axes)}
-
   checks = {}
   if config.checks:
+    black = [a.name for a in built if a.kind == "black_box"]
     checks = _integrity_checks(model, images, labels, config, logits,
                                per_example, stats, black, verbose)
   return {"metrics": metrics, "attacks": settings, "checks": checks,
@@ -493,16 +432,19 @@ def evaluate(model, images, labels, config, prefix="test", verbose=1,
 
 def _integrity_checks(model, images, labels, config, logits, per_example,
                       stats, black, verbose):
-  """Runs the sweeps of the integrity checks; returns name -> result."""
+  """Runs the sweeps of the integrity checks; returns name -> result.
+
+  ``black`` names the black-box attacks that ran.
+  """
   checks = {"outputs_are_logits": check_logits(logits[:config.batch_size])}
   num = min(config.check_examples, len(images))
   subset_images, subset_labels = images[:num], labels[:num]
-  steps, eps = config.pgd_steps, config.epsilon
+  steps, eps = config.values()["pgd_steps"], config.epsilon
 
   def pgd_robust(epsilon, step_size, pgd_steps, restarts):
-    attack = WhiteBoxAttack(
-        f"pgd-{pgd_steps}x{restarts}@{epsilon:g}",
-        attacks.pgd(epsilon, step_size, pgd_steps, "eval"), restarts)
+    attack = attacks.build("pgd", config.values(
+        epsilon=epsilon, step_size=step_size, pgd_steps=pgd_steps,
+        restarts=restarts))
     _say(verbose, f"check sweep: PGD-{pgd_steps}, {restarts} restart(s), "
          f"eps={epsilon:g} on {num} images")
     return run_attack(model, attack, subset_images, subset_labels,
@@ -534,10 +476,11 @@ def _integrity_checks(model, images, labels, config, logits, per_example,
                    (f"{more} restarts", _fraction(
                        pgd_robust(eps, config.step_size, steps, more)))],
       num)
-  if black is not None and "worst_case" in per_example:
-    num_black = len(black["robust"])
+  if black and "worst_case" in per_example:
+    num_black = min(len(per_example[name]) for name in black)
     checks["black_box_not_stronger"] = check_black_box(
-        _fraction(black["robust"]),
-        _fraction(per_example["worst_case"][:num_black]), num_black)
+        _fraction(worst_case({k: per_example[k][:num_black] for k in black})),
+        _fraction(per_example["worst_case"][:num_black]), num_black,
+        " + ".join(attacks.get(k).display_name for k in black))
   checks["perturbation_within_bounds"] = check_bounds(stats, eps)
   return checks

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import data
-from rlfat_tf import objectives
+from rlfat_tf.attacks import losses
 
 
 def brightness(images, delta):
@@ -107,7 +107,7 @@ def loss_sensitivity(  # pylint: disable=redefined-outer-name
         # Each example's loss depends only on its own input (BatchNorm is in
         # eval mode), so the gradient of the summed loss holds the
         # per-example gradients in its rows, as in the official code.
-        loss = tf.reduce_sum(objectives.cross_entropy(
+        loss = tf.reduce_sum(losses.cross_entropy(
             model(inputs, training=False), batch_labels))
       grad = tape.gradient(loss, inputs)
       flat = tf.reshape(grad, [tf.shape(grad)[0], -1])

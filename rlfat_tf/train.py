@@ -39,7 +39,7 @@ import tensorflow as tf
 from rlfat_tf import data
 from rlfat_tf import errors
 from rlfat_tf import models
-from rlfat_tf import objectives
+from rlfat_tf import methods
 from rlfat_tf import runs
 from rlfat_tf import sources
 from rlfat_tf import strategies
@@ -65,6 +65,12 @@ RESUMABLE_CHANGES = frozenset({
     "keep_checkpoints", "jit_compile", "progress", "data_dir",
     "tfds_data_dir", "deterministic", "strategy", "cpu_devices", "tpu",
     "sync_batch_norm", "mixed_precision"})
+
+def _weight_defaults(weight):
+  """Help text: each method's default of a weight, e.g. "0.5 for rlfat_p"."""
+  return ", ".join(f"{methods.METHODS[m].weights[weight]:g} for {m}"
+                   for m in methods.with_weight(weight))
+
 
 def define_flags(flag_values=flags.FLAGS):
   """Defines the command's flags in ``flag_values``; ``__main__`` calls it.
@@ -101,7 +107,7 @@ def define_flags(flag_values=flags.FLAGS):
                        "CIFAR, 2 on STL-10).", lower_bound=1, **fv)
 
   # Method and attack.
-  flags.DEFINE_enum("method", "rlfat_p", tuple(objectives.METHODS),
+  flags.DEFINE_enum("method", "rlfat_p", tuple(methods.METHODS),
                     "Training method.", **fv)
   flags.DEFINE_float("epsilon", 0.03, "L-inf radius of the training attack, "
                      "in (0, 1].", **fv)
@@ -114,10 +120,10 @@ def define_flags(flag_values=flags.FLAGS):
                     "BatchNorm mode of the model while the training attack "
                     "runs (train: the official code; eval: TRADES's code).",
                     **fv)
-  flags.DEFINE_float("trades_beta", 6.0, "Weight of the KL term (trades, "
-                     "rlfat_t, rbsat_t).", lower_bound=0.0, **fv)
-  flags.DEFINE_float("eta", None, "Weight of the transfer term (default: 0.5 "
-                     "for rlfat_p, 1.0 for rlfat_t).", lower_bound=0.0, **fv)
+  flags.DEFINE_float("trades_beta", None, "Weight of the KL term (default: "
+                     f"{_weight_defaults('beta')}).", lower_bound=0.0, **fv)
+  flags.DEFINE_float("eta", None, "Weight of the transfer term (default: "
+                     f"{_weight_defaults('eta')}).", lower_bound=0.0, **fv)
   flags.DEFINE_integer("rbs_blocks", 2, "Random Block Shuffle blocks per "
                        "axis.", lower_bound=1, **fv)
   flags.DEFINE_enum("rbs_granularity", "batch", ("batch", "example"),
@@ -227,13 +233,18 @@ def resolve_flags(values):
   for key, default in DATASET_DEFAULTS[out["dataset"]].items():
     if out[key] is None:
       out[key] = default
-  method = objectives.METHODS[out["method"]]
-  if out["eta"] is not None and not method.has_transfer:
+  method = methods.get(out["method"])
+  if out["eta"] is not None and "eta" not in method.weights:
     raise errors.UserError(
         f"--eta has no effect with --method={method.name}, which has no "
-        f"transfer term: drop --eta or use rlfat_p / rlfat_t")
-  if out["eta"] is None:
-    out["eta"] = method.default_eta
+        f"transfer term: drop --eta or use "
+        f"{' / '.join(methods.with_weight('eta'))}")
+  # A method records the weights it does not read at these values too, as
+  # every run has so far: a run resumes only with the same flags.
+  for flag, weight, unused in (("trades_beta", "beta", methods.TRADES_BETA),
+                               ("eta", "eta", 0.0)):
+    if out[flag] is None:
+      out[flag] = method.weights.get(weight, unused)
   if out["eval_every"] is None:
     out["eval_every"] = out["checkpoint_every"]
   out["lr_boundaries"] = [int(s) for s in out["lr_boundaries"]]

@@ -34,11 +34,11 @@ import time
 import keras
 import tensorflow as tf
 
-from rlfat_tf import attacks
 from rlfat_tf import errors
-from rlfat_tf import objectives
+from rlfat_tf import methods
 from rlfat_tf import rbs
 from rlfat_tf import strategies
+from rlfat_tf.attacks import pgd
 
 OPTIMIZERS = ("adam", "sgd")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -50,13 +50,14 @@ class TrainConfig:
   """Hyper-parameters of a training run (defaults: the official code's).
 
   Attributes:
-    method: key of ``objectives.METHODS``.
+    method: key of ``methods.METHODS``.
     epsilon: L-infinity radius of the training attack.
     step_size: step of the training attack.
     attack_steps: steps of the training attack.
     attack_bn_mode: BatchNorm mode while the training attack runs.
-    trades_beta: weight of the KL term.
-    eta: weight of the transfer term (None: the method's default).
+    trades_beta: weight "beta" of the KL term (None: the method's default).
+    eta: weight "eta" of the transfer term (None: the method's default).
+      Methods ignore the weights they do not read.
     batch_size: global batch size.
     train_steps: total optimizer steps.
     steps_per_loop: steps run by one call of the compiled loop.
@@ -80,7 +81,7 @@ class TrainConfig:
   step_size: float = 0.0075
   attack_steps: int = 10
   attack_bn_mode: str = "train"
-  trades_beta: float = 6.0
+  trades_beta: float | None = None
   eta: float | None = None
   batch_size: int = 32
   train_steps: int = 79_800
@@ -99,18 +100,20 @@ class TrainConfig:
 
   @property
   def method_spec(self):
-    return objectives.METHODS[self.method]
+    return methods.get(self.method)
 
   @property
-  def resolved_eta(self):
-    return self.method_spec.default_eta if self.eta is None else self.eta
+  def weights(self):
+    """The weights the method's objective reads, by name."""
+    given = {"beta": self.trades_beta, "eta": self.eta}
+    return {name: default if given[name] is None else given[name]
+            for name, default in self.method_spec.weights.items()}
 
   def attack_spec(self, bn_mode=None):
     """The method's training attack (or a copy in another BN mode)."""
-    build = (attacks.trades_kl if self.method_spec.attack_loss == "kl"
-             else attacks.pgd)
-    return build(self.epsilon, self.step_size, self.attack_steps,
-                 bn_mode or self.attack_bn_mode)
+    return self.method_spec.attack(self.epsilon, self.step_size,
+                                   self.attack_steps,
+                                   bn_mode or self.attack_bn_mode)
 
 
 def build_optimizer(config):
@@ -158,7 +161,7 @@ def write_json(path, payload):
 
 
 class Trainer:
-  """Trains a model with one of the methods of ``objectives``.
+  """Trains a model with one of the methods of ``methods``.
 
   Files under ``model_dir`` (written by the chief worker only):
   - ``checkpoints/``: the last ``keep_checkpoints`` full checkpoints;
@@ -250,7 +253,7 @@ class Trainer:
   def _plan_attack_loop(self):
     """Whether the training attack's steps are unrolled into the graph.
 
-    ``attacks.perturb`` runs its steps in a ``tf.while_loop``. Two places
+    ``pgd.perturb`` runs its steps in a ``tf.while_loop``. Two places
     cannot take that loop:
     - XLA's CPU backend compiles a convolution's input gradient inside a loop
       body into a naive loop nest instead of its Eigen kernel (about 10x
@@ -307,15 +310,14 @@ class Trainer:
     """Attack, forward passes, loss and gradients of one replica's batch."""
     config, method, model = self.config, self.method, self.model
     images, labels = batch["image"], batch["label"]
-    adv = attacks.perturb(model, config.attack_spec(), images, labels,
-                          batch["seed"], unroll=self._unroll_attack)
+    adv = pgd.perturb(model, config.attack_spec(), images, labels,
+                      batch["seed"], unroll=self._unroll_attack)
     inputs = {"clean": images, "adv": adv}
     if method.uses_rbs:
       inputs["rbs"] = rbs.apply(adv, batch["rbs_rows"], batch["rbs_cols"])
     with tf.GradientTape() as tape:
       logits = {p: model(inputs[p], training=True) for p in method.passes}
-      terms = objectives.compute(method, logits, labels, config.trades_beta,
-                                 config.resolved_eta)
+      terms = method.objective(logits, labels, config.weights)
       loss = tf.nn.compute_average_loss(terms["total"],
                                         global_batch_size=config.batch_size)
       scaled_loss = self.optimizer.scale_loss(loss)
@@ -343,8 +345,8 @@ class Trainer:
     images, labels = batch["image"], batch["label"]
 
     def count():
-      adv = attacks.perturb(self.model, self.config.attack_spec("eval"),
-                            images, labels, batch["seed"])
+      adv = pgd.perturb(self.model, self.config.attack_spec("eval"),
+                        images, labels, batch["seed"])
       return (_count_correct(self.model(images, training=False), labels),
               _count_correct(self.model(adv, training=False), labels))
 
@@ -400,11 +402,7 @@ class Trainer:
                           for v in self.model.variables])
 
   def _train_keys(self):
-    terms = ["loss", "loss_ce"]
-    if self.method.kl_pass:
-      terms.append("loss_kl")
-    if self.method.has_transfer:
-      terms.append("loss_transfer")
+    terms = ["loss"] + [f"loss_{t}" for t in self.method.terms]
     passes = sorted(set(self.method.passes) | {"clean", "adv"})
     return (terms + [f"{p}_correct" for p in passes]
             + ["examples", "nonfinite"])

@@ -1,8 +1,8 @@
 """Writes the top-level Bazel BUILD file from the imports of the code.
 
-One py_library per module of rlfat_tf/ (deps: the project modules it
-imports), one py_binary per command-line entry point, one py_test per test
-module. Third-party packages (TensorFlow, Keras, ...) come from the Python
+One py_library per module of rlfat_tf/ and one per subpackage (deps: the
+project modules and subpackages it imports), one py_binary per command-line
+entry point, one py_test per test module. Third-party packages (TensorFlow, Keras, ...) come from the Python
 environment that requirements.txt sets up, not from Bazel.
 
 Run after adding a module, an import between modules or a test:
@@ -21,12 +21,12 @@ ENTRY_POINTS = ("train", "evaluate", "export", "report", "benchmark",
                 "edge_eval")
 # Tests fast enough to run under `bazel test` in CI as well as under pytest.
 BAZEL_CI_TESTS = ("test_build", "test_flagfiles", "test_models",
-                  "test_objectives", "test_rbs")
+                  "test_methods", "test_rbs")
 # Extra runtime files a module reads.
 LIBRARY_DATA = {"sources": 'glob(["rlfat_tf/assets/**"])'}
 TEST_DATA = {
-    "test_build": ('["BUILD"] + glob(["rlfat_tf/*.py", "tests/*.py", '
-                   '"scripts/*.py"])'),
+    "test_build": ('["BUILD"] + glob(["rlfat_tf/*.py", "rlfat_tf/*/*.py", '
+                   '"tests/*.py", "scripts/*.py"])'),
 }
 DEFAULT_TEST_DATA = ('["tests/conftest.py", "tests/pytest_main.py"] + '
                      'glob(["flags/**/*.cfg", "tests/*_worker.py", '
@@ -34,7 +34,7 @@ DEFAULT_TEST_DATA = ('["tests/conftest.py", "tests/pytest_main.py"] + '
 
 
 def project_imports(path):
-  """Sorted names of the rlfat_tf modules that a file imports."""
+  """Sorted names of the rlfat_tf modules (and subpackages) a file imports."""
   found = set()
   for node in ast.walk(ast.parse(path.read_text())):
     if isinstance(node, ast.ImportFrom) and node.module == "rlfat_tf":
@@ -46,6 +46,19 @@ def project_imports(path):
       found.update(a.name.split(".")[1] for a in node.names
                    if a.name.startswith("rlfat_tf."))
   return sorted(found)
+
+
+def packages():
+  """The subpackages of rlfat_tf, each a folder with an __init__.py."""
+  return sorted(p.parent for p in (ROOT / "rlfat_tf").glob("*/__init__.py"))
+
+
+def package_imports(folder):
+  """What a subpackage's files import, the subpackage itself left out."""
+  found = set()
+  for path in folder.glob("*.py"):
+    found.update(project_imports(path))
+  return sorted(found - {folder.name})
 
 
 def _list(items):
@@ -77,6 +90,12 @@ def render():
       lines.append(f"    data = {LIBRARY_DATA[name]},")
     lines.append(f"    deps = {_deps(project_imports(path))},\n)")
     out += ["", "\n".join(lines)]
+  for folder in packages():
+    srcs = ", ".join(f'"rlfat_tf/{folder.name}/{p.name}"'
+                     for p in sorted(folder.glob("*.py")))
+    out += ["", (f'py_library(\n    name = "{folder.name}",\n'
+                 f'    srcs = ["rlfat_tf/__init__.py", {srcs}],\n'
+                 f'    deps = {_deps(package_imports(folder))},\n)')]
   for name in ENTRY_POINTS:
     if (ROOT / "rlfat_tf" / f"{name}.py").exists():
       out += ["", (f'py_binary(\n    name = "{name}_main",\n'

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rlfat_tf import apgd
 from rlfat_tf import attacks
 from rlfat_tf import models
 from rlfat_tf import robustness
+from rlfat_tf.attacks import apgd
 
 EPS = 0.03
 
@@ -99,9 +99,12 @@ def test_graph_and_eager_runs_agree():
   assert eager.numpy().min() >= 0.0 and eager.numpy().max() <= 1.0
 
 
-def _accuracy(model, spec, images, labels):
-  out = robustness.run_attack(model, robustness.WhiteBoxAttack("a", spec),
-                              images, labels, batch_size=100, verbose=0)
+def _accuracy(model, name, images, labels):
+  attack = attacks.build(name, {"epsilon": EPS, "step_size": 0.0075,
+                                "pgd_steps": 20, "apgd_steps": 20,
+                                "restarts": 1})
+  out = robustness.run_attack(model, attack, images, labels, batch_size=100,
+                              verbose=0)
   assert out["clean_correct"].mean() > 0.95
   assert out["linf"].max() <= EPS + 1e-6
   return out["robust"].mean()
@@ -110,13 +113,21 @@ def _accuracy(model, spec, images, labels):
 def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_budget(trained):
   images, labels = _pattern_data(200, 2)
   before = [v.numpy().copy() for v in trained.variables]
-  pgd = _accuracy(trained, attacks.pgd(EPS, 0.0075, 20, "eval"), images,
-                  labels)
-  apgd_ce = _accuracy(trained, apgd.APGDSpec(EPS, 20, "ce"), images, labels)
-  apgd_dlr = _accuracy(trained, apgd.APGDSpec(EPS, 20, "dlr"), images,
-                       labels)
+  pgd = _accuracy(trained, "pgd", images, labels)
+  apgd_ce = _accuracy(trained, "apgd_ce", images, labels)
+  apgd_dlr = _accuracy(trained, "apgd_dlr", images, labels)
   assert pgd < 0.8 and apgd_dlr < 0.8
   # The same 20 gradient steps; 0.01 is two images of noise.
   assert apgd_ce <= pgd + 0.01
   for b, a in zip(before, trained.variables):
     np.testing.assert_array_equal(a.numpy(), b)
+
+
+def test_apgd_attack_interface():
+  attack = attacks.build("apgd_dlr", {"epsilon": EPS, "apgd_steps": 7,
+                                      "restarts": 3})
+  assert isinstance(attack, apgd.APGD) and attack.kind == "white_box"
+  assert attack.spec == apgd.APGDSpec(EPS, 7, "dlr")
+  assert attack.settings() == {"steps": 7, "restarts": 3, "loss": "dlr",
+                               "momentum": 0.75, "rho": 0.75,
+                               "initial_step": 2.0}

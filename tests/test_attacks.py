@@ -1,4 +1,7 @@
-"""Tests of the in-graph attacks used in training."""
+"""Tests of the attack registry and of the interface every attack implements
+(``attacks.base``)."""
+
+import json
 
 import keras
 import numpy as np
@@ -6,236 +9,96 @@ import pytest
 import tensorflow as tf
 
 from rlfat_tf import attacks
-from rlfat_tf import models
-from rlfat_tf import objectives
+from rlfat_tf import errors
+from rlfat_tf.attacks import base
 
-EPS = 0.03
-
-
-@pytest.fixture(scope="module")
-def model():
-  keras.utils.set_random_seed(0)
-  return models.wide_resnet(10, 1, 10, (8, 8, 3))
+EPS = 0.05
+# Small budgets, so that every attack runs in a moment.
+VALUES = {**attacks.default_values(), "epsilon": EPS, "step_size": 0.01,
+          "restarts": 1, "pgd_steps": 3, "apgd_steps": 3,
+          "nattack_population": 4, "nattack_iterations": 3}
 
 
-@pytest.fixture(scope="module")
-def batch():
-  rng = np.random.RandomState(0)
-  images = rng.rand(6, 8, 8, 3).astype(np.float32)
-  images[0] = 0.0  # an all-black and an all-white image test the [0, 1] clip
-  images[1] = 1.0
-  labels = rng.randint(0, 10, 6).astype(np.int32)
-  seeds = np.stack([np.full(6, 3), np.arange(6)], axis=1).astype(np.int64)
-  return tf.constant(images), tf.constant(labels), tf.constant(seeds)
-
-
-def _bn_stats(model):
-  return [v.numpy().copy() for v in model.non_trainable_variables]
-
-
-def test_projection_keeps_the_ball_and_the_pixel_range():
-  x = tf.constant([[0.0, 0.5, 1.0, 0.02]])
-  adv = attacks.project(tf.constant([[-0.5, 0.6, 1.5, 0.0]]), x, EPS)
-  np.testing.assert_allclose(adv.numpy(), [[0.0, 0.53, 1.0, 0.0]], atol=1e-7)
-
-
-@pytest.mark.parametrize("start", ["uniform", "normal"])
-def test_random_start_is_per_example_and_independent_of_the_batch(batch,
-                                                                  start):
-  images, _, seeds = batch
-  spec = attacks.AttackSpec(EPS, 0.01, 1, "ce", start, "eval")
-  full = attacks.random_start(spec, images, seeds).numpy()
-  part = attacks.random_start(spec, images[3:], seeds[3:]).numpy()
-  np.testing.assert_array_equal(full[3:], part)
-  assert not np.array_equal(full[3] - images[3], full[4] - images[4])
-  delta = full[2:] - images.numpy()[2:]
-  if start == "uniform":
-    assert np.abs(delta).max() <= EPS + 1e-7
-    assert np.abs(delta).mean() > EPS / 3  # spread over [-eps, eps]
-  else:
-    assert 0.0008 < delta.std() < 0.0012
-
-
-def test_one_step_from_the_clean_image_is_fgsm(model, batch):
-  images, labels, seeds = batch
-  spec = attacks.AttackSpec(EPS, EPS, 1, "ce", "none", "eval")
-  with tf.GradientTape() as tape:
-    tape.watch(images)
-    loss = tf.reduce_sum(objectives.cross_entropy(
-        model(images, training=False), labels))
-  grad = tape.gradient(loss, images).numpy()
-  expected = np.clip(images.numpy() + EPS * np.sign(grad), 0.0, 1.0)
-  adv = attacks.perturb(model, spec, images, labels, seeds).numpy()
-  np.testing.assert_allclose(adv, expected, atol=1e-7)
-
-
-def test_pgd_stays_valid_and_raises_the_loss(model, batch):
-  images, labels, seeds = batch
-  spec = attacks.pgd(EPS, 0.0075, 10, "eval")
-  adv = attacks.perturb(model, spec, images, labels, seeds)
-  x, a = images.numpy(), adv.numpy()
-  assert np.abs(a - x).max() <= EPS + 1e-6
-  assert a.min() >= 0.0 and a.max() <= 1.0
-  clean_loss = objectives.cross_entropy(model(images, training=False), labels)
-  adv_loss = objectives.cross_entropy(model(adv, training=False), labels)
-  assert np.all(adv_loss.numpy() >= clean_loss.numpy() - 1e-6)
-  assert adv_loss.numpy().mean() > clean_loss.numpy().mean()
-
-
-def test_trades_attack_raises_the_kl(model, batch):
-  images, labels, seeds = batch
-  spec = attacks.trades_kl(EPS, 0.0075, 5, "eval")
-  adv = attacks.perturb(model, spec, images, labels, seeds)
-  clean = model(images, training=False)
-  kl = objectives.kl_divergence(clean, model(adv, training=False)).numpy()
-  start = attacks.random_start(spec, images, seeds)
-  kl_start = objectives.kl_divergence(clean,
-                                      model(start, training=False)).numpy()
-  assert kl.mean() > 10 * kl_start.mean()
-  assert np.abs(adv.numpy() - images.numpy()).max() <= EPS + 1e-6
-
-
-def test_graph_and_eager_attacks_agree(model, batch):
-  images, labels, seeds = batch
-  spec = attacks.pgd(EPS, 0.0075, 3, "eval")
-  eager = attacks.perturb(model, spec, images, labels, seeds)
-  graph = tf.function(
-      lambda x, y, s: attacks.perturb(model, spec, x, y, s))(images, labels,
-                                                             seeds)
-  np.testing.assert_allclose(graph.numpy(), eager.numpy(), atol=1e-6)
-
-
-def test_eval_bn_mode_leaves_moving_statistics_untouched(model, batch):
-  images, labels, seeds = batch
-  before = _bn_stats(model)
-  for loss in ("ce", "kl"):
-    spec = attacks.AttackSpec(EPS, 0.0075, 3, loss, "uniform", "eval")
-    tf.function(lambda: attacks.perturb(model, spec, images, labels, seeds))()
-  for b, a in zip(before, _bn_stats(model)):
-    np.testing.assert_array_equal(a, b)
-
-
-def test_train_bn_mode_updates_moving_statistics_every_step(batch):
-  images, labels, seeds = batch
-  model = models.wide_resnet(10, 1, 10, (8, 8, 3))
-  mean = model.get_layer("stage1_unit0_pre_bn").moving_mean
-  spec = attacks.pgd(EPS, 0.0075, 3, "train")
-  attacks.perturb(model, spec, images, labels, seeds)
-  after_three = mean.numpy().copy()
-  # Each forward pass in train mode moves the average 10% of the way to the
-  # batch mean, so three passes from zero reach (1 - 0.9^3) of it. The attack
-  # inputs are within 0.03 of the clean images, whose BN input mean is used.
-  conv_mean = model.get_layer("init_conv")(images).numpy().mean(axis=(0, 1, 2))
-  assert not np.allclose(after_three, 0.0)
-  np.testing.assert_allclose(after_three, (1 - 0.9**3) * conv_mean,
-                             rtol=0.05, atol=1e-3)
-
-
-def test_cw_margin_masks_the_true_class():
-  # Every other logit is negative: the runner-up is -1, not the masked 0 that
-  # the official code's multiplication picks.
-  logits = tf.constant([[5.0, -1.0, -2.0], [0.0, 2.0, 1.0]])
-  labels = tf.constant([0, 1])
-  np.testing.assert_allclose(
-      attacks.cw_margin(logits, labels).numpy(),
-      [-(5.0 - (-1.0) + 50.0), -(2.0 - 1.0 + 50.0)])
-  # A confident misclassification puts the margin below -confidence: relu 0.
-  np.testing.assert_allclose(
-      attacks.cw_margin(tf.constant([[-60.0, 0.0]]), tf.constant([0])).numpy(),
-      [0.0])
-
-
-def test_bad_specs_are_rejected():
-  with pytest.raises(ValueError):
-    attacks.AttackSpec(EPS, 0.01, 1, "hinge", "uniform", "eval")
-  with pytest.raises(ValueError):
-    attacks.AttackSpec(EPS, 0.01, 1, "ce", "uniform", "inference")
-
-
-def test_dlr_loss_matches_a_hand_computation():
-  logits = np.array([[4.0, 1.0, 3.0, -2.0],   # correct: margin 4 - 3
-                     [0.5, 2.0, 1.5, 1.0],    # wrong: runner-up 2.0
-                     [1.0, 1.0, 1.0, 1.0]],   # tie: zero margin, zero spread
-                    np.float32)
-  labels = np.array([0, 3, 2])
-  expected = []
-  for z, y in zip(logits, labels):
-    top = np.sort(z)[::-1]
-    other = np.max(np.delete(z, y))
-    expected.append(-(z[y] - other) / (top[0] - top[2] + 1e-12))
-  got = attacks.dlr_loss(tf.constant(logits), tf.constant(labels)).numpy()
-  np.testing.assert_allclose(got, expected, rtol=1e-6)
-  np.testing.assert_allclose(got[:2], [-1.0 / 3.0, 1.0 / 1.0], rtol=1e-6)
-  assert attacks.LOSSES["dlr"](tf.constant(logits), tf.constant(labels),
-                               None).shape == (3,)
-
-
-def test_dlr_loss_ignores_shifts_and_scales_of_the_logits():
-  logits = tf.constant([[2.0, -1.0, 0.5, 0.0]])
-  labels = tf.constant([2])
-  np.testing.assert_allclose(attacks.dlr_loss(7.0 * logits + 3.0, labels),
-                             attacks.dlr_loss(logits, labels), rtol=1e-5)
-
-
-def test_cw_spec_is_the_official_cw_pgd_in_eval_mode():
-  spec = attacks.cw(EPS, 0.0075, 20)
-  assert (spec.loss, spec.start, spec.bn_mode, spec.steps) == (
-      "cw", "uniform", "eval", 20)
-
-
-def test_restart_seeds_keep_restart_zero_and_fork_the_others(batch):
-  _, _, seeds = batch
-  np.testing.assert_array_equal(attacks.restart_seeds(seeds, 0), seeds)
-  one = attacks.restart_seeds(seeds, 1).numpy()
-  two = attacks.restart_seeds(seeds, 2).numpy()
-  assert one.dtype == np.int64 and one.shape == seeds.shape
-  every = np.concatenate([seeds.numpy(), one, two])
-  assert len({tuple(s) for s in every}) == 18
-  # A restart's seed depends only on the example's own seed.
-  np.testing.assert_array_equal(attacks.restart_seeds(seeds[2:4], 1), one[2:4])
-
-
-def test_cw_attack_masks_the_true_class_when_other_logits_are_negative():
-  # Linear logits (3 - 8 m, -1.5 + 4 m, -2) of the image mean m. At m = 0.25
-  # both other logits are negative (-0.5, -2); the correctly masked margin
-  # pushes m up by the full 0.2 and the image lands in class 1.
-  inputs = keras.Input((2, 2, 1))
+def _colour_model():
+  """Logit c is 20 times the mean of channel c; BatchNorm would show any
+  training-mode call in its moving statistics."""
+  inputs = keras.Input((4, 4, 3))
   mean = keras.layers.GlobalAveragePooling2D()(inputs)
-  logits = keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant(
-      [[-8.0, 4.0, 0.0]]), bias_initializer=keras.initializers.Constant(
-          [3.0, -1.5, -2.0]))(mean)
-  linear = keras.Model(inputs, logits)
-  images = tf.fill([1, 2, 2, 1], 0.25)
-  labels = tf.constant([0])
-  spec = attacks.AttackSpec(0.2, 0.05, 4, "cw", "none", "eval")
-  adv = attacks.perturb(linear, spec, images, labels,
-                        tf.constant([[0, 0]], tf.int64))
-  np.testing.assert_allclose(adv.numpy(), 0.45, atol=1e-6)
-  assert int(tf.argmax(linear(adv), -1)[0]) == 1
+  logits = keras.layers.Dense(
+      3, kernel_initializer=keras.initializers.Constant(20.0 * np.eye(3)),
+      use_bias=False)(mean)
+  logits = keras.layers.BatchNormalization()(logits)
+  return keras.Model(inputs, logits)
 
 
-@pytest.mark.parametrize("spec", [
-    attacks.pgd(0.03, 0.01, 3, "eval"),
-    attacks.trades_kl(0.03, 0.01, 3, "train"),
-])
-def test_unrolled_steps_compute_what_the_loop_computes(spec):
-  model = models.wide_resnet(10, 1, 10, (8, 8, 3))
-  images = tf.random.stateless_uniform([4, 8, 8, 3], [1, 2])
-  labels = tf.constant([0, 3, 5, 9])
-  seeds = tf.constant([[1, 2], [3, 4], [5, 6], [7, 8]], tf.int64)
-  unrolled = tf.function(
-      lambda *a: attacks.perturb(*a, unroll=True))(model, spec, images,
-                                                   labels, seeds)
-  looped = tf.function(attacks.perturb)(model, spec, images, labels, seeds)
-  assert float(tf.reduce_max(tf.abs(looped - images))) > 0.0
-  np.testing.assert_allclose(unrolled.numpy(), looped.numpy(), rtol=0,
-                             atol=1e-7)
+def test_registry_names_kinds_and_display_names():
+  assert attacks.NAMES == ("pgd", "cw", "apgd_ce", "apgd_dlr", "nattack")
+  assert [attacks.get(n).display_name for n in attacks.NAMES] == [
+      "PGD", "CW", "APGD-CE", "APGD-DLR", "N attack"]
+  assert attacks.of_kind("white_box") == ("pgd", "cw", "apgd_ce", "apgd_dlr")
+  assert attacks.of_kind("black_box") == ("nattack",)
+  assert attacks.of_kind("black_box", ("pgd",)) == ()
 
 
-def test_select_picks_whole_examples():
-  a = tf.reshape(tf.range(12.0), [3, 2, 2])
-  b = -a
-  got = attacks.select(tf.constant([True, False, True]), a, b).numpy()
-  np.testing.assert_array_equal(got[0], a[0].numpy())
-  np.testing.assert_array_equal(got[1], -a[1].numpy())
-  np.testing.assert_array_equal(got[2], a[2].numpy())
+def test_unknown_attack_is_one_line_naming_the_choices():
+  with pytest.raises(errors.UserError) as e:
+    attacks.build("square", VALUES)
+  assert str(e.value) == ("unknown attack 'square': choose from pgd, cw, "
+                          "apgd_ce, apgd_dlr, nattack")
+
+
+def test_settings_are_unique_flags_with_typed_defaults():
+  flags = [s.flag for s in attacks.settings()]
+  assert len(flags) == len(set(flags))
+  assert attacks.default_values() == {
+      "pgd_steps": 20, "cw_steps": None, "apgd_steps": 100,
+      "nattack_examples": 1500, "nattack_population": 300,
+      "nattack_sigma": 0.1, "nattack_lr": 0.008, "nattack_iterations": 200}
+  for setting in attacks.settings():
+    assert setting.default is None or isinstance(setting.default,
+                                                 setting.type)
+  assert not set(flags) & set(attacks.SHARED)
+
+
+def test_cw_steps_follow_pgd_steps_unless_given():
+  assert attacks.build("cw", VALUES).spec.steps == 3
+  assert attacks.build("cw", {**VALUES, "cw_steps": 5}).spec.steps == 5
+
+
+def test_column_titles():
+  pgd = attacks.get("pgd")
+  assert (pgd.title(20), pgd.title(None)) == ("PGD-20", "PGD-k")
+  nattack = attacks.get("nattack")
+  assert (nattack.title(1500), nattack.title(None)) == ("N attack (1500)",
+                                                        "N attack")
+  assert attacks.get("apgd_ce").title(None) == "APGD-CE"
+
+
+@pytest.mark.parametrize("name", attacks.NAMES)
+def test_every_attack_implements_the_interface(name):
+  entry = attacks.get(name)
+  attack = entry.build(VALUES)
+  assert isinstance(attack, base.Attack)
+  assert (attack.name, attack.display_name, attack.kind) == (
+      name, entry.display_name, entry.kind)
+  assert attack.kind in base.KINDS
+  json.dumps(attack.settings())
+  model = _colour_model()
+  before = [v.numpy().copy() for v in model.variables]
+  rng = np.random.default_rng(0)
+  images = rng.uniform(0.0, 1.0, (3, 4, 4, 3)).astype(np.float32)
+  images[0] = 0.0  # pixels at both ends of [0, 1]
+  images[1] = 1.0
+  labels = tf.constant([0, 1, 2], tf.int32)
+  seeds = tf.constant([[5, i] for i in range(3)], tf.int64)
+  adv = tf.function(attack.run)(model, tf.constant(images), labels, seeds)
+  assert adv.shape == images.shape and adv.dtype == tf.float32
+  assert np.abs(adv.numpy() - images).max() <= EPS + 1e-6
+  assert adv.numpy().min() >= 0.0 and adv.numpy().max() <= 1.0
+  for b, a in zip(before, model.variables):
+    np.testing.assert_array_equal(a.numpy(), b)
+
+
+def test_the_base_class_rejects_no_restarts():
+  with pytest.raises(ValueError, match="restarts"):
+    attacks.build("apgd_ce", {**VALUES, "restarts": 0})

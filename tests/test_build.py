@@ -56,6 +56,18 @@ def test_every_module_has_a_library_with_its_imports_as_deps(targets):
     assert _deps(target) == set(write_build.project_imports(path))
 
 
+def test_every_subpackage_has_a_library_of_all_its_files(targets):
+  folders = write_build.packages()
+  assert [f.name for f in folders] == ["attacks"]
+  for folder in folders:
+    target = targets[folder.name]
+    assert target["kind"] == "py_library"
+    files = {f"rlfat_tf/{folder.name}/{p.name}" for p in folder.glob("*.py")}
+    assert files <= set(target["srcs"])
+    assert _deps(target) == set(write_build.package_imports(folder))
+    assert folder.name not in _deps(target)
+
+
 def test_entry_points_have_binaries(targets):
   for name in ("train", "evaluate", "export", "report", "edge_eval"):
     binary = targets[f"{name}_main"]

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rlfat_tf import nattack
+from rlfat_tf import attacks
+from rlfat_tf import robustness
+from rlfat_tf.attacks import nattack
 
 EPS = 0.03
 SMALL = nattack.NAttackSpec(epsilon=EPS, population=20, iterations=60)
@@ -40,21 +42,29 @@ def test_breaks_close_calls_and_spares_clear_ones(colour_model):
   # Class 0 by 0.02 (one eps step of two channels flips it), class 1 by 0.3
   # (out of reach), and an image already misclassified (true label 2).
   images = _flat([[0.52, 0.50, 0.48], [0.40, 0.70, 0.40], [0.60, 0.50, 0.50]])
-  labels = np.array([0, 1, 2])
-  out = nattack.evaluate(colour_model, SMALL, images, labels, seed=1,
-                         verbose=0)
+  labels = np.array([0, 1, 2], np.int32)
+  attack = nattack.NAttack(name="nattack", display_name="N attack",
+                           spec=SMALL)
+  out = robustness.run_attack(colour_model, attack, images, labels,
+                              batch_size=3, seed=1, verbose=0,
+                              keep_adversarial=True)
   np.testing.assert_array_equal(out["clean_correct"], [True, True, False])
   np.testing.assert_array_equal(out["robust"], [False, True, False])
   adv = out["adversarial"]
   assert np.abs(adv - images).max() <= EPS + 1e-6
   assert adv.min() >= 0.0 and adv.max() <= 1.0
   assert np.argmax(colour_model(adv[:1]).numpy()) != 0
-  # The clear image ran all 60 iterations: checks at 0, 10, ..., 50 plus a
-  # population of 20 per iteration; the skipped image cost nothing.
-  assert out["queries"][1] == 6 + 60 * 20
-  assert out["queries"][2] == 0
-  assert 0 < out["queries"][0] < out["queries"][1]
+  # The image the model already misclassifies is not attacked.
+  np.testing.assert_array_equal(adv[2], images[2])
   assert out["robust"].mean() == pytest.approx(1 / 3)
+  # The clear image runs all 60 iterations: checks at 0, 10, ..., 50 plus a
+  # population of 20 per iteration; the close call stops early.
+  seeds = tf.constant([[1, 0], [1, 1]], tf.int64)
+  queries = [int(nattack.attack_image(colour_model, SMALL, images[i],
+                                      labels[i], seeds[i])[2])
+             for i in range(2)]
+  assert queries[1] == 6 + 60 * 20
+  assert 0 < queries[0] < queries[1]
 
 
 def test_a_misclassified_image_is_broken_at_the_first_check(colour_model):
@@ -74,6 +84,20 @@ def test_results_are_reproducible_from_the_seed(colour_model):
           for _ in range(2)]
   np.testing.assert_array_equal(runs[0][1].numpy(), runs[1][1].numpy())
   assert int(runs[0][2]) == int(runs[1][2])
+
+
+def test_the_registry_builds_it_at_the_evaluation_epsilon():
+  values = {**attacks.default_values(), "epsilon": 0.05, "step_size": 0.01,
+            "restarts": 4, "nattack_population": 20, "nattack_examples": 7}
+  attack = attacks.build("nattack", values)
+  assert attack.kind == "black_box" and attack.examples == 7
+  # Restarts are for white-box attacks: the N attack runs once.
+  assert attack.restarts == 1
+  assert attack.spec == nattack.NAttackSpec(epsilon=0.05, population=20)
+  assert attack.settings() == {"population": 20, "sigma": 0.1,
+                               "learning_rate": 0.008, "iterations": 200,
+                               "check_every": 10, "init_scale": 0.001,
+                               "restarts": 1}
 
 
 def test_bad_specs_are_rejected():

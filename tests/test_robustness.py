@@ -8,16 +8,19 @@ import pytest
 import tensorflow as tf
 
 from rlfat_tf import attacks
+from rlfat_tf import errors
 from rlfat_tf import models
-from rlfat_tf import nattack
 from rlfat_tf import robustness
+from rlfat_tf.attacks import pgd
 
 EPS = 0.03
 # Ten PGD steps of 0.0075 reach the far side of the ball from any start.
 TINY = robustness.EvalConfig(
-    pgd_steps=10, cw_steps=10, apgd_steps=8,
-    black_box=nattack.NAttackSpec(population=20, iterations=30),
-    nattack_examples=8, check_examples=16, batch_size=16)
+    settings={"pgd_steps": 10, "cw_steps": 10, "apgd_steps": 8,
+              "nattack_population": 20, "nattack_iterations": 30,
+              "nattack_examples": 8},
+    check_examples=16, batch_size=16)
+WHITE_BOX = ("pgd", "cw", "apgd_ce", "apgd_dlr")
 
 
 def _colour_model(scale=20.0, softmax=False):
@@ -89,8 +92,9 @@ def test_monotone_check_allows_noise_only():
 def test_black_box_check():
   assert robustness.check_black_box(0.50, 0.45, 1500)["passed"]
   assert robustness.check_black_box(0.445, 0.45, 1500)["passed"]
-  failed = robustness.check_black_box(0.30, 0.45, 1500)
+  failed = robustness.check_black_box(0.30, 0.45, 1500, "N attack")
   assert not failed["passed"] and "0.3000" in failed["detail"]
+  assert failed["detail"].startswith("N attack accuracy")
 
 
 def test_bounds_check():
@@ -121,8 +125,8 @@ def test_variables_check_sees_a_moved_batchnorm_statistic():
       before, robustness.snapshot_variables(model))["passed"]
   # A training-mode attack moves the BatchNorm averages: the check sees it.
   images = tf.random.stateless_uniform([4, 8, 8, 3], [0, 1])
-  attacks.perturb(model, attacks.pgd(EPS, 0.0075, 1, "train"), images,
-                  tf.zeros([4], tf.int32), tf.zeros([4, 2], tf.int64))
+  pgd.perturb(model, pgd.pgd(EPS, 0.0075, 1, "train"), images,
+              tf.zeros([4], tf.int32), tf.zeros([4, 2], tf.int64))
   failed = robustness.check_variables_unchanged(
       before, robustness.snapshot_variables(model))
   assert not failed["passed"] and "moving" in failed["detail"]
@@ -136,15 +140,16 @@ def test_restarts_keep_each_examples_worst_case(colour_model):
   images = np.broadcast_to(colours[:, None, None, :].astype(np.float32),
                            (24, 4, 4, 3)).copy()
   labels = np.zeros(24, np.int32)
-  spec = attacks.AttackSpec(EPS, 0.0, 0, "ce", "uniform", "eval")
+  spec = pgd.AttackSpec(EPS, 0.0, 0, "ce", "uniform", "eval")
   seeds = tf.constant([[9, i] for i in range(24)], tf.int64)
   survived = []
   for r in range(3):
-    adv = attacks.perturb(colour_model, spec, images, labels,
-                          attacks.restart_seeds(seeds, r))
+    adv = pgd.perturb(colour_model, spec, images, labels,
+                      pgd.restart_seeds(seeds, r))
     survived.append(np.argmax(colour_model(adv).numpy(), -1) == 0)
   worst = robustness.attack_batch(
-      colour_model, robustness.WhiteBoxAttack("start", spec, restarts=3),
+      colour_model, pgd.PGD(name="start", display_name="start", spec=spec,
+                            restarts=3),
       tf.constant(images), tf.constant(labels), seeds)
   got = np.argmax(colour_model(worst).numpy(), -1) == 0
   np.testing.assert_array_equal(got, np.logical_and.reduce(survived))
@@ -158,13 +163,14 @@ def test_evaluate_reports_every_attack_and_passes_every_check(colour_model):
   assert set(metrics) == {f"test/{k}_accuracy" for k in (
       "clean", "pgd", "cw", "apgd_ce", "apgd_dlr", "worst_case", "nattack")}
   assert metrics["test/clean_accuracy"] == 1.0
-  for name in robustness.WHITE_BOX:
+  assert attacks.of_kind("white_box") == WHITE_BOX
+  for name in WHITE_BOX:
     assert metrics[f"test/{name}_accuracy"] < 0.6
     assert metrics[f"test/{name}_accuracy"] >= metrics[
         "test/worst_case_accuracy"]
   np.testing.assert_array_equal(
       per_example["worst_case"],
-      np.logical_and.reduce([per_example[k] for k in robustness.WHITE_BOX]))
+      np.logical_and.reduce([per_example[k] for k in WHITE_BOX]))
   assert len(per_example["nattack"]) == 8
   assert metrics["test/nattack_accuracy"] == per_example["nattack"].mean()
   # The linear model's optimal attack breaks exactly the gaps below 0.06.
@@ -172,6 +178,8 @@ def test_evaluate_reports_every_attack_and_passes_every_check(colour_model):
   np.testing.assert_array_equal(per_example["pgd"], gap > 0.06 + 1e-3)
   assert out["attacks"]["cw"]["confidence"] == 50
   assert out["attacks"]["nattack"]["population"] == 20
+  assert out["attacks"]["nattack"]["num_examples"] == 8
+  assert "num_examples" not in out["attacks"]["pgd"]
   assert set(out["checks"]) == {
       "outputs_are_logits", "zero_epsilon_gives_clean",
       "large_epsilon_breaks_all", "more_steps_no_gain",
@@ -184,8 +192,8 @@ def test_evaluate_reports_every_attack_and_passes_every_check(colour_model):
 def test_zero_epsilon_attack_gives_clean_accuracy_exactly(colour_model):
   images, labels = _colour_data(32, seed=1)
   out = robustness.run_attack(
-      colour_model, robustness.WhiteBoxAttack(
-          "zero", attacks.pgd(0.0, 0.0075, 3, "eval")),
+      colour_model, pgd.PGD(name="zero", display_name="zero",
+                            spec=pgd.pgd(0.0, 0.0075, 3, "eval")),
       images, labels, batch_size=10, verbose=0)
   np.testing.assert_array_equal(out["robust"], out["clean_correct"])
   np.testing.assert_array_equal(out["linf"], 0.0)
@@ -222,3 +230,15 @@ def test_evaluation_leaves_every_variable_bit_identical():
   assert any("moving_variance" in k for k in before)
   for key in before:
     np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+
+
+def test_config_values_and_bad_names():
+  values = TINY.values(epsilon=0.5)
+  assert values["epsilon"] == 0.5 and values["pgd_steps"] == 10
+  assert values["apgd_steps"] == 8 and values["nattack_sigma"] == 0.1
+  assert [a.name for a in dataclasses.replace(
+      TINY, attacks=("nattack", "pgd")).build()] == ["pgd", "nattack"]
+  with pytest.raises(errors.UserError, match="unknown attack 'fgsm'"):
+    robustness.EvalConfig(attacks=("pgd", "fgsm"))
+  with pytest.raises(ValueError, match="pgd_step"):
+    robustness.EvalConfig(settings={"pgd_step": 3})

@@ -26,13 +26,15 @@ Log-probabilities come from ``log_softmax`` rather than log(p + 1e-30).
 
 The population is one batched forward pass, and the loop over iterations for
 one image is a single ``tf.while_loop`` that stops at the first success.
+``NAttack.run`` attacks the images of a batch one after another in the graph.
 """
 
 import dataclasses
 
-import keras
-import numpy as np
 import tensorflow as tf
+
+from rlfat_tf.attacks import base
+from rlfat_tf.attacks import losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +74,7 @@ def _to_image(image, image_tanh, offsets, epsilon):
 
 def _margin(logits, label):
   """log p_y - max_{j != y} log p_j for each row of ``logits``."""
-  log_probs = tf.nn.log_softmax(logits)
-  onehot = tf.one_hot(label, tf.shape(logits)[-1], dtype=logits.dtype)
-  true = tf.reduce_sum(onehot * log_probs, axis=-1)
-  other = tf.reduce_max(log_probs - 1e4 * onehot, axis=-1)
-  return true - other
+  return losses.margin(tf.nn.log_softmax(logits), label)
 
 
 def attack_image(model, spec, image, label, seed):
@@ -141,50 +139,52 @@ def attack_image(model, spec, image, label, seed):
   return success, _to_image(image, image_tanh, mu, spec.epsilon), queries
 
 
-def evaluate(model, spec, images, labels, seed=0, verbose=1):
-  """Runs the N attack on each image the model classifies correctly.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NAttack(base.Attack):
+  """The N attack as an evaluation attack; ``spec`` is an ``NAttackSpec``."""
+  kind = "black_box"
 
-  Args:
-    model: a Keras model mapping images to logits.
-    spec: an ``NAttackSpec``.
-    images: float32 [N, H, W, C] clean images in [0, 1].
-    labels: int [N] true labels.
-    seed: seed of every draw; image i uses the stateless seed (seed, i).
-    verbose: 1 shows a progress bar, 0 is silent.
+  def run(self, model, images, labels, seeds):
+    """Attacks each image the model classifies correctly; see ``Attack``.
 
-  Returns:
-    Dict of NumPy arrays over the N images: ``clean_correct`` and ``robust``
-    (correctly classified and not broken; its mean is the N-attack
-    accuracy), ``queries`` (0 for skipped images), and ``adversarial``, the
-    final image of each attacked example (the clean image if skipped).
-  """
-  images = np.asarray(images, np.float32)
-  labels = np.asarray(labels, np.int32)
-  shape = images.shape[1:]
-  run = tf.function(
-      lambda x, y, s: attack_image(model, spec, x, y, s),
-      input_signature=[tf.TensorSpec(shape, tf.float32),
-                       tf.TensorSpec([], tf.int32),
-                       tf.TensorSpec([2], tf.int64)])
-  clean_correct = np.zeros(len(images), bool)
-  for start in range(0, len(images), 256):
-    logits = model(images[start:start + 256], training=False)
-    clean_correct[start:start + 256] = (
-        np.argmax(keras.ops.convert_to_numpy(logits), -1) ==
-        labels[start:start + 256])
-  robust = clean_correct.copy()
-  queries = np.zeros(len(images), np.int64)
-  adversarial = images.copy()
-  progbar = keras.utils.Progbar(len(images), verbose=verbose,
-                                unit_name="image",
-                                stateful_metrics=["accuracy"])
-  for i in range(len(images)):
-    if clean_correct[i]:
-      success, adv, used = run(images[i], labels[i],
-                               tf.constant([seed, i], tf.int64))
-      robust[i] = not bool(success)
-      queries[i] = int(used)
-      adversarial[i] = adv.numpy()
-    progbar.update(i + 1, [("accuracy", robust[:i + 1].mean())])
-  return {"clean_correct": clean_correct, "robust": robust,
-          "queries": queries, "adversarial": adversarial}
+    An image the model already misclassifies is returned as it is, at no
+    query. Image i draws from ``seeds[i]``.
+    """
+    correct = tf.equal(
+        tf.argmax(model(images, training=False), -1, output_type=tf.int32),
+        tf.cast(labels, tf.int32))
+
+    def one(args):
+      image, label, seed, attack = args
+      return tf.cond(
+          attack,
+          lambda: attack_image(model, self.spec, image, label, seed)[1],
+          lambda: image)
+
+    return tf.stop_gradient(tf.map_fn(
+        one, (images, labels, seeds, correct),
+        fn_output_signature=images.dtype))
+
+
+SETTINGS = (
+    base.Setting("nattack_examples", 1500, "N attack on the first N images.",
+                 lower_bound=1),
+    base.Setting("nattack_population", NAttackSpec.population,
+                 "N-attack population.", lower_bound=2),
+    base.Setting("nattack_sigma", NAttackSpec.sigma, "N-attack search "
+                 "deviation in tanh space.", type=float, lower_bound=0.0),
+    base.Setting("nattack_lr", NAttackSpec.learning_rate, "N-attack learning "
+                 "rate.", type=float, lower_bound=0.0),
+    base.Setting("nattack_iterations", NAttackSpec.iterations, "N-attack "
+                 "iterations per image.", lower_bound=1),
+)
+
+
+def options(values):
+  """``NAttack`` fields from the evaluation values (``attacks.Registered``)."""
+  return {"spec": NAttackSpec(epsilon=values["epsilon"],
+                              population=values["nattack_population"],
+                              sigma=values["nattack_sigma"],
+                              learning_rate=values["nattack_lr"],
+                              iterations=values["nattack_iterations"]),
+          "examples": values["nattack_examples"]}

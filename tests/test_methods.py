@@ -1,10 +1,12 @@
-"""Every objective against a hand computation in numpy on fixed logits."""
+"""The method registry; every objective against numpy on fixed logits."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from rlfat_tf import objectives
+from rlfat_tf import errors
+from rlfat_tf import methods
+from rlfat_tf.attacks import pgd
 
 LABELS = np.array([0, 2, 1])
 CLEAN = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [-0.5, 1.5, 0.0]])
@@ -42,14 +44,19 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(objectives.METHODS))
+WEIGHTS = {"beta": BETA, "eta": ETA}
+
+
+@pytest.mark.parametrize("name", sorted(methods.METHODS))
 def test_terms_and_total_match_numpy(name):
-  method = objectives.METHODS[name]
+  method = methods.METHODS[name]
   all_logits = {"clean": CLEAN, "adv": ADV, "rbs": RBS}
   logits = {p: tf.constant(all_logits[p], tf.float32) for p in method.passes}
-  terms = objectives.compute(method, logits, tf.constant(LABELS), BETA, ETA)
+  terms = method.objective(logits, tf.constant(LABELS),
+                           {w: WEIGHTS[w] for w in method.weights})
   expected = EXPECTED[name]
   assert set(terms) == set(expected) | {"total"}
+  assert set(method.terms) == set(expected)
   for key, value in expected.items():
     np.testing.assert_allclose(terms[key].numpy(), value, rtol=1e-5)
   total = (expected["ce"] + BETA * expected.get("kl", 0.0)
@@ -62,23 +69,46 @@ def test_terms_and_total_match_numpy(name):
     ("rlfat_p", ("adv", "rbs")), ("rlfat_t", ("clean", "adv", "rbs")),
     ("rbsat_p", ("rbs",)), ("rbsat_t", ("clean", "rbs"))])
 def test_each_method_runs_only_the_passes_it_reads(name, passes):
-  assert objectives.METHODS[name].passes == passes
+  assert methods.METHODS[name].passes == passes
+
+
+def test_passes_out_of_order_are_rejected():
+  with pytest.raises(ValueError, match="order"):
+    methods.Method("bad", "BAD", "bad", pgd.pgd, ("rbs", "clean"),
+                   methods.METHODS["rbsat_t"].objective, ("ce", "kl"))
 
 
 def test_official_default_weights():
-  assert objectives.METHODS["rlfat_p"].default_eta == 0.5
-  assert objectives.METHODS["rlfat_t"].default_eta == 1.0
-  assert not objectives.METHODS["rbsat_p"].has_transfer
-  assert not objectives.METHODS["rbsat_t"].has_transfer
+  assert methods.METHODS["rlfat_p"].weights == {"eta": 0.5}
+  assert methods.METHODS["rlfat_t"].weights == {"beta": 6.0, "eta": 1.0}
+  assert methods.METHODS["trades"].weights == {"beta": 6.0}
+  assert "eta" not in methods.METHODS["rbsat_p"].weights
+  assert "eta" not in methods.METHODS["rbsat_t"].weights
+  assert methods.with_weight("eta") == ("rlfat_p", "rlfat_t")
 
 
-def test_kl_is_zero_for_equal_logits_and_asymmetric_otherwise():
-  a = tf.constant(CLEAN, tf.float32)
-  b = tf.constant(ADV, tf.float32)
-  np.testing.assert_allclose(objectives.kl_divergence(a, a).numpy(), 0.0,
-                             atol=1e-7)
-  assert not np.allclose(objectives.kl_divergence(a, b).numpy(),
-                         objectives.kl_divergence(b, a).numpy())
+@pytest.mark.parametrize("name, loss, start", [
+    ("pgdat", "ce", "uniform"), ("rlfat_p", "ce", "uniform"),
+    ("rbsat_p", "ce", "uniform"), ("trades", "kl", "normal"),
+    ("rlfat_t", "kl", "normal"), ("rbsat_t", "kl", "normal")])
+def test_training_attacks(name, loss, start):
+  spec = methods.METHODS[name].attack(0.03, 0.0075, 10, "train")
+  assert (spec.loss, spec.start, spec.epsilon, spec.step_size, spec.steps,
+          spec.bn_mode) == (loss, start, 0.03, 0.0075, 10, "train")
+
+
+def test_display_names_and_ablation_groups():
+  assert [m.display_name for m in methods.METHODS.values()] == [
+      "PGDAT", "TRADES", "RLFAT_P", "RLFAT_T", "RBSAT_P", "RBSAT_T"]
+  assert methods.frameworks() == {"pgdat": ("pgdat", "rbsat_p", "rlfat_p"),
+                                  "trades": ("trades", "rbsat_t", "rlfat_t")}
+
+
+def test_unknown_method_is_one_line_naming_the_choices():
+  with pytest.raises(errors.UserError) as e:
+    methods.get("mart")
+  assert str(e.value) == ("unknown method 'mart': choose from pgdat, trades, "
+                          "rlfat_p, rlfat_t, rbsat_p, rbsat_t")
 
 
 def test_transfer_gradient_reaches_both_branches():
@@ -87,9 +117,9 @@ def test_transfer_gradient_reaches_both_branches():
   rbs_logits = tf.Variable(RBS, dtype=tf.float32)
   adv_logits = tf.Variable(ADV, dtype=tf.float32)
   with tf.GradientTape() as tape:
-    terms = objectives.compute(objectives.METHODS["rlfat_p"],
-                               {"rbs": rbs_logits, "adv": adv_logits},
-                               tf.constant(LABELS), BETA, ETA)
+    terms = methods.METHODS["rlfat_p"].objective(
+        {"rbs": rbs_logits, "adv": adv_logits}, tf.constant(LABELS),
+        {"eta": ETA})
     transfer = tf.reduce_sum(terms["transfer"])
   g_rbs, g_adv = tape.gradient(transfer, [rbs_logits, adv_logits])
   np.testing.assert_allclose(g_rbs.numpy(), 2 * (RBS - ADV), rtol=1e-5)

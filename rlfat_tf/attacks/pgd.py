@@ -16,58 +16,11 @@ import dataclasses
 
 import tensorflow as tf
 
-from rlfat_tf import objectives
+from rlfat_tf.attacks import base
+from rlfat_tf.attacks import losses
 
 BN_MODES = ("train", "eval")
-# The confidence kappa of the official CW-margin attack.
-CW_CONFIDENCE = 50.0
 STARTS = ("uniform", "normal", "none")
-
-
-def cw_margin(logits, labels, confidence=CW_CONFIDENCE):
-  """Carlini-Wagner margin loss, per example: -relu(z_y - max_j!=y z_j + k).
-
-  The true class is masked out with a large negative offset before the max.
-  The official RLFAT code multiplies by the mask instead, which returns 0 for
-  the true slot and so picks the wrong runner-up whenever every other logit is
-  negative (the bug Madry fixed in cifar10_challenge 958b8f1).
-  """
-  onehot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=logits.dtype)
-  true = tf.reduce_sum(onehot * logits, axis=-1)
-  other = tf.reduce_max(logits - 1e4 * onehot, axis=-1)
-  return -tf.nn.relu(true - other + confidence)
-
-
-def dlr_loss(logits, labels):
-  """Difference-of-logits-ratio loss of Croce & Hein (2020), per example.
-
-  DLR = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12), where z_pi1 >=
-  z_pi2 >= z_pi3 are the three largest logits. It is invariant to shifting
-  and rescaling the logits, so a model cannot hide from it by inflating them.
-  It needs at least three classes.
-
-  Args:
-    logits: [B, K] logits, K >= 3.
-    labels: int [B] true labels.
-
-  Returns:
-    [B] losses; positive exactly when the example is misclassified.
-  """
-  onehot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=logits.dtype)
-  true = tf.reduce_sum(onehot * logits, axis=-1)
-  other = tf.reduce_max(logits - 1e4 * onehot, axis=-1)
-  top3 = tf.math.top_k(logits, k=3).values
-  return -(true - other) / (top3[:, 0] - top3[:, 2] + 1e-12)
-
-
-# Each loss maps (adversarial logits, labels, clean logits) to a [B] loss that
-# the attack maximises. Only "kl" reads the clean logits.
-LOSSES = {
-    "ce": lambda logits, labels, _: objectives.cross_entropy(logits, labels),
-    "kl": lambda logits, _, clean: objectives.kl_divergence(clean, logits),
-    "cw": lambda logits, labels, _: cw_margin(logits, labels),
-    "dlr": lambda logits, labels, _: dlr_loss(logits, labels),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +31,7 @@ class AttackSpec:
     epsilon: radius of the L-infinity ball, in [0, 1] pixel units.
     step_size: size of each signed-gradient step.
     steps: number of steps.
-    loss: key of ``LOSSES``.
+    loss: key of ``losses.LOSSES``.
     start: "uniform" (U[-eps, eps] per pixel), "normal" (``start_scale`` times
       N(0, 1), the TRADES start) or "none" (the clean image).
     bn_mode: "train" runs the model with batch statistics and updates the
@@ -95,7 +48,7 @@ class AttackSpec:
   start_scale: float = 0.001
 
   def __post_init__(self):
-    if self.loss not in LOSSES:
+    if self.loss not in losses.LOSSES:
       raise ValueError(f"unknown attack loss {self.loss!r}")
     if self.start not in STARTS:
       raise ValueError(f"unknown attack start {self.start!r}")
@@ -165,6 +118,30 @@ def project(adv, images, epsilon):
   return tf.clip_by_value(adv, 0.0, 1.0)
 
 
+def _per_example_noise(draw, images, seeds):
+  """``draw(shape, seed)`` for each example's seed, [B, H, W, C]."""
+  shape = tf.shape(images)[1:]
+  return tf.map_fn(lambda s: draw(shape, s), seeds,
+                   fn_output_signature=images.dtype)
+
+
+def uniform_start(images, seeds, epsilon):
+  """Per example, a uniform draw from the epsilon ball, projected on [0, 1].
+
+  Args:
+    images: [B, H, W, C] clean images in [0, 1].
+    seeds: int [B, 2] stateless seeds, one per example.
+    epsilon: radius of the L-infinity ball.
+
+  Returns:
+    [B, H, W, C] starting points.
+  """
+  noise = _per_example_noise(
+      lambda shape, s: tf.random.stateless_uniform(
+          shape, s, -epsilon, epsilon, dtype=images.dtype), images, seeds)
+  return project(images + noise, images, epsilon)
+
+
 def random_start(spec, images, seeds):
   """The starting point of an attack, drawn per example.
 
@@ -178,14 +155,11 @@ def random_start(spec, images, seeds):
   """
   if spec.start == "none":
     return images
-  shape = tf.shape(images)[1:]
   if spec.start == "uniform":
-    draw = lambda s: tf.random.stateless_uniform(
-        shape, s, -spec.epsilon, spec.epsilon, dtype=images.dtype)
-  else:
-    draw = lambda s: spec.start_scale * tf.random.stateless_normal(
-        shape, s, dtype=images.dtype)
-  noise = tf.map_fn(draw, seeds, fn_output_signature=images.dtype)
+    return uniform_start(images, seeds, spec.epsilon)
+  noise = _per_example_noise(
+      lambda shape, s: spec.start_scale * tf.random.stateless_normal(
+          shape, s, dtype=images.dtype), images, seeds)
   return project(images + noise, images, spec.epsilon)
 
 
@@ -208,10 +182,10 @@ def perturb(model, spec, images, labels, seeds, unroll=False):
     and inside [0, 1], with gradients stopped.
   """
   training = spec.bn_mode == "train"
-  loss_fn = LOSSES[spec.loss]
+  loss_fn = losses.LOSSES[spec.loss]
   images = tf.stop_gradient(images)
   clean_logits = None
-  if spec.loss == "kl":
+  if spec.loss in losses.NEEDS_CLEAN_LOGITS:
     clean_logits = tf.stop_gradient(model(images, training=training))
   adv = random_start(spec, images, seeds)
   for _ in range(spec.steps) if unroll else tf.range(spec.steps):
@@ -222,3 +196,47 @@ def perturb(model, spec, images, labels, seeds, unroll=False):
     grad = tape.gradient(loss, adv)
     adv = project(adv + spec.step_size * tf.sign(grad), images, spec.epsilon)
   return tf.stop_gradient(adv)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PGD(base.Attack):
+  """A sign-gradient evaluation attack (PGD, CW-margin PGD) with restarts.
+
+  ``spec`` is an ``AttackSpec`` with BatchNorm in "eval" mode.
+  """
+  kind = "white_box"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.spec.bn_mode != "eval":
+      raise ValueError("evaluation attacks must run with bn_mode='eval'")
+
+  def settings(self):
+    spec = self.spec
+    out = {"steps": spec.steps, "step_size": spec.step_size,
+           "restarts": self.restarts, "loss": spec.loss}
+    if spec.loss == "cw":
+      out["confidence"] = losses.CW_CONFIDENCE
+    return out
+
+  def run(self, model, images, labels, seeds):
+    return perturb(model, self.spec, images, labels, seeds)
+
+
+PGD_STEPS = base.Setting("pgd_steps", 20, "PGD steps.", lower_bound=1)
+CW_STEPS = base.Setting("cw_steps", None, "CW-margin PGD steps (default: "
+                        "--pgd_steps).", lower_bound=1)
+
+
+def pgd_options(values):
+  """``PGD`` fields of PGD on cross-entropy (see ``attacks.Registered``)."""
+  return {"spec": pgd(values["epsilon"], values["step_size"],
+                      values["pgd_steps"], "eval"),
+          "restarts": values["restarts"]}
+
+
+def cw_options(values):
+  """``PGD`` fields of CW-margin PGD (see ``attacks.Registered``)."""
+  steps = values["cw_steps"] or values["pgd_steps"]
+  return {"spec": cw(values["epsilon"], values["step_size"], steps),
+          "restarts": values["restarts"]}

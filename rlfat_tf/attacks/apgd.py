@@ -24,7 +24,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from rlfat_tf import attacks
+from rlfat_tf.attacks import base
+from rlfat_tf.attacks import losses
+from rlfat_tf.attacks import pgd
 
 LOSSES = ("ce", "dlr")
 
@@ -37,7 +39,7 @@ class APGDSpec:
     epsilon: radius of the L-infinity ball, in [0, 1] pixel units.
     steps: iterations N; the attack evaluates the loss and its gradient at
       N + 1 points (the random start and N iterates).
-    loss: "ce" (cross-entropy) or "dlr" (``attacks.dlr_loss``).
+    loss: "ce" (cross-entropy) or "dlr" (``losses.dlr_loss``).
     momentum: alpha, the weight of the new step against the previous one.
     rho: the fraction of loss increases below which a stretch between two
       checkpoints counts as failed.
@@ -109,7 +111,7 @@ def perturb(model, spec, images, labels, seeds):
   """
   eps = spec.epsilon
   alpha = spec.momentum
-  loss_fn = attacks.LOSSES[spec.loss]
+  loss_fn = losses.LOSSES[spec.loss]
   images = tf.stop_gradient(images)
   is_checkpoint, stretch = _schedule(spec.steps)
 
@@ -125,21 +127,20 @@ def perturb(model, spec, images, labels, seeds):
     return loss, grad, wrong
 
   def step(x, grad, eta):
-    return attacks.project(x + eta[:, None, None, None] * tf.sign(grad),
+    return pgd.project(x + eta[:, None, None, None] * tf.sign(grad),
                            images, eps)
 
-  start = attacks.AttackSpec(eps, 0.0, 0, spec.loss, "uniform", "eval")
-  x0 = attacks.random_start(start, images, seeds)
+  x0 = pgd.uniform_start(images, seeds, eps)
   eta = tf.fill(tf.shape(labels), tf.cast(spec.initial_step * eps,
                                           images.dtype))
   f0, g0, wrong0 = evaluate(x0)
   x1 = step(x0, g0, eta)
   f1, g1, wrong1 = evaluate(x1)
   better = f1 > f0
-  x_max, f_max, g_max = (attacks.select(better, x1, x0), tf.maximum(f0, f1),
-                         attacks.select(better, g1, g0))
+  x_max, f_max, g_max = (pgd.select(better, x1, x0), tf.maximum(f0, f1),
+                         pgd.select(better, g1, g0))
   found = wrong0 | wrong1
-  x_found = attacks.select(wrong1, x1, x0)
+  x_found = pgd.select(wrong1, x1, x0)
   # Increases of the loss counted since the last checkpoint (the stretch
   # w_{j-1} .. w_j - 1 of condition 1), whether the step was halved at the
   # last checkpoint, and the best loss then (condition 2).
@@ -150,16 +151,16 @@ def perturb(model, spec, images, labels, seeds):
 
   for k in tf.range(1, spec.steps):
     z = step(x_cur, g_cur, eta)
-    x_next = attacks.project(
+    x_next = pgd.project(
         x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev),
         images, eps)
     f_next, g_next, wrong = evaluate(x_next)
-    x_found = attacks.select(wrong, x_next, x_found)
+    x_found = pgd.select(wrong, x_next, x_found)
     found |= wrong
     rose = f_next > f_cur
     better = f_next > f_max
-    x_max = attacks.select(better, x_next, x_max)
-    g_max = attacks.select(better, g_next, g_max)
+    x_max = pgd.select(better, x_next, x_max)
+    g_max = pgd.select(better, g_next, g_max)
     f_max = tf.where(better, f_next, f_max)
 
     at_checkpoint = is_checkpoint[k]
@@ -167,8 +168,8 @@ def perturb(model, spec, images, labels, seeds):
     stalled = tf.logical_not(halved_last) & (f_max <= f_max_last)
     halve = at_checkpoint & (oscillating | stalled)
     eta = tf.where(halve, eta / 2.0, eta)
-    x_next = attacks.select(halve, x_max, x_next)
-    g_next = attacks.select(halve, g_max, g_next)
+    x_next = pgd.select(halve, x_max, x_next)
+    g_next = pgd.select(halve, g_max, g_next)
     f_next = tf.where(halve, f_max, f_next)
     halved_last = tf.where(at_checkpoint, halve, halved_last)
     f_max_last = tf.where(at_checkpoint, f_max, f_max_last)
@@ -176,4 +177,24 @@ def perturb(model, spec, images, labels, seeds):
         rose, tf.float32)
     x_prev, x_cur, f_cur, g_cur = x_cur, x_next, f_next, g_next
 
-  return tf.stop_gradient(attacks.select(found, x_found, x_max))
+  return tf.stop_gradient(pgd.select(found, x_found, x_max))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class APGD(base.Attack):
+  """APGD as an evaluation attack; ``spec`` is an ``APGDSpec``."""
+  kind = "white_box"
+
+  def run(self, model, images, labels, seeds):
+    return perturb(model, self.spec, images, labels, seeds)
+
+
+STEPS = base.Setting("apgd_steps", APGDSpec.steps, "APGD iterations.",
+                     lower_bound=1)
+
+
+def options(loss):
+  """The ``APGD`` fields builder of APGD on a loss (``attacks.Registered``)."""
+  return lambda values: {
+      "spec": APGDSpec(values["epsilon"], values["apgd_steps"], loss),
+      "restarts": values["restarts"]}
