@@ -17,16 +17,20 @@ stream: each epoch's order is a permutation drawn from (seed, epoch), and each
 example's choices from (seed, position). The stream is therefore a pure
 function of its start, so a resumed run (``start``) sees exactly the batches
 an uninterrupted run would see, whatever the number of replicas or workers,
-and no iterator state needs to be checkpointed.
+and no iterator state needs to be checkpointed. Flips and crops are drawn as
+tf.image's stateless ops draw them and applied by keras-cv's ``RandomFlip``
+and ``RandomTranslation``, which take the draws as given transformations.
 
 Speed: the decoded uint8 images live in memory as one constant (the cache),
-each example is augmented by a parallel map and batches are prefetched; under
+a parallel map draws each example's choices, a parallel map augments each
+batch (keras-cv's vectorized layers) and batches are prefetched; under
 a ``tf.distribute`` strategy the distributed dataset also prefetches them to
 the replicas' devices.
 """
 
 import dataclasses
 
+import keras_cv
 import numpy as np
 import tensorflow as tf
 
@@ -94,17 +98,86 @@ def _positions_and_indices(seed, num, start):
   return ds.enumerate(first_epoch * num).skip(start - first_epoch * num)
 
 
-def _augment(image, augmentation, seed):
+def _draw_augmentation(augmentation, seed, height, width):
+  """One example's flip and crop, drawn as tf.image's stateless ops draw them.
+
+  The draws are those of ``tf.image.stateless_random_flip_left_right`` and
+  ``tf.image.stateless_random_crop`` (on the zero-padded image) for the same
+  seeds, written as keras-cv transformation entries, so keras-cv's
+  ``RandomFlip`` and ``RandomTranslation`` reproduce those ops exactly.
+
+  Args:
+    augmentation: an ``Augmentation``.
+    seed: the example's stateless seed, shape [2].
+    height: image height H.
+    width: image width W.
+
+  Returns:
+    A dict of [1]-shaped float32 entries: ``flip_horizontals`` (1: flip,
+    0: keep) with ``flip``, ``height_translations`` and
+    ``width_translations`` (the shift as a fraction of H and W) with
+    ``pad_crop``.
+  """
   flip_seed, crop_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=2))
+  out = {}
   if augmentation.flip:
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    # tf.image flips when this draw is below 1/2; RandomFlip flips when its
+    # entry exceeds 1 - rate = 1/2.
+    draw = tf.random.stateless_uniform([], flip_seed, minval=0, maxval=1.0)
+    out["flip_horizontals"] = tf.cast(draw < 0.5, tf.float32)[tf.newaxis]
   if augmentation.pad_crop:
-    shape = tf.shape(image)
     pad = augmentation.pad_crop
-    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-    image = tf.image.stateless_random_crop(image, shape, crop_seed)
-  return image
+    # tf.image.stateless_random_crop's draw of a [H, W, C] window's offset in
+    # the [H + 2 pad, W + 2 pad, C] padded image. The window at offset o
+    # equals the image shifted by pad - o with zeros shifted in.
+    offset = tf.random.stateless_uniform(
+        [3], crop_seed, maxval=tf.int32.max, dtype=tf.int32) % [
+            2 * pad + 1, 2 * pad + 1, 1]
+    shift = tf.cast(pad - offset[:2], tf.float32) / [height, width]
+    out["height_translations"] = shift[:1]
+    out["width_translations"] = shift[1:]
+  return out
+
+
+class _Augmenter:
+  """Applies batches of drawn flips and crops through keras-cv layers."""
+
+  def __init__(self, augmentation, height, width):
+    pad = augmentation.pad_crop
+    if pad > min(height, width):
+      raise ValueError(f"pad_crop={pad} exceeds the {height}x{width} images: "
+                       f"pad by at most {min(height, width)}")
+    self.flip = self.shift = None
+    if augmentation.flip:
+      self.flip = keras_cv.layers.RandomFlip(
+          "horizontal", seed=rbs.APPLY_ONLY_SEED)
+    if pad:
+      # Nearest interpolation of whole-pixel shifts copies pixels exactly; the
+      # constant fill is the zero padding.
+      self.shift = keras_cv.layers.RandomTranslation(
+          pad / height, pad / width, fill_mode="constant", fill_value=0.0,
+          interpolation="nearest", seed=rbs.APPLY_ONLY_SEED)
+
+  def __call__(self, images, drawn):
+    """Flips, then crops, [B, H, W, C] images as ``drawn`` says.
+
+    Args:
+      images: the batch.
+      drawn: the batch's stacked ``_draw_augmentation`` dicts.
+
+    Returns:
+      The augmented batch.
+    """
+    if self.flip is not None:
+      flips = drawn["flip_horizontals"]
+      images = self.flip.augment_images(images, {
+          "flip_horizontals": flips, "flip_verticals": tf.zeros_like(flips)})
+    if self.shift is not None:
+      images = self.shift.augment_images(images, {
+          "height_translations": drawn["height_translations"],
+          "width_translations": drawn["width_translations"]})
+    return images
 
 
 def train_dataset(images, labels, *, batch_size, seed, augmentation,
@@ -129,6 +202,10 @@ def train_dataset(images, labels, *, batch_size, seed, augmentation,
 
   Returns:
     A ``tf.data.Dataset`` of batch dicts (see the module docstring).
+
+  Raises:
+    ValueError: an unknown ``rbs_granularity``, or a ``pad_crop`` larger than
+      the images.
   """
   if rbs_granularity not in rbs.GRANULARITIES:
     raise ValueError(f"unknown RBS granularity {rbs_granularity!r}")
@@ -137,12 +214,15 @@ def train_dataset(images, labels, *, batch_size, seed, augmentation,
   images = tf.constant(images)
   labels = tf.constant(labels, tf.int32)
   per_example_rbs = rbs_blocks and rbs_granularity == "example"
+  augment = _Augmenter(augmentation, height, width)
 
   def example(position, index):
     aug_seed, attack_seed, rbs_seed = _example_keys(seed, position)
-    image = tf.image.convert_image_dtype(tf.gather(images, index), tf.float32)
-    out = {"image": _augment(image, augmentation, aug_seed),
-           "label": tf.gather(labels, index), "seed": attack_seed}
+    out = {"image": tf.image.convert_image_dtype(tf.gather(images, index),
+                                                 tf.float32),
+           "label": tf.gather(labels, index), "seed": attack_seed,
+           "augmentation": _draw_augmentation(augmentation, aug_seed, height,
+                                              width)}
     if per_example_rbs:
       params = rbs.sample_params(rbs_seed, height, width, rbs_blocks)
       out["rbs_rows"], out["rbs_cols"] = params["rows"], params["cols"]
@@ -150,14 +230,16 @@ def train_dataset(images, labels, *, batch_size, seed, augmentation,
       out["position"] = position
     return out
 
-  def batch_rbs(batch):
-    # The transform is keyed by the first example of the *global* batch, so
-    # every replica's share of a batch gets the same one and the stream of
-    # transforms does not depend on how the batch is split.
-    first = batch.pop("position")[0] // batch_size * batch_size
-    params = rbs.sample_params(_example_keys(seed, first)[2], height, width,
-                               rbs_blocks)
-    batch["rbs_rows"], batch["rbs_cols"] = params["rows"], params["cols"]
+  def finish(batch):
+    batch["image"] = augment(batch["image"], batch.pop("augmentation"))
+    if "position" in batch:
+      # The transform is keyed by the first example of the *global* batch,
+      # so every replica's share of a batch gets the same one and the stream
+      # of transforms does not depend on how the batch is split.
+      first = batch.pop("position")[0] // batch_size * batch_size
+      params = rbs.sample_params(_example_keys(seed, first)[2], height, width,
+                                 rbs_blocks)
+      batch["rbs_rows"], batch["rbs_cols"] = params["rows"], params["cols"]
     return batch
 
   # Positions count examples across epochs, before sharding, so every example
@@ -170,8 +252,7 @@ def train_dataset(images, labels, *, batch_size, seed, augmentation,
     per_replica = input_context.get_per_replica_batch_size(batch_size)
   ds = ds.map(example, num_parallel_calls=AUTOTUNE, deterministic=True)
   ds = ds.batch(per_replica, drop_remainder=True)
-  if rbs_blocks and not per_example_rbs:
-    ds = ds.map(batch_rbs)
+  ds = ds.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True)
   return ds.prefetch(AUTOTUNE)
 
 

@@ -15,11 +15,25 @@ per axis with ``randint(0, size)``, so duplicate cut points and empty blocks are
 possible, and shuffles the block order with an independent permutation per
 axis. The same transform is used for the whole batch there; ``granularity``
 "example" draws one per image, as the paper's text describes it.
+
+``RandomBlockShuffle`` is RBS as a keras-cv augmentation layer. Called on
+images it draws from its own generator, as keras-cv layers do; the trainer
+instead draws transforms statelessly in tf.data (keyed by the run's seed and
+the stream position, see ``data``) and passes them to ``augment_images``,
+which is two gathers and so runs inside the compiled train step, under XLA
+too.
 """
 
+import keras_cv
 import tensorflow as tf
 
 GRANULARITIES = ("batch", "example")
+
+# keras-cv layers take TensorFlow's global generator unless their seed is
+# truthy, and op determinism forbids creating that generator. A layer that
+# only applies transforms drawn elsewhere never reads its own generator, so
+# any nonzero seed serves.
+APPLY_ONLY_SEED = 1
 
 
 def sample_blocks(seed, size, blocks):
@@ -118,3 +132,82 @@ def random_block_shuffle(images, blocks, seed):
   params = sample_params(seed, tf.shape(batch)[1], tf.shape(batch)[2], blocks)
   out = apply(batch, params["rows"], params["cols"])
   return out[0] if single else out
+
+
+def _spatial_size(images):
+  """(H, W) of a batch: Python ints when static, else scalar tensors."""
+  dynamic = tf.shape(images)
+  return tuple(images.shape[axis] if images.shape[axis] is not None
+               else dynamic[axis] for axis in (1, 2))
+
+
+class RandomBlockShuffle(keras_cv.layers.VectorizedBaseImageAugmentationLayer):
+  """Random Block Shuffle as a keras-cv augmentation layer.
+
+  A transformation is a dict of index vectors (see ``sample_params``):
+  ``rows`` int32 [H] and ``cols`` int32 [W] for granularity "batch" (one
+  transform shared by the whole batch, the official code's default), or
+  [B, H] and [B, W] for "example" (one per image). Labels pass through
+  unchanged; segmentation masks are shuffled with their images.
+
+  Args:
+    blocks: blocks per axis k >= 1.
+    granularity: "batch" or "example", for the layer's own draws.
+    seed: seed of the layer's own generator, as for every keras-cv layer:
+      None or 0 take TensorFlow's global generator, which cannot be created
+      under op determinism (``tf.config.experimental.enable_op_determinism``);
+      pass a nonzero seed there.
+    **kwargs: keras layer arguments (``name``, ``dtype``).
+
+  Raises:
+    ValueError: ``blocks`` below 1 or an unknown ``granularity``.
+  """
+
+  def __init__(self, blocks=2, granularity="batch", seed=None, **kwargs):
+    if blocks < 1:
+      raise ValueError(f"RBS needs at least one block per axis, got {blocks}")
+    if granularity not in GRANULARITIES:
+      raise ValueError(f"unknown RBS granularity {granularity!r}: use one of "
+                       f"{GRANULARITIES}")
+    super().__init__(seed=seed, **kwargs)
+    self.blocks = blocks
+    self.granularity = granularity
+    self.seed = seed
+
+  def get_random_transformation_batch(self, batch_size, images=None,
+                                      **kwargs):
+    """Draws transforms for a batch from the layer's own generator.
+
+    Args:
+      batch_size: number of images B.
+      images: the [B, H, W, C] batch, which gives H and W.
+      **kwargs: the other inputs keras-cv passes (unused).
+
+    Returns:
+      A transformation dict (see the class docstring).
+    """
+    height, width = _spatial_size(images)
+    seed = self._random_generator.make_seeds(1)[:, 0]
+    if self.granularity == "batch":
+      return sample_params(seed, height, width, self.blocks)
+    return tf.map_fn(
+        lambda s: sample_params(s, height, width, self.blocks),
+        tf.random.experimental.stateless_split(seed, num=batch_size),
+        fn_output_signature={
+            "rows": tf.TensorSpec([images.shape[1]], tf.int32),
+            "cols": tf.TensorSpec([images.shape[2]], tf.int32)})
+
+  def augment_images(self, images, transformations, **kwargs):
+    """Applies given transforms to [B, H, W, C] images (see ``apply``)."""
+    return apply(images, transformations["rows"], transformations["cols"])
+
+  def augment_labels(self, labels, transformations, **kwargs):
+    return labels
+
+  def augment_segmentation_masks(self, segmentation_masks, transformations,
+                                 **kwargs):
+    return self.augment_images(segmentation_masks, transformations)
+
+  def get_config(self):
+    return {**super().get_config(), "blocks": self.blocks,
+            "granularity": self.granularity, "seed": self.seed}

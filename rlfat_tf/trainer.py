@@ -214,6 +214,8 @@ class Trainer:
       self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64,
                                      name="step")
     self._unroll_attack = self._plan_attack_loop()
+    # Applies the RBS that travels with each batch (drawn in tf.data).
+    self._rbs = rbs.RandomBlockShuffle(seed=rbs.APPLY_ONLY_SEED)
     self._train_input_fn = train_input_fn
     self._iterator = None
     self.val_dataset = (
@@ -314,7 +316,8 @@ class Trainer:
                       batch["seed"], unroll=self._unroll_attack)
     inputs = {"clean": images, "adv": adv}
     if method.uses_rbs:
-      inputs["rbs"] = rbs.apply(adv, batch["rbs_rows"], batch["rbs_cols"])
+      inputs["rbs"] = self._rbs.augment_images(
+          adv, {"rows": batch["rbs_rows"], "cols": batch["rbs_cols"]})
     with tf.GradientTape() as tape:
       logits = {p: model(inputs[p], training=True) for p in method.passes}
       terms = method.objective(logits, labels, config.weights)

@@ -101,6 +101,45 @@ def test_pad_crop_is_a_window_of_the_zero_padded_image(arrays):
   assert len(shifts) > 3
 
 
+def _tf_image_augment(image, augmentation, seed):
+  """The flips and crops as tf.image's stateless ops make them."""
+  flip_seed, crop_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, num=2))
+  if augmentation.flip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  if augmentation.pad_crop:
+    pad = augmentation.pad_crop
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    image = tf.image.stateless_random_crop(padded, tf.shape(image), crop_seed)
+  return image
+
+
+@pytest.mark.parametrize("flip, pad_crop", [(True, 0), (False, 2),
+                                            (True, 2), (True, 5)])
+def test_keras_cv_augmentation_equals_tf_image_stateless_ops(arrays, flip,
+                                                             pad_crop):
+  images, labels = arrays
+  augmentation = data.Augmentation(flip=flip, pad_crop=pad_crop)
+  got = np.concatenate([b["image"] for b in _take(data.train_dataset(
+      images, labels, batch_size=N, seed=4, augmentation=augmentation), 3)])
+  # pylint: disable=protected-access
+  stream = iter(data._positions_and_indices(4, N, 0))
+  for image in got:
+    position, index = next(stream)
+    key = data._example_keys(4, position)[0]
+    expected = _tf_image_augment(
+        tf.image.convert_image_dtype(images[index], tf.float32),
+        augmentation, key)
+    np.testing.assert_array_equal(image, expected.numpy())
+
+
+def test_pad_crop_larger_than_the_image_is_refused(arrays):
+  images, labels = arrays
+  with pytest.raises(ValueError, match="pad_crop=6 exceeds the 6x5 images"):
+    data.train_dataset(images, labels, batch_size=4, seed=0,
+                       augmentation=data.Augmentation(pad_crop=6))
+
+
 @pytest.mark.parametrize("granularity", ["batch", "example"])
 def test_rbs_params_travel_with_the_batch(arrays, granularity):
   images, labels = arrays

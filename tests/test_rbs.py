@@ -125,3 +125,101 @@ def test_gradients_flow_through_the_shuffle():
   inverse_cols = np.argsort(params["cols"].numpy())
   np.testing.assert_array_equal(
       grad, weights.numpy()[:, inverse_rows][:, :, inverse_cols])
+
+
+@pytest.mark.parametrize("granularity", ["batch", "example"])
+def test_layer_own_draw_and_given_draw_agree(granularity):
+  x = tf.constant(_images(batch=4, height=9, width=7))
+  drawer = rbs.RandomBlockShuffle(3, granularity, seed=21)
+  caller = rbs.RandomBlockShuffle(3, granularity, seed=21)
+  drawn = drawer.get_random_transformation_batch(4, images=x)
+  np.testing.assert_array_equal(
+      caller(x).numpy(), drawer.augment_images(x, drawn).numpy())
+  # The layer's draws are sample_params keyed by its generator's seeds.
+  seed = tf.random.Generator.from_seed(21).make_seeds(1)[:, 0]
+  if granularity == "batch":
+    keys, lead = [seed], (9,)
+  else:
+    keys, lead = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=4)), (4, 9)
+  assert drawn["rows"].shape == lead
+  expected = [rbs.sample_params(k, 9, 7, 3) for k in keys]
+  for name in ("rows", "cols"):
+    np.testing.assert_array_equal(
+        np.reshape(drawn[name], (len(keys), -1)),
+        np.stack([e[name].numpy() for e in expected]))
+
+
+def test_layer_applies_a_given_draw_under_xla_and_in_tf_data():
+  x = tf.constant(_images(batch=3, height=8, width=6))
+  layer = rbs.RandomBlockShuffle(seed=rbs.APPLY_ONLY_SEED)
+  per_batch = rbs.sample_params(tf.constant([1, 2]), 8, 6, 4)
+  per_example = rbs.sample_params(tf.constant([3, 4]), 8, 6, 4)
+  stacked = {k: tf.stack([per_batch[k], per_example[k], per_batch[k]])
+             for k in per_batch}
+  compiled = tf.function(layer.augment_images, jit_compile=True)
+  for drawn in (per_batch, stacked):
+    expected = rbs.apply(x, drawn["rows"], drawn["cols"]).numpy()
+    np.testing.assert_array_equal(compiled(x, drawn).numpy(), expected)
+    ds = tf.data.Dataset.from_tensors((x, drawn)).map(layer.augment_images)
+    np.testing.assert_array_equal(next(iter(ds)).numpy(), expected)
+
+
+def test_layer_with_two_blocks_per_batch_is_a_roll_with_official_odds():
+  # Official k = 2 RBS rolls each axis by -c, c ~ U{0..size-1}, with
+  # probability 1/2 and keeps it otherwise: shift 0 has probability
+  # 1/2 + 1/(2 size), every other shift 1/(2 size).
+  height, width, trials = 8, 4, 4000
+  layer = rbs.RandomBlockShuffle(2, seed=33)
+  x = tf.zeros([1, height, width, 1])
+
+  @tf.function
+  def draw():
+    drawn = tf.TensorArray(tf.int32, trials)
+    for i in tf.range(trials):
+      t = layer.get_random_transformation_batch(1, images=x)
+      drawn = drawn.write(i, tf.concat([t["rows"], t["cols"]], 0))
+    return drawn.stack()
+
+  drawn = draw().numpy()
+  rows, cols = drawn[:, :height], drawn[:, height:]
+  for index, size in ((rows, height), (cols, width)):
+    shifts = index[:, 0]
+    np.testing.assert_array_equal(
+        index, (np.arange(size) + shifts[:, None]) % size)
+    counts = np.bincount(shifts, minlength=size)
+    odds = np.full(size, 0.5 / size)
+    odds[0] += 0.5
+    sd = np.sqrt(trials * odds * (1 - odds))
+    assert np.all(np.abs(counts - trials * odds) < 4 * sd), counts
+  # An image is left unchanged when both axes are: (1/2 + 1/(2H))(...).
+  kept = np.mean((rows[:, 0] == 0) & (cols[:, 0] == 0))
+  expected = (0.5 + 0.5 / height) * (0.5 + 0.5 / width)
+  assert abs(kept - expected) < 4 * np.sqrt(expected * (1 - expected) / trials)
+
+
+def test_layer_shuffles_masks_with_images_and_keeps_labels():
+  x = _images(batch=2, height=6, width=6, channels=1)
+  out = rbs.RandomBlockShuffle(3, "example", seed=5)(
+      {"images": x, "segmentation_masks": x + 1.0,
+       "labels": np.array([[1.0], [2.0]], np.float32)})
+  np.testing.assert_array_equal(out["segmentation_masks"].numpy(),
+                                out["images"].numpy() + 1.0)
+  np.testing.assert_array_equal(out["labels"].numpy(), [[1.0], [2.0]])
+  assert not np.array_equal(out["images"].numpy(), x)
+
+
+def test_layer_config_round_trips():
+  layer = rbs.RandomBlockShuffle(4, "example", seed=8, name="rbs")
+  clone = rbs.RandomBlockShuffle.from_config(layer.get_config())
+  assert (clone.blocks, clone.granularity, clone.seed, clone.name) == (
+      4, "example", 8, "rbs")
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"blocks": 0}, "at least one block per axis, got 0"),
+    ({"granularity": "pixel"}, "unknown RBS granularity 'pixel'"),
+])
+def test_layer_refuses_bad_arguments(kwargs, needle):
+  with pytest.raises(ValueError, match=needle):
+    rbs.RandomBlockShuffle(seed=1, **kwargs)
