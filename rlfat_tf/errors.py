@@ -11,3 +11,9 @@ class UserError(Exception):
 
 class TrainingDiverged(UserError):
   """The loss became NaN or Inf; checkpoints written before it are kept."""
+
+
+def first_line(e: BaseException) -> str:
+  """'Type: first line of the message', to quote an error in a one-line one."""
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

@@ -1,6 +1,7 @@
 """Writes the top-level Bazel BUILD file from the imports of the code.
 
-One py_library per module of rlfat_tf/ (deps: the project modules it
+One py_library per module of rlfat_tf/ and one per package in it (e.g.
+rlfat_tf/datasets/, all its files; deps: the project modules and packages it
 imports), one py_binary per command-line entry point, one py_test per test
 module. Third-party packages (TensorFlow, Keras, ...) come from the Python
 environment that requirements.txt sets up, not from Bazel.
@@ -22,10 +23,10 @@ ENTRY_POINTS = ("train", "evaluate", "export", "report", "benchmark",
 # Tests fast enough to run under `bazel test` in CI as well as under pytest.
 BAZEL_CI_TESTS = ("test_build", "test_models", "test_objectives", "test_rbs")
 # Extra runtime files a module reads.
-LIBRARY_DATA = {"sources": 'glob(["rlfat_tf/assets/**"])'}
+LIBRARY_DATA = {"datasets": 'glob(["rlfat_tf/assets/**"])'}
 TEST_DATA = {
-    "test_build": ('["BUILD"] + glob(["rlfat_tf/*.py", "tests/*.py", '
-                   '"scripts/*.py"])'),
+    "test_build": ('["BUILD"] + glob(["rlfat_tf/*.py", "rlfat_tf/*/*.py", '
+                   '"tests/*.py", "scripts/*.py"])'),
 }
 DEFAULT_TEST_DATA = ('["tests/conftest.py", "tests/pytest_main.py"] + '
                      'glob(["flags/*.cfg", "tests/*_worker.py", '
@@ -45,6 +46,17 @@ def project_imports(path):
       found.update(a.name.split(".")[1] for a in node.names
                    if a.name.startswith("rlfat_tf."))
   return sorted(found)
+
+
+def packages():
+  """{name: its .py files} of each package inside rlfat_tf/."""
+  return {path.parent.name: sorted(path.parent.glob("*.py"))
+          for path in sorted((ROOT / "rlfat_tf").glob("*/__init__.py"))}
+
+
+def package_imports(name, files):
+  """Sorted project modules that a package's files import, but itself."""
+  return sorted({m for path in files for m in project_imports(path)} - {name})
 
 
 def _list(items):
@@ -75,6 +87,14 @@ def render():
     if name in LIBRARY_DATA:
       lines.append(f"    data = {LIBRARY_DATA[name]},")
     lines.append(f"    deps = {_deps(project_imports(path))},\n)")
+    out += ["", "\n".join(lines)]
+  for name, files in packages().items():
+    srcs = ["rlfat_tf/__init__.py"] + [
+        str(path.relative_to(ROOT)) for path in files]
+    lines = [f'py_library(\n    name = "{name}",', f"    srcs = {_list(srcs)},"]
+    if name in LIBRARY_DATA:
+      lines.append(f"    data = {LIBRARY_DATA[name]},")
+    lines.append(f"    deps = {_deps(package_imports(name, files))},\n)")
     out += ["", "\n".join(lines)]
   for name in ENTRY_POINTS:
     if (ROOT / "rlfat_tf" / f"{name}.py").exists():

@@ -56,6 +56,18 @@ def test_every_module_has_a_library_with_its_imports_as_deps(targets):
     assert _deps(target) == set(write_build.project_imports(path))
 
 
+def test_every_package_has_one_library_of_all_its_files(targets):
+  packages = write_build.packages()
+  assert "datasets" in packages
+  for name, files in packages.items():
+    target = targets[name]
+    assert target["kind"] == "py_library"
+    assert set(target["srcs"]) == {"rlfat_tf/__init__.py"} | {
+        f"rlfat_tf/{name}/{path.name}" for path in files}
+    imported = set().union(*(write_build.project_imports(p) for p in files))
+    assert _deps(target) == imported - {name}
+
+
 def test_entry_points_have_binaries(targets):
   for name in ("train", "evaluate", "export", "report", "edge_eval"):
     binary = targets[f"{name}_main"]
