@@ -1,8 +1,8 @@
 """Writes the top-level Bazel BUILD file from the imports of the code.
 
 One py_library per module of rlfat_tf/ and one per package in it (e.g.
-rlfat_tf/datasets/, all its files; deps: the project modules and packages it
-imports), one py_binary per command-line entry point, one py_test per test
+rlfat_tf/datasets/, a glob of its files; deps: the project modules and
+packages it imports), one py_binary per command-line entry point, one py_test per test
 module. Third-party packages (TensorFlow, Keras, ...) come from the Python
 environment that requirements.txt sets up, not from Bazel.
 
@@ -89,9 +89,10 @@ def render():
     lines.append(f"    deps = {_deps(project_imports(path))},\n)")
     out += ["", "\n".join(lines)]
   for name, files in packages().items():
-    srcs = ["rlfat_tf/__init__.py"] + [
-        str(path.relative_to(ROOT)) for path in files]
-    lines = [f'py_library(\n    name = "{name}",', f"    srcs = {_list(srcs)},"]
+    # A glob, so that a module added to the package needs no new BUILD.
+    lines = [f'py_library(\n    name = "{name}",',
+             f'    srcs = ["rlfat_tf/__init__.py"] + '
+             f'glob(["rlfat_tf/{name}/*.py"]),']
     if name in LIBRARY_DATA:
       lines.append(f"    data = {LIBRARY_DATA[name]},")
     lines.append(f"    deps = {_deps(package_imports(name, files))},\n)")
