@@ -433,6 +433,19 @@ def test_tfds_failure_becomes_one_line_user_error(monkeypatch, exception,
                      shown, "--data_dir=PATH holding stl10_binary/")
 
 
+def test_tfds_failure_without_a_release_asks_for_the_network(monkeypatch):
+  def failing_load(*args, **kwargs):
+    del args, kwargs
+    raise ConnectionError("Max retries exceeded")
+
+  _register(monkeypatch, tfds_name="cifar10")
+  monkeypatch.setattr(tfds, "load", failing_load)
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.load_split("toy", "test")
+  _assert_user_error(excinfo, "could not load 'toy' with tensorflow-datasets",
+                     "with no network, connect to the network and retry")
+
+
 # -------------------------------------------------------- embedded sample
 
 

@@ -181,11 +181,13 @@ def _load_tfds(spec: DatasetSpec, split: str,
                tfds_data_dir: str | None) -> binary.Arrays:
   """Loads a split with tensorflow-datasets, which may download it first."""
   release = spec.release
-  local = (f"pass --data_dir=PATH holding {release.folder}/ (the official "
-           f"{release.title})" if release else "")
+  # Every dataset that is not embedded has a release, a tfds name or both.
+  offline_fix = (f"pass --data_dir=PATH holding {release.folder}/ (the "
+                 f"official {release.title})" if release else
+                 "connect to the network and retry")
   if spec.tfds_name is None:
     raise errors.UserError(
-        f"{spec.name} is not in tensorflow-datasets: {local}")
+        f"{spec.name} is not in tensorflow-datasets: {offline_fix}")
   try:
     # Imported here so that a broken tensorflow-datasets install becomes a
     # UserError too, and local sources never pay for the import.
@@ -198,8 +200,7 @@ def _load_tfds(spec: DatasetSpec, split: str,
   except Exception as e:  # pylint: disable=broad-except
     raise errors.UserError(
         f"could not load {spec.name!r} with tensorflow-datasets "
-        f"({errors.first_line(e)}); with no network, "
-        f"{local or 'retry with network'}") from e
+        f"({errors.first_line(e)}); with no network, {offline_fix}") from e
   images = np.concatenate([images for images, _ in batches])
   labels = np.concatenate([labels for _, labels in batches])
   return images.astype(np.uint8, copy=False), labels.astype(np.int32)

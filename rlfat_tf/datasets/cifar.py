@@ -87,4 +87,4 @@ def read_cifar10_file(path: str) -> tuple[np.ndarray, np.ndarray]:
       truncated or has labels out of range.
   """
   CIFAR10.require_files([path])
-  return _read_file(CIFAR10, path, 1, 0, 10)
+  return CIFAR10.read(CIFAR10, [path])
