@@ -43,10 +43,11 @@ import keras
 import tensorflow as tf
 
 from rlfat_tf import data
+from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import models
+from rlfat_tf import datasets
 from rlfat_tf import methods
-from rlfat_tf import sources
 from rlfat_tf import trainer
 from rlfat_tf.attacks import losses
 
@@ -62,7 +63,7 @@ def define_flags(flag_values=FLAGS):
   flag that could collide with another entry point's.
   """
   fv = {"flag_values": flag_values}
-  flags.DEFINE_enum("dataset", "cifar10_sample", sources.DATASETS,
+  flags.DEFINE_enum("dataset", "cifar10_sample", datasets.NAMES,
                     "Images to train on (the speed does not depend on them, "
                     "only on their shape).", **fv)
   flags.DEFINE_string("data_dir", None, "Folder of the official binary "
@@ -480,9 +481,9 @@ def run(settings):
       peak_batch, peak_repeats, pipeline_batches (the flags).
   """
   load_start = os.getloadavg()
-  info = sources.dataset_info(settings["dataset"])
-  images, labels = sources.load_split(settings["dataset"], "train",
-                                      settings["data_dir"])
+  info = datasets.get(settings["dataset"])
+  images, labels = datasets.load_split(settings["dataset"], "train",
+                                       settings["data_dir"])
   batch_size, steps = settings["batch_size"], settings["attack_steps"]
   runners = {(m, x): build_runner(m, x, settings, images, labels, info)
              for m in settings["methods"] for x in settings["xla"]}

@@ -46,12 +46,12 @@ import tensorflow as tf
 
 from rlfat_tf import attacks
 from rlfat_tf import data
+from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import robustness
 from rlfat_tf import runs
 from rlfat_tf import saliency
 from rlfat_tf import sensitivity
-from rlfat_tf import sources
 
 SCHEMA_VERSION = 1
 WATCH_HISTORY = "eval_history.jsonl"
@@ -221,12 +221,12 @@ def load_images(run_flags, values, split):
       raise errors.UserError(
           f"{values['model_dir']} was trained without a validation split "
           f"(--val_size=0): evaluate --split=test, or train with --val_size")
-    images, labels = sources.load_split(run_flags["dataset"], "train",
-                                        data_dir, tfds_dir)
+    images, labels = datasets.load_split(run_flags["dataset"], "train",
+                                         data_dir, tfds_dir)
     _, (images, labels) = data.validation_split(images, labels, val_size)
   else:
-    images, labels = sources.load_split(run_flags["dataset"], "test",
-                                        data_dir, tfds_dir)
+    images, labels = datasets.load_split(run_flags["dataset"], "test",
+                                         data_dir, tfds_dir)
   num = values["num_examples"]
   if num is not None:
     if num > len(images):

@@ -45,11 +45,11 @@ import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import data
+from rlfat_tf import datasets
 from rlfat_tf import edge_eval
 from rlfat_tf import errors
 from rlfat_tf import runs
 from rlfat_tf import serving
-from rlfat_tf import sources
 from rlfat_tf import tflite
 from rlfat_tf.attacks import pgd
 
@@ -297,16 +297,16 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
   step_size = run_flags["step_size"] if step_size is None else step_size
   data_dir = data_dir or run_flags.get("data_dir")
   tfds_data_dir = tfds_data_dir or run_flags.get("tfds_data_dir")
-  info = sources.dataset_info(dataset)
+  info = datasets.get(dataset)
 
   test_images, test_labels = _take(
-      "test split", *sources.load_split(dataset, "test", data_dir,
-                                        tfds_data_dir),
+      "test split", *datasets.load_split(dataset, "test", data_dir,
+                                         tfds_data_dir),
       eval_examples, "eval_examples")
   representative = None
   if "int8" in tflite_variants:
-    train_images, train_labels = sources.load_split(dataset, "train",
-                                                    data_dir, tfds_data_dir)
+    train_images, train_labels = datasets.load_split(dataset, "train",
+                                                     data_dir, tfds_data_dir)
     # Calibrate on the images the model trained on, never its validation
     # split or the test images it is evaluated on.
     (train_images, _), _ = data.validation_split(

@@ -40,11 +40,11 @@ import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import attacks
+from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import figures
 from rlfat_tf import methods
 from rlfat_tf import saliency
-from rlfat_tf import sources
 
 SCHEMA_VERSION = 1
 # Keys every results file must have, by section.
@@ -56,10 +56,9 @@ REQUIRED_KEYS = {
     "checks": (),
 }
 
-# The paper's order of datasets and methods; others follow alphabetically.
-DATASET_NAMES = {"stl10": "STL-10", "cifar10": "CIFAR-10",
-                 "cifar100": "CIFAR-100", "cifar10_sample": "CIFAR-10 sample"}
-METHOD_NAMES = {name: m.display_name for name, m in methods.METHODS.items()}
+# The paper's order of methods (datasets follow the registry's order).
+METHOD_NAMES = {name: m.display_name
+                for name, m in methods.METHODS.items()}
 # The ablation compares, within each framework, the baseline, RBS adversarial
 # training alone and RLFAT.
 FRAMEWORKS = tuple(group for group in methods.frameworks().values()
@@ -114,7 +113,9 @@ class Result:
 
 
 def dataset_name(dataset):
-  return DATASET_NAMES.get(dataset, dataset)
+  if dataset in datasets.NAMES:
+    return datasets.get(dataset).display_name
+  return dataset
 
 
 def method_name(method):
@@ -245,7 +246,7 @@ def load_results(paths):
 
 def ordered(results):
   """Results in table order: by dataset, then method, then as given."""
-  return sorted(results, key=lambda r: (_sort_key(DATASET_NAMES, r.dataset),
+  return sorted(results, key=lambda r: (_sort_key(datasets.NAMES, r.dataset),
                                         _sort_key(METHOD_NAMES, r.method)))
 
 
@@ -503,10 +504,8 @@ def _salience_groups(results):
 
 
 def _class_names(dataset):
-  try:
-    return sources.dataset_info(dataset).class_names
-  except errors.UserError:
-    return None
+  return (datasets.get(dataset).class_names if dataset in datasets.NAMES
+          else None)
 
 
 def salience(results, output_dir):
@@ -523,10 +522,10 @@ def salience(results, output_dir):
     lines.append("")
   for index, group in enumerate(groups, start=1):
     name = "salience.png" if index == 1 else f"salience_{index}.png"
-    datasets = {r.dataset for r, _ in group["models"]}
+    shown = {r.dataset for r, _ in group["models"]}
     maps_by_model = {}
     for r, maps in group["models"]:
-      title = r.label if len(datasets) == 1 else (
+      title = r.label if len(shown) == 1 else (
           f"{dataset_name(r.dataset)} {r.label}")
       maps_by_model[title] = maps
     figures.salience_grid(group["images"], maps_by_model,
@@ -547,7 +546,7 @@ def salience(results, output_dir):
 
 def sample_images(name, data_dir, count):
   """Test images of distinct classes, first ones first, for rbs.png."""
-  images, labels = sources.load_split(name, "test", data_dir)
+  images, labels = datasets.load_split(name, "test", data_dir)
   picked, classes = [], set()
   for index, label in enumerate(labels):
     if label not in classes:
@@ -632,11 +631,11 @@ def define_flags():
                     "written by rlfat_tf.evaluate.")
   flags.DEFINE_string("output_dir", None, "Folder for report.md and the PNG "
                       "figures (created if needed).")
-  flags.DEFINE_enum("sample_images_from", "cifar10_sample", sources.DATASETS,
+  flags.DEFINE_enum("sample_images_from", "cifar10_sample", datasets.NAMES,
                     "Test images of this dataset illustrate RBS in rbs.png.")
   flags.DEFINE_string("data_dir", None, "Folder holding the official binary "
-                      "release of --sample_images_from (not needed for "
-                      "cifar10_sample).")
+                      "release of --sample_images_from (refused for the "
+                      "embedded cifar10_sample).")
   flags.DEFINE_integer("rbs_images", 4, "Images shown in rbs.png, one per "
                        "class (at most the number of classes).",
                        lower_bound=1)

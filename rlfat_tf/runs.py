@@ -11,9 +11,9 @@ import os
 from absl import flags
 import tensorflow as tf
 
+from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import models
-from rlfat_tf import sources
 
 FLAGS_FILE = "flags.json"
 
@@ -48,7 +48,7 @@ def save_flags(model_dir, values):
 
 def build_model(run_flags, sync_batch_norm=False):
   """The (untrained) model that a run with these flags trains."""
-  info = sources.dataset_info(run_flags["dataset"])
+  info = datasets.get(run_flags["dataset"])
   return models.wide_resnet(run_flags["depth"], run_flags["width"],
                             info.num_classes, info.image_shape,
                             sync_batch_norm=sync_batch_norm)

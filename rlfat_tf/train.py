@@ -22,6 +22,7 @@ must be a folder every worker reads (e.g. a bucket or a network file system):
 the chief writes there and every worker resumes from the chief's checkpoint.
 """
 
+import dataclasses
 import os
 import sys
 import warnings
@@ -37,27 +38,14 @@ import keras
 import tensorflow as tf
 
 from rlfat_tf import data
+from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import models
 from rlfat_tf import methods
 from rlfat_tf import runs
-from rlfat_tf import sources
 from rlfat_tf import strategies
 from rlfat_tf import trainer
 
-
-# The official code's per-dataset settings: architecture, PGD steps and
-# training steps (``*/config.json`` and ``model_bn.py`` of JHL-HUST/RLFAT).
-DATASET_DEFAULTS = {
-    "cifar10": {"depth": 34, "width": 10, "attack_steps": 10,
-                "train_steps": 79_800},
-    "cifar10_sample": {"depth": 34, "width": 10, "attack_steps": 10,
-                       "train_steps": 79_800},
-    "cifar100": {"depth": 34, "width": 10, "attack_steps": 7,
-                 "train_steps": 79_800},
-    "stl10": {"depth": 40, "width": 2, "attack_steps": 7,
-              "train_steps": 29_700},
-}
 
 # Flags that may change when a run resumes; any other must match the run.
 RESUMABLE_CHANGES = frozenset({
@@ -71,6 +59,12 @@ def _weight_defaults(weight):
   return ", ".join(f"{methods.METHODS[m].weights[weight]:g} for {m}"
                    for m in methods.with_weight(weight))
 
+def _per_dataset(key):
+  """A flag's official default on each dataset, for its help text."""
+  return ", ".join(
+      f"{getattr(datasets.get(name).defaults, key):,} on {name}"
+      for name in datasets.NAMES)
+
 
 def define_flags(flag_values=flags.FLAGS):
   """Defines the command's flags in ``flag_values``; ``__main__`` calls it.
@@ -80,14 +74,15 @@ def define_flags(flag_values=flags.FLAGS):
   """
   fv = {"flag_values": flag_values}
   # Data.
-  flags.DEFINE_enum("dataset", "cifar10_sample", sources.DATASETS,
+  flags.DEFINE_enum("dataset", "cifar10_sample", datasets.NAMES,
                     "Dataset; cifar10_sample is a 4,000/1,000-image CIFAR-10 "
                     "sample embedded in the package (no download).", **fv)
+  release_folders = ", ".join(f"{spec.release.folder}/" for spec in (
+      datasets.get(name) for name in datasets.NAMES) if spec.release)
   flags.DEFINE_string("data_dir", None,
-                      "Folder holding the official binary release "
-                      "(cifar-10-batches-bin/, cifar-100-binary/ or "
-                      "stl10_binary/); without it, tensorflow-datasets loads "
-                      "the dataset.", **fv)
+                      f"Folder holding the official binary release "
+                      f"({release_folders}); without it, tensorflow-datasets "
+                      f"loads the dataset.", **fv)
   flags.DEFINE_string("tfds_data_dir", None,
                       "tensorflow-datasets data folder (default: its own).",
                       **fv)
@@ -101,10 +96,10 @@ def define_flags(flag_values=flags.FLAGS):
                        lower_bound=0, **fv)
 
   # Model.
-  flags.DEFINE_integer("depth", None, "WRN depth 6n+4 (default: 34 on CIFAR, "
-                       "40 on STL-10).", lower_bound=10, **fv)
-  flags.DEFINE_integer("width", None, "WRN widening factor (default: 10 on "
-                       "CIFAR, 2 on STL-10).", lower_bound=1, **fv)
+  flags.DEFINE_integer("depth", None, "WRN depth 6n+4 (default: "
+                       f"{_per_dataset('depth')}).", lower_bound=10, **fv)
+  flags.DEFINE_integer("width", None, "WRN widening factor (default: "
+                       f"{_per_dataset('width')}).", lower_bound=1, **fv)
 
   # Method and attack.
   flags.DEFINE_enum("method", "rlfat_p", tuple(methods.METHODS),
@@ -114,7 +109,7 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_float("step_size", 0.0075, "Step of the training attack, in "
                      "(0, 1].", **fv)
   flags.DEFINE_integer("attack_steps", None, "Steps of the training attack "
-                       "(default: 10 on CIFAR-10, 7 on CIFAR-100 and STL-10).",
+                       f"(default: {_per_dataset('attack_steps')}).",
                        lower_bound=1, **fv)
   flags.DEFINE_enum("attack_bn_mode", "train", ("train", "eval"),
                     "BatchNorm mode of the model while the training attack "
@@ -133,8 +128,8 @@ def define_flags(flag_values=flags.FLAGS):
   # Optimisation.
   flags.DEFINE_integer("batch_size", 32, "Global batch size.", lower_bound=1,
                        **fv)
-  flags.DEFINE_integer("train_steps", None, "Optimizer steps (default: 79,800 "
-                       "on CIFAR, 29,700 on STL-10).", lower_bound=1, **fv)
+  flags.DEFINE_integer("train_steps", None, "Optimizer steps (default: "
+                       f"{_per_dataset('train_steps')}).", lower_bound=1, **fv)
   flags.DEFINE_enum("optimizer", "adam", ("adam", "sgd"), "Optimizer.", **fv)
   flags.DEFINE_float("learning_rate", 1e-3, "Initial learning rate.",
                      lower_bound=0.0, **fv)
@@ -230,7 +225,8 @@ def resolve_flags(values):
     errors.UserError: flags that contradict each other.
   """
   out = dict(values)
-  for key, default in DATASET_DEFAULTS[out["dataset"]].items():
+  defaults = dataclasses.asdict(datasets.get(out["dataset"]).defaults)
+  for key, default in defaults.items():
     if out[key] is None:
       out[key] = default
   method = methods.get(out["method"])
@@ -308,9 +304,9 @@ def build_trainer(values):
     tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(values["seed"])
 
-  images, labels = sources.load_split(values["dataset"], "train",
-                                      values["data_dir"],
-                                      values["tfds_data_dir"])
+  images, labels = datasets.load_split(values["dataset"], "train",
+                                       values["data_dir"],
+                                       values["tfds_data_dir"])
   if values["val_size"] >= len(images):
     raise errors.UserError(
         f"--val_size={values['val_size']} leaves no training data "

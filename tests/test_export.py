@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from rlfat_tf import datasets
 from rlfat_tf import edge_eval
 from rlfat_tf import errors
 from rlfat_tf import export
 from rlfat_tf import runs
-from rlfat_tf import sources
 from rlfat_tf import tflite
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_cli_writes_the_serving_layout(exported):
   assert (version / "saved_model.pb").is_file()
   assert (version / "variables" / "variables.index").is_file()
   assert (version / "assets" / "class_names.txt").read_text().splitlines() == (
-      list(sources.dataset_info("cifar10_sample").class_names))
+      list(datasets.get("cifar10_sample").class_names))
   assert sorted(os.listdir(version / export.EDGE_DIR)) == sorted(
       [export.EVAL_SET_FILE] + [f"{v}.tflite" for v in tflite.VARIANTS])
   out = exported["stdout"]
@@ -128,7 +128,7 @@ def test_manifest_records_parity_of_every_artifact(exported, run_dir):
 def test_eval_set_holds_the_test_images_and_keras_logits(exported, run_dir):
   eval_set = edge_eval.load_eval_set(
       str(exported["version"] / export.EDGE_DIR / export.EVAL_SET_FILE))
-  images, labels = sources.load_split("cifar10_sample", "test")
+  images, labels = datasets.load_split("cifar10_sample", "test")
   np.testing.assert_array_equal(eval_set["clean_images"],
                                 images[:EVAL_EXAMPLES])
   np.testing.assert_array_equal(eval_set["labels"], labels[:EVAL_EXAMPLES])

@@ -158,6 +158,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     (["--depth=12"], "--depth=12 is not a WideResNet depth"),
     (["--method=pgdat", "--eta=0.5"], "no transfer term"),
     (["--dataset=cifar100", "--data_dir=/nonexistent"], "--data_dir"),
+    (["--data_dir=/nonexistent"], "does not apply to cifar10_sample"),
     (["--mixed_precision=float64"], "--mixed_precision"),
     (["--strategy=mirrored", "--cpu_devices=3"],
      "--batch_size=32 does not split evenly across 3 replicas"),
@@ -179,6 +180,19 @@ def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(argv, needle,
   assert not (model_dir / "flags.json").exists()
   assert not model_dir.exists() or not any(
       (model_dir / "checkpoints").glob("ckpt-*"))
+
+
+@pytest.mark.parametrize("dataset, defaults", [
+    ("stl10", (40, 2, 7, 29_700)), ("cifar100", (34, 10, 7, 79_800)),
+    ("cifar10_sample", (34, 10, 10, 79_800))])
+def test_each_dataset_fills_the_official_defaults(dataset, defaults, tmp_path):
+  keys = ("depth", "width", "attack_steps", "train_steps")
+  argv = ["train", f"--model_dir={tmp_path}", f"--dataset={dataset}"]
+  values = train.values_from_argv(argv)
+  assert tuple(values[k] for k in keys) == defaults
+  values = train.values_from_argv(argv + ["--depth=10", "--attack_steps=3"])
+  assert tuple(values[k] for k in keys) == (10,) + defaults[1:2] + (
+      3,) + defaults[3:]
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
