@@ -44,6 +44,7 @@ import tensorflow as tf
 
 from rlfat_tf import data
 from rlfat_tf import errors
+from rlfat_tf import files
 from rlfat_tf import models
 from rlfat_tf import objectives
 from rlfat_tf import sources
@@ -652,7 +653,7 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   if FLAGS.output:
-    trainer.write_json(FLAGS.output, results)
+    files.write_json(FLAGS.output, results)
   print(format_table(results))
 
 

@@ -17,7 +17,6 @@ TensorFlow, so this runs where the device's runtime runs.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np
 from ai_edge_litert import interpreter as litert
 
 from rlfat_tf import errors
+from rlfat_tf import files
 
 # Arrays of the evaluation set written by rlfat_tf.export.
 EVAL_SET_ARRAYS = ("clean_images", "adv_images", "labels", "clean_logits",
@@ -309,16 +309,13 @@ def format_report(report):
 
 
 def write_json(path, report):
-  """Writes the report atomically (temporary file, then rename).
+  """Writes the report atomically (``files.write_json``).
 
   Raises:
     errors.UserError: the file cannot be written.
   """
-  tmp = f"{path}.tmp"
   try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(report, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    files.write_json(path, report)
   except OSError as e:
     raise errors.UserError(
         f"cannot write --json={path} ({e.strerror or type(e).__name__}): "

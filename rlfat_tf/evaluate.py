@@ -47,6 +47,7 @@ import tensorflow as tf
 from rlfat_tf import attacks
 from rlfat_tf import data
 from rlfat_tf import errors
+from rlfat_tf import files
 from rlfat_tf import nattack
 from rlfat_tf import robustness
 from rlfat_tf import runs
@@ -183,22 +184,6 @@ def flag_values(parsed=FLAGS):
   """The parsed values of this module's flags, by name."""
   return {f.name: f.value
           for f in parsed.get_flags_for_module(sys.modules[__name__])}
-
-
-def _write_atomically(path, write):
-  """Calls ``write(file)`` on a temporary file, then renames it to ``path``."""
-  folder = os.path.dirname(path)
-  if folder:
-    tf.io.gfile.makedirs(folder)
-  tmp = f"{path}.tmp"
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    write(f)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def _write_json(path, payload):
-  _write_atomically(path, lambda f: f.write(
-      json.dumps(payload, indent=2, sort_keys=True).encode()))
 
 
 def hardware():
@@ -345,7 +330,7 @@ def run(values):
   examples_path = _sibling(output, "examples.npz")
   buffer = io.BytesIO()
   np.savez(buffer, labels=np.asarray(labels), **results["per_example"])
-  _write_atomically(examples_path, lambda f: f.write(buffer.getvalue()))
+  files.write_bytes(examples_path, buffer.getvalue())
   payload = {
       "schema_version": SCHEMA_VERSION,
       "run": {"model_dir": model_dir, "checkpoint": checkpoint,
@@ -367,7 +352,7 @@ def run(values):
       "time_seconds": time.perf_counter() - start,
       "hardware": hardware(),
   }
-  _write_json(output, payload)
+  files.write_json(output, payload)
   _print_summary(payload, output)
   return payload
 
@@ -475,8 +460,8 @@ def watch(values):
                "time_seconds": time.perf_counter() - start}
       history.append(entry)
       done.add(step)
-      _write_atomically(history_path, lambda f: f.write("".join(
-          json.dumps(e, sort_keys=True) + "\n" for e in history).encode()))
+      files.write_text(history_path, "".join(
+          json.dumps(e, sort_keys=True) + "\n" for e in history))
       print(f"step {step}: clean {metrics['val/clean_accuracy']:.4f}, "
             f"PGD-{steps} {metrics[pgd_key]:.4f}", flush=True)
     # Training may have been resumed with more steps: read them each time.

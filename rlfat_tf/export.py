@@ -26,7 +26,6 @@ SavedModel it was converted from.
 """
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -48,6 +47,7 @@ from rlfat_tf import attacks
 from rlfat_tf import data
 from rlfat_tf import edge_eval
 from rlfat_tf import errors
+from rlfat_tf import files
 from rlfat_tf import runs
 from rlfat_tf import serving
 from rlfat_tf import sources
@@ -287,7 +287,7 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
         "versions": {"tensorflow": tf.__version__,
                      "keras": keras.__version__},
     })
-    _write_json(os.path.join(temp_dir, MANIFEST_FILE), manifest)
+    files.write_json(os.path.join(temp_dir, MANIFEST_FILE), manifest)
     _, path = publish(temp_dir, model_root)
   except BaseException:
     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -355,12 +355,6 @@ def _write_artifacts(out_dir, model, info, eval_set, tflite_variants,
                                    "sha256": _sha256(path),
                                    "evaluation": report}
   return manifest
-
-
-def _write_json(path, value):
-  with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(f"{path}.tmp", path)
 
 
 def format_summary(path, manifest):

@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from rlfat_tf import errors
 from rlfat_tf import figures
+from rlfat_tf import files
 from rlfat_tf import saliency
 from rlfat_tf import sources
 
@@ -580,12 +581,6 @@ def runs_table(results):
                         rows)
 
 
-def write_atomically(path, text):
-  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-
-
 def run(values):
   """Writes the report; returns (report path, failed-check lines)."""
   results = load_results(values["results"])
@@ -617,7 +612,7 @@ def run(values):
   lines += salience(results, output_dir)
   lines += ["", "## Runs", ""] + runs_table(results) + [""]
   path = os.path.join(output_dir, "report.md")
-  write_atomically(path, "\n".join(lines))
+  files.write_text(path, "\n".join(lines))
   return path, failures
 
 

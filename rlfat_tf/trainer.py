@@ -27,7 +27,6 @@ than the training loss's and stay clear of float16's underflow.
 
 import contextlib
 import dataclasses
-import json
 import os
 import time
 
@@ -36,6 +35,7 @@ import tensorflow as tf
 
 from rlfat_tf import attacks
 from rlfat_tf import errors
+from rlfat_tf import files
 from rlfat_tf import objectives
 from rlfat_tf import rbs
 from rlfat_tf import strategies
@@ -147,14 +147,6 @@ def _dtype_policy(name):
     yield
   finally:
     keras.config.set_dtype_policy(previous)
-
-
-def write_json(path, payload):
-  """Writes JSON atomically, so a kill never leaves half a file."""
-  tmp = f"{path}.tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 class Trainer:
@@ -510,8 +502,8 @@ class Trainer:
     self.best_score.assign(score)
     self._save(self.best_manager, step)
     if self.is_chief:
-      write_json(os.path.join(self.model_dir, "best.json"),
-                  {"step": step, "criterion": "val/pgd_accuracy", **val})
+      files.write_json(os.path.join(self.model_dir, "best.json"),
+                       {"step": step, "criterion": "val/pgd_accuracy", **val})
 
   def train(self):
     """Trains until ``config.train_steps``; returns the final metrics.
@@ -575,8 +567,8 @@ class Trainer:
           tf.summary.scalar(key, value)
       writer.flush()
       if self.is_chief:
-        write_json(os.path.join(self.model_dir, "metrics.json"),
-                    {"step": step, **self.metrics})
+        files.write_json(os.path.join(self.model_dir, "metrics.json"),
+                         {"step": step, **self.metrics})
       progbar.update(step, [(_bar_name(k), v) for k, v in metrics.items()
                             if k != "train/learning_rate"],
                      finalize=step >= config.train_steps)

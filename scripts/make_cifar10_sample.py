@@ -29,6 +29,7 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from rlfat_tf import errors
+from rlfat_tf import files
 from rlfat_tf import sources
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -101,13 +102,6 @@ def encode_mosaic(images: np.ndarray, cols: int) -> tuple[bytes, list[int]]:
   return data, [rows, cols]
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-  partial = path + ".partial"
-  with open(partial, "wb") as f:
-    f.write(data)
-  os.replace(partial, path)
-
-
 def build(cifar_dir: str, out_dir: str) -> dict[str, object]:
   """Writes the sample's files into out_dir and returns its manifest.
 
@@ -170,8 +164,8 @@ def build(cifar_dir: str, out_dir: str) -> dict[str, object]:
   # Each file is replaced whole; should a run stop between files, the
   # manifest's hashes no longer match and the loader reports the sample corrupt.
   for file_name, data in outputs.items():
-    _write_atomically(os.path.join(out_dir, file_name), data)
-  _write_atomically(os.path.join(out_dir, sources.SAMPLE_MANIFEST),
+    files.write_bytes(os.path.join(out_dir, file_name), data)
+  files.write_bytes(os.path.join(out_dir, sources.SAMPLE_MANIFEST),
                     (json.dumps(manifest, indent=2) + "\n").encode())
   return manifest
 
