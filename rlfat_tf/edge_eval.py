@@ -18,13 +18,13 @@ TensorFlow, so this runs where the device's runtime runs.
 
 import argparse
 import os
-import sys
 import time
 import zipfile
 
 import numpy as np
 from ai_edge_litert import interpreter as litert
 
+from rlfat_tf import cli
 from rlfat_tf import errors
 from rlfat_tf import files
 
@@ -343,7 +343,7 @@ def _non_negative_int(text):
 
 def parse_args(argv):
   """Parses command-line arguments (``argv`` without the program name)."""
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m rlfat_tf.edge_eval",
       description="Evaluates a TFLite classifier with the LiteRT runtime "
       "(no TensorFlow) on the evaluation set written by rlfat_tf.export.")
@@ -364,20 +364,24 @@ def parse_args(argv):
 
 
 def main(argv=None):
-  """Runs the evaluation; prints the report, or one error line and exits 2."""
+  """Runs the evaluation and prints the report.
+
+  Args:
+    argv: the arguments without the program name (default: the command
+      line).
+
+  Raises:
+    errors.UserError: bad arguments or files.
+  """
   args = parse_args(argv)
-  try:
-    classifier = Classifier(args.tflite, args.num_threads)
-    report = evaluate(classifier, load_eval_set(args.data), args.batch_size,
-                      args.latency_runs)
-    report["num_threads"] = args.num_threads
-    if args.json:
-      write_json(args.json, report)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  classifier = Classifier(args.tflite, args.num_threads)
+  report = evaluate(classifier, load_eval_set(args.data), args.batch_size,
+                    args.latency_runs)
+  report["num_threads"] = args.num_threads
+  if args.json:
+    write_json(args.json, report)
   print(format_report(report))
 
 
 if __name__ == "__main__":
-  main()
+  cli.call(main)

@@ -16,7 +16,7 @@ with the per-example verdicts in ``<stem>_examples.npz``.
 Exit status: 0 when every integrity check passed, 3 when the results were
 written but at least one check failed (each failure is printed as an
 "INTEGRITY CHECK FAILED" line and recorded in the results file), 2 on bad
-input, 1 on a bad flag value.
+input or a bad flag (see ``cli``).
 
 --watch turns the command into a sidecar of a training run: it evaluates
 every new checkpoint in RUN/checkpoints (clean and PGD accuracy on the run's
@@ -33,9 +33,7 @@ import platform
 import sys
 import time
 
-from absl import app
 from absl import flags
-from absl import logging
 
 # Before TensorFlow loads: keep its C++ start-up chatter off the console.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import attacks
+from rlfat_tf import cli
 from rlfat_tf import data
 from rlfat_tf import errors
 from rlfat_tf import files
@@ -58,7 +57,6 @@ from rlfat_tf import sources
 SCHEMA_VERSION = 1
 WATCH_HISTORY = "eval_history.jsonl"
 WATCH_SUMMARIES = "summaries_eval"
-INTEGRITY_FAILED_STATUS = 3
 
 FLAGS = flags.FLAGS
 
@@ -470,27 +468,23 @@ def watch(values):
   return history
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main():
+  """Evaluates as the parsed flags say (``python -m rlfat_tf.evaluate``).
+
+  Returns:
+    ``cli.CHECK_FAILED`` when an integrity check failed, else None.
+  """
   if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
     # Every attack compiles its own function, which TensorFlow's retracing
     # heuristic reports as a warning although nothing is retraced.
     tf.get_logger().setLevel("ERROR")
   values = flag_values()
-  try:
-    if values["watch"]:
-      watch(values)
-      return
-    payload = run(values)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  if failed_checks(payload["checks"]):
-    sys.exit(INTEGRITY_FAILED_STATUS)
+  if values["watch"]:
+    watch(values)
+    return None
+  payload = run(values)
+  return cli.CHECK_FAILED if failed_checks(payload["checks"]) else None
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run_absl(main, define_flags)

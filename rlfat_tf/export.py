@@ -29,12 +29,9 @@ import hashlib
 import os
 import re
 import shutil
-import sys
 import tempfile
 
-from absl import app
 from absl import flags
-from absl import logging
 
 # Before TensorFlow loads: keep its C++ start-up chatter off the console.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -44,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import attacks
+from rlfat_tf import cli
 from rlfat_tf import data
 from rlfat_tf import edge_eval
 from rlfat_tf import errors
@@ -438,20 +436,17 @@ def define_flags(flag_values=flags.FLAGS):
   runs.register_radius_validators(flag_values)
 
 
-def main(argv, flag_values=flags.FLAGS):
+def main(flag_values=flags.FLAGS):
   """Runs the export that the parsed flags describe.
 
   Args:
-    argv: the arguments left after flag parsing (the program name only).
     flag_values: the parsed ``absl.flags.FlagValues``.
+
+  Raises:
+    errors.UserError: bad input (see ``export``).
   """
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if "verbosity" in flag_values and not flag_values["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   variants = [] if flag_values.tflite == ["none"] else flag_values.tflite
-  try:
-    path, manifest = export(
+  path, manifest = export(
         flag_values.model_dir, flag_values.export_dir, which=flag_values.which,
         model_name=flag_values.model_name, tflite_variants=tuple(variants),
         representative_examples=flag_values.representative_examples,
@@ -461,12 +456,8 @@ def main(argv, flag_values=flags.FLAGS):
         seed=flag_values.seed, data_dir=flag_values.data_dir,
         tfds_data_dir=flag_values.tfds_data_dir,
         progress=flag_values.progress)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   print(format_summary(path, manifest))
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run_absl(main, define_flags)

@@ -26,9 +26,7 @@ import os
 import sys
 import warnings
 
-from absl import app
 from absl import flags
-from absl import logging
 
 # Before TensorFlow loads: keep its C++ start-up chatter off the console.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+from rlfat_tf import cli
 from rlfat_tf import data
 from rlfat_tf import errors
 from rlfat_tf import models
@@ -360,22 +359,15 @@ def run(values):
   return metrics
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main():
+  """Trains as the parsed flags say (``python -m rlfat_tf.train``)."""
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
     # tf.distribute reads dataset options while tracing, which tf.data warns
     # about on every multi-replica run although nothing is lost.
     warnings.filterwarnings(
         "ignore", message="To make it possible to preserve tf.data options")
-  try:
-    run(resolve_flags(parsed_values()))
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  run(resolve_flags(parsed_values()))
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run_absl(main, define_flags)
