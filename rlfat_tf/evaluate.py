@@ -194,11 +194,11 @@ def hardware():
           "python": platform.python_version()}
 
 
-def load_images(run_flags, values, split):
+def load_images(record, values, split):
   """The images of a split of the run's dataset, cut to --num_examples.
 
   Args:
-    run_flags: the run's resolved training flags (``runs.load_flags``).
+    record: the run's ``runs.RunRecord``.
     values: this module's flag values (``data_dir`` and ``tfds_data_dir``
       override the run's; ``num_examples`` keeps the first N images).
     split: "test", or "val" for the run's validation split, recomputed with
@@ -210,20 +210,20 @@ def load_images(run_flags, values, split):
   Raises:
     errors.UserError: no validation split, or too few images.
   """
-  data_dir = values["data_dir"] or run_flags.get("data_dir")
-  tfds_dir = values["tfds_data_dir"] or run_flags.get("tfds_data_dir")
+  data_dir = values["data_dir"] or record.data_dir
+  tfds_dir = values["tfds_data_dir"] or record.tfds_data_dir
   if split == "val":
-    val_size = run_flags.get("val_size", 0)
+    val_size = record.val_size
     if not val_size:
       raise errors.UserError(
           f"{values['model_dir']} was trained without a validation split "
           f"(--val_size=0): evaluate --split=test, or train with --val_size")
-    images, labels = sources.load_split(run_flags["dataset"], "train",
-                                        data_dir, tfds_dir)
+    images, labels = sources.load_split(record.dataset, "train", data_dir,
+                                        tfds_dir)
     _, (images, labels) = data.validation_split(images, labels, val_size)
   else:
-    images, labels = sources.load_split(run_flags["dataset"], "test",
-                                        data_dir, tfds_dir)
+    images, labels = sources.load_split(record.dataset, "test", data_dir,
+                                        tfds_dir)
   num = values["num_examples"]
   if num is not None:
     if num > len(images):
@@ -283,8 +283,8 @@ def run(values):
         "--attacks has no pgd: add pgd, or pass --sensitivity_inputs=clean")
   output = values["output"] or os.path.join(
       model_dir, f"results_{which}_{split}.json")
-  model, run_flags, checkpoint = runs.restore_model(model_dir, which)
-  images, labels = load_images(run_flags, values, split)
+  model, record, checkpoint = runs.restore_model(model_dir, which)
+  images, labels = load_images(record, values, split)
   # Made before the long evaluation, so an unusable --output fails at once.
   if os.path.dirname(output):
     tf.io.gfile.makedirs(os.path.dirname(output))
@@ -332,12 +332,11 @@ def run(values):
   payload = {
       "schema_version": SCHEMA_VERSION,
       "run": {"model_dir": model_dir, "checkpoint": checkpoint,
-              "which": which, "dataset": run_flags["dataset"],
-              "method": run_flags["method"],
-              "architecture": f"WRN-{run_flags['depth']}-"
-                              f"{run_flags['width']}",
-              "depth": run_flags["depth"], "width": run_flags["width"],
-              "train_flags": run_flags},
+              "which": which, "dataset": record.dataset,
+              "method": record.method,
+              "architecture": f"WRN-{record.depth}-{record.width}",
+              "depth": record.depth, "width": record.width,
+              "train_flags": record.to_json()},
       "eval": {"split": split, "num_examples": len(images),
                "epsilon": values["epsilon"],
                "batch_size": values["batch_size"], "seed": values["seed"],
@@ -409,9 +408,9 @@ def watch(values):
   """
   verbose = int(values["progress"])
   model_dir = values["model_dir"]
-  run_flags = runs.load_flags(model_dir)
-  images, labels = load_images(run_flags, values, "val")
-  model = runs.build_model(run_flags)
+  record = runs.load_record(model_dir)
+  images, labels = load_images(record, values, "val")
+  model = runs.build_model(record)
   checkpoint = tf.train.Checkpoint(model=model)
   steps = values["pgd_steps"]
   attack = robustness.WhiteBoxAttack(
@@ -463,7 +462,7 @@ def watch(values):
       print(f"step {step}: clean {metrics['val/clean_accuracy']:.4f}, "
             f"PGD-{steps} {metrics[pgd_key]:.4f}", flush=True)
     # Training may have been resumed with more steps: read them each time.
-    if max(done, default=-1) >= runs.load_flags(model_dir)["train_steps"]:
+    if max(done, default=-1) >= runs.load_record(model_dir).train_steps:
       break
   return history
 

@@ -211,9 +211,9 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
     errors.UserError: bad arguments, a missing run, checkpoint or data.
     RuntimeError: the reloaded SavedModel disagrees with the Keras model.
   """
-  model, run_flags, checkpoint = runs.restore_model(model_dir, which)
-  dataset = run_flags["dataset"]
-  model_name = model_name or f"{dataset}_{run_flags['method']}"
+  model, record, checkpoint = runs.restore_model(model_dir, which)
+  dataset = record.dataset
+  model_name = model_name or f"{dataset}_{record.method}"
   if not re.fullmatch(MODEL_NAME_PATTERN, model_name):
     raise errors.UserError(
         f"--model_name={model_name} is not a folder name TF Serving accepts: "
@@ -222,10 +222,10 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
   if os.path.exists(export_dir) and not os.path.isdir(export_dir):
     raise errors.UserError(f"--export_dir={export_dir} is a file: pass a "
                            f"folder")
-  epsilon = run_flags["epsilon"] if epsilon is None else epsilon
-  step_size = run_flags["step_size"] if step_size is None else step_size
-  data_dir = data_dir or run_flags.get("data_dir")
-  tfds_data_dir = tfds_data_dir or run_flags.get("tfds_data_dir")
+  epsilon = record.epsilon if epsilon is None else epsilon
+  step_size = record.step_size if step_size is None else step_size
+  data_dir = data_dir or record.data_dir
+  tfds_data_dir = tfds_data_dir or record.tfds_data_dir
   info = sources.dataset_info(dataset)
 
   test_images, test_labels = _take(
@@ -239,7 +239,7 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
     # Calibrate on the images the model trained on, never its validation
     # split or the test images it is evaluated on.
     (train_images, _), _ = data.validation_split(
-        train_images, train_labels, run_flags.get("val_size", 0))
+        train_images, train_labels, record.val_size)
     if representative_examples > len(train_images):
       raise errors.UserError(
           f"--representative_examples={representative_examples} exceeds the "
@@ -279,8 +279,8 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
         "model_name": model_name,
         "source": {"model_dir": os.path.abspath(model_dir),
                    "checkpoint": checkpoint, "which": which,
-                   "dataset": dataset, "method": run_flags["method"],
-                   "depth": run_flags["depth"], "width": run_flags["width"]},
+                   "dataset": dataset, "method": record.method,
+                   "depth": record.depth, "width": record.width},
         "seed": seed,
         "versions": {"tensorflow": tf.__version__,
                      "keras": keras.__version__},
