@@ -32,6 +32,7 @@ import tempfile
 import time
 
 from absl import flags
+from absl import logging
 
 # Before TensorFlow loads: keep its C++ start-up chatter off the console.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

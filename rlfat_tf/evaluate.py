@@ -404,10 +404,16 @@ def watch(values):
     The history: one dict per evaluated checkpoint.
 
   Raises:
-    errors.UserError: the run has no validation split.
+    errors.UserError: the run has no validation split, or no record after
+      --watch_timeout seconds.
   """
   verbose = int(values["progress"])
   model_dir = values["model_dir"]
+  folder = os.path.join(model_dir, "checkpoints")
+  # Training writes its record with its first checkpoint, so a sidecar
+  # started beside it waits for that.
+  if runs.checkpoint_path(model_dir, required=False) is None:
+    tf.train.wait_for_new_checkpoint(folder, timeout=values["watch_timeout"])
   record = runs.load_record(model_dir)
   images, labels = load_images(record, values, "val")
   model = runs.build_model(record)
@@ -422,7 +428,6 @@ def watch(values):
   done = {entry["step"] for entry in history}
   writer = tf.summary.create_file_writer(
       os.path.join(model_dir, WATCH_SUMMARIES))
-  folder = os.path.join(model_dir, "checkpoints")
   if verbose:
     print(f"watching {folder} (PGD-{steps} on {len(images)} validation "
           f"images)", flush=True)
