@@ -15,7 +15,8 @@ Reads the results.json files written by ``rlfat_tf.evaluate`` and writes to
 
 Exit status: 0 when every integrity check of every results file passed, 3
 when the report was written but some check failed (each failure is printed as
-an "INTEGRITY CHECK FAILED" line), 2 on bad input, 1 on a bad flag value.
+an "INTEGRITY CHECK FAILED" line), 2 on bad input or a bad flag (see
+``cli``).
 
 Example:
   python -m rlfat_tf.report \
@@ -29,9 +30,7 @@ import math
 import os
 import sys
 
-from absl import app
 from absl import flags
-from absl import logging
 
 # Before TensorFlow loads: keep its C++ start-up chatter off the console.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,9 +39,11 @@ import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import attacks
+from rlfat_tf import cli
 from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import figures
+from rlfat_tf import files
 from rlfat_tf import methods
 from rlfat_tf import saliency
 
@@ -580,12 +581,6 @@ def runs_table(results):
                         rows)
 
 
-def write_atomically(path, text):
-  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-
-
 def run(values):
   """Writes the report; returns (report path, failed-check lines)."""
   results = load_results(values["results"])
@@ -617,7 +612,7 @@ def run(values):
   lines += salience(results, output_dir)
   lines += ["", "## Runs", ""] + runs_table(results) + [""]
   path = os.path.join(output_dir, "report.md")
-  write_atomically(path, "\n".join(lines))
+  files.write_text(path, "\n".join(lines))
   return path, failures
 
 
@@ -655,26 +650,22 @@ def define_flags():
       message="--rbs_blocks must be positive integers, e.g. 2,3,4")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+def main():
+  """Writes the report the parsed flags describe.
+
+  Returns:
+    ``cli.CHECK_FAILED`` when some results file has a failed integrity check,
+    else None.
+  """
   values = {name: FLAGS[name].value
             for name in ("results", "output_dir", "sample_images_from",
                          "data_dir", "rbs_images", "rbs_blocks", "seed")}
-  try:
-    path, failures = run(values)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  path, failures = run(values)
   print(f"wrote {path}")
   for line in failures:
     print(f"INTEGRITY CHECK FAILED: {line}", file=sys.stderr)
-  if failures:
-    sys.exit(3)
+  return cli.CHECK_FAILED if failures else None
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run_absl(main, define_flags)

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from rlfat_tf import datasets
 from rlfat_tf import errors
+from rlfat_tf import files
 from rlfat_tf.datasets import cifar
 from rlfat_tf.datasets import sample
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -103,13 +104,6 @@ def encode_mosaic(images: np.ndarray, cols: int) -> tuple[bytes, list[int]]:
   return data, [rows, cols]
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-  partial = path + ".partial"
-  with open(partial, "wb") as f:
-    f.write(data)
-  os.replace(partial, path)
-
-
 def build(cifar_dir: str, out_dir: str) -> dict[str, object]:
   """Writes the sample's files into out_dir and returns its manifest.
 
@@ -172,8 +166,8 @@ def build(cifar_dir: str, out_dir: str) -> dict[str, object]:
   # Each file is replaced whole; should a run stop between files, the
   # manifest's hashes no longer match and the loader reports the sample corrupt.
   for file_name, data in outputs.items():
-    _write_atomically(os.path.join(out_dir, file_name), data)
-  _write_atomically(os.path.join(out_dir, sample.MANIFEST),
+    files.write_bytes(os.path.join(out_dir, file_name), data)
+  files.write_bytes(os.path.join(out_dir, sample.MANIFEST),
                     (json.dumps(manifest, indent=2) + "\n").encode())
   return manifest
 

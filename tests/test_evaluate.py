@@ -31,7 +31,7 @@ SMALL = ("--num_examples=40", "--batch_size=20", "--pgd_steps=3",
 def smoke_run(tmp_path_factory):
   """A WRN-10-1 trained for 6 steps, checkpoints at steps 3 and 6."""
   model_dir = str(tmp_path_factory.mktemp("smoke"))
-  train.run(train.values_from_argv(
+  train.run(*train.values_from_argv(
       ["train", f"--flagfile={SMOKE}", f"--model_dir={model_dir}",
        "--noprogress"]))
   return model_dir

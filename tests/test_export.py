@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from rlfat_tf import cli
 from rlfat_tf import datasets
 from rlfat_tf import edge_eval
 from rlfat_tf import errors
@@ -76,7 +77,7 @@ def exported(run_dir, tmp_path_factory):
                        "--representative_examples=100", "--noprogress")
   stdout = io.StringIO()
   with contextlib.redirect_stdout(stdout):
-    export.main(["export"], flag_values)
+    export.main(flag_values)
   version = export_dir / MODEL_NAME / "1"
   manifest = json.loads((version / export.MANIFEST_FILE).read_text())
   return {"export_dir": export_dir, "version": version,
@@ -263,7 +264,7 @@ def test_main_prints_user_errors_as_one_line(tmp_path, capsys):
   flag_values = _parse(f"--model_dir={tmp_path}",
                        f"--export_dir={tmp_path / 'out'}")
   with pytest.raises(SystemExit) as e:
-    export.main(["export"], flag_values)
+    cli.call(export.main, flag_values)
   assert e.value.code == 2
   assert capsys.readouterr().err.startswith(f"error: {tmp_path} holds no "
                                             f"training run")
