@@ -245,10 +245,10 @@ def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(argv, needle,
 def test_each_dataset_fills_the_official_defaults(dataset, defaults, tmp_path):
   keys = ("depth", "width", "attack_steps", "train_steps")
   argv = ["train", f"--model_dir={tmp_path}", f"--dataset={dataset}"]
-  values = train.values_from_argv(argv)
-  assert tuple(values[k] for k in keys) == defaults
-  values = train.values_from_argv(argv + ["--depth=10", "--attack_steps=3"])
-  assert tuple(values[k] for k in keys) == (10,) + defaults[1:2] + (
+  _, record = train.values_from_argv(argv)
+  assert tuple(getattr(record, k) for k in keys) == defaults
+  _, record = train.values_from_argv(argv + ["--depth=10", "--attack_steps=3"])
+  assert tuple(getattr(record, k) for k in keys) == (10,) + defaults[1:2] + (
       3,) + defaults[3:]
 
 
