@@ -3,7 +3,8 @@ r"""Turns evaluation results into the paper's tables and figures.
 Reads the results.json files written by ``rlfat_tf.evaluate`` and writes to
 --output_dir:
 
-- ``report.md``: Table 1 (accuracy under white-box and black-box attacks),
+- ``report.md``: Table 1 (accuracy under white-box and black-box attacks
+  and AutoAttack),
   Table 2 (loss sensitivity), the integrity checks of every file (failed ones
   in bold capitals, and on stderr), the runs, and links to the figures;
 - ``ablation.png``: the RBSAT / RLFAT ablation (Figure 2 style), when some

@@ -67,7 +67,8 @@ class EvalConfig:
     attacks: names of registered attacks (``attacks.NAMES``) to run.
     epsilon: L-infinity radius of every attack.
     step_size: step of the sign-gradient attacks (PGD, CW).
-    restarts: random restarts of every white-box attack.
+    restarts: random restarts of every white-box attack (AutoAttack's
+      components run once, as in its standard version).
     settings: values of attack settings (flag -> value, see
       ``attacks.settings``) that replace their defaults.
     checks: run the integrity checks.
