@@ -4,9 +4,9 @@ Reads the results.json files written by ``rlfat_tf.evaluate`` and writes to
 --output_dir:
 
 - ``report.md``: Table 1 (accuracy under white-box and black-box attacks
-  and AutoAttack),
-  Table 2 (loss sensitivity), the integrity checks of every file (failed ones
-  in bold capitals, and on stderr), the runs, and links to the figures;
+  and AutoAttack), Table 2 (loss sensitivity), the integrity checks of every
+  file (failed ones in bold capitals, and on stderr), the runs, and links to
+  the figures;
 - ``ablation.png``: the RBSAT / RLFAT ablation (Figure 2 style), when some
   dataset has both an RBSAT and an RLFAT result of the same framework;
 - ``salience.png``: SmoothGrad maps of the models side by side on the same
