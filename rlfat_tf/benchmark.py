@@ -28,11 +28,9 @@ import os
 import platform
 import re
 import statistics
-import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -42,11 +40,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+from rlfat_tf import cli
 from rlfat_tf import data
+from rlfat_tf import datasets
 from rlfat_tf import errors
+from rlfat_tf import files
 from rlfat_tf import models
 from rlfat_tf import methods
-from rlfat_tf import sources
 from rlfat_tf import trainer
 from rlfat_tf.attacks import losses
 
@@ -62,7 +62,7 @@ def define_flags(flag_values=FLAGS):
   flag that could collide with another entry point's.
   """
   fv = {"flag_values": flag_values}
-  flags.DEFINE_enum("dataset", "cifar10_sample", sources.DATASETS,
+  flags.DEFINE_enum("dataset", "cifar10_sample", datasets.NAMES,
                     "Images to train on (the speed does not depend on them, "
                     "only on their shape).", **fv)
   flags.DEFINE_string("data_dir", None, "Folder of the official binary "
@@ -480,9 +480,9 @@ def run(settings):
       peak_batch, peak_repeats, pipeline_batches (the flags).
   """
   load_start = os.getloadavg()
-  info = sources.dataset_info(settings["dataset"])
-  images, labels = sources.load_split(settings["dataset"], "train",
-                                      settings["data_dir"])
+  info = datasets.get(settings["dataset"])
+  images, labels = datasets.load_split(settings["dataset"], "train",
+                                       settings["data_dir"])
   batch_size, steps = settings["batch_size"], settings["attack_steps"]
   runners = {(m, x): build_runner(m, x, settings, images, labels, info)
              for m in settings["methods"] for x in settings["xla"]}
@@ -629,11 +629,9 @@ def format_table(results):
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main():
+  """Runs the benchmark the parsed flags describe; prints and writes it."""
   if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
     # Every configuration traces its own copy of the training loop, which
     # TensorFlow's retracing detector reports as retracing.
     tf.get_logger().setLevel("ERROR")
@@ -641,22 +639,17 @@ def main(argv):
       "dataset", "data_dir", "depth", "width", "batch_size", "attack_steps",
       "methods", "xla", "mixed_precision", "rounds", "steps_per_round",
       "peak_batch", "peak_repeats", "pipeline_batches")}
-  try:
-    if FLAGS.output:
-      folder = os.path.dirname(os.path.abspath(FLAGS.output))
-      if not tf.io.gfile.isdir(folder):
-        raise errors.UserError(
-            f"--output={FLAGS.output}: folder {folder} does not exist: "
-            f"create it or write elsewhere")
-    results = run(settings)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   if FLAGS.output:
-    trainer.write_json(FLAGS.output, results)
+    folder = os.path.dirname(os.path.abspath(FLAGS.output))
+    if not tf.io.gfile.isdir(folder):
+      raise errors.UserError(
+          f"--output={FLAGS.output}: folder {folder} does not exist: "
+          f"create it or write elsewhere")
+  results = run(settings)
+  if FLAGS.output:
+    files.write_json(FLAGS.output, results)
   print(format_table(results))
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run_absl(main, define_flags)

@@ -1,6 +1,6 @@
 """tf.data input pipelines for training and evaluation.
 
-Images enter as uint8 arrays (see ``sources``) and leave as float32 in [0, 1];
+Images enter as uint8 arrays (see ``datasets``) and leave as float32 in [0, 1];
 nothing normalises them outside the model.
 
 Training batches are dicts:

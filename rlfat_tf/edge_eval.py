@@ -20,14 +20,15 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 import zipfile
 
 import numpy as np
 from ai_edge_litert import interpreter as litert
 
+from rlfat_tf import cli
 from rlfat_tf import errors
+from rlfat_tf import files
 
 # Arrays of the evaluation set written by rlfat_tf.export.
 EVAL_SET_ARRAYS = ("clean_images", "adv_images", "labels", "clean_logits",
@@ -371,16 +372,13 @@ def format_report(report):
 
 
 def write_json(path, report):
-  """Writes the report atomically (temporary file, then rename).
+  """Writes the report atomically (``files.write_json``).
 
   Raises:
     errors.UserError: the file cannot be written.
   """
-  tmp = f"{path}.tmp"
   try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(report, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    files.write_json(path, report)
   except OSError as e:
     raise errors.UserError(
         f"cannot write --json={path} ({e.strerror or type(e).__name__}): "
@@ -408,7 +406,7 @@ def _non_negative_int(text):
 
 def parse_args(argv):
   """Parses command-line arguments (``argv`` without the program name)."""
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       prog="python -m rlfat_tf.edge_eval",
       description="Evaluates a TFLite classifier with the LiteRT runtime "
       "(no TensorFlow) on the evaluation set written by rlfat_tf.export.")
@@ -429,23 +427,27 @@ def parse_args(argv):
 
 
 def main(argv=None):
-  """Runs the evaluation; prints the report, or one error line and exits 2."""
+  """Runs the evaluation and prints the report.
+
+  Args:
+    argv: the arguments without the program name (default: the command
+      line).
+
+  Raises:
+    errors.UserError: bad arguments or files.
+  """
   args = parse_args(argv)
-  try:
-    verified = {"model": verify_against_manifest(args.tflite, "tflite"),
-                "eval_set": verify_against_manifest(args.data, "data")}
-    classifier = Classifier(args.tflite, args.num_threads)
-    report = evaluate(classifier, load_eval_set(args.data), args.batch_size,
-                      args.latency_runs)
-    report["num_threads"] = args.num_threads
-    report["sha256_verified"] = verified
-    if args.json:
-      write_json(args.json, report)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  verified = {"model": verify_against_manifest(args.tflite, "tflite"),
+              "eval_set": verify_against_manifest(args.data, "data")}
+  classifier = Classifier(args.tflite, args.num_threads)
+  report = evaluate(classifier, load_eval_set(args.data), args.batch_size,
+                    args.latency_runs)
+  report["num_threads"] = args.num_threads
+  report["sha256_verified"] = verified
+  if args.json:
+    write_json(args.json, report)
   print(format_report(report))
 
 
 if __name__ == "__main__":
-  main()
+  cli.call(main)

@@ -25,3 +25,9 @@ def lookup(registry, name, what):
     raise UserError(f"unknown {what} {name!r}: choose from "
                     f"{', '.join(registry)}")
   return registry[name]
+
+
+def first_line(e: BaseException) -> str:
+  """'Type: first line of the message', to quote an error in a one-line one."""
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

@@ -19,7 +19,7 @@ brightness and gamma shifts, and SmoothGrad salience maps
 Exit status: 0 when every integrity check passed, 3 when the results were
 written but at least one check failed (each failure is printed as an
 "INTEGRITY CHECK FAILED" line and recorded in the results file), 2 on bad
-input, 1 on a bad flag value.
+input or a bad flag (see ``cli``).
 
 --watch turns the command into a sidecar of a training run: it evaluates
 every new checkpoint in RUN/checkpoints (clean and PGD accuracy on the run's
@@ -36,9 +36,7 @@ import platform
 import sys
 import time
 
-from absl import app
 from absl import flags
-from absl import logging
 
 # Before TensorFlow loads: keep its C++ start-up chatter off the console.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -48,18 +46,19 @@ import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import attacks
+from rlfat_tf import cli
 from rlfat_tf import data
+from rlfat_tf import datasets
 from rlfat_tf import errors
+from rlfat_tf import files
 from rlfat_tf import robustness
 from rlfat_tf import runs
 from rlfat_tf import saliency
 from rlfat_tf import sensitivity
-from rlfat_tf import sources
 
 SCHEMA_VERSION = 1
 WATCH_HISTORY = "eval_history.jsonl"
 WATCH_SUMMARIES = "summaries_eval"
-INTEGRITY_FAILED_STATUS = 3
 
 FLAGS = flags.FLAGS
 
@@ -174,22 +173,6 @@ def flag_values(parsed=FLAGS):
           for f in parsed.get_flags_for_module(sys.modules[__name__])}
 
 
-def _write_atomically(path, write):
-  """Calls ``write(file)`` on a temporary file, then renames it to ``path``."""
-  folder = os.path.dirname(path)
-  if folder:
-    tf.io.gfile.makedirs(folder)
-  tmp = f"{path}.tmp"
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    write(f)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def _write_json(path, payload):
-  _write_atomically(path, lambda f: f.write(
-      json.dumps(payload, indent=2, sort_keys=True).encode()))
-
-
 def hardware():
   """Where the evaluation ran."""
   return {"platform": platform.platform(),
@@ -200,11 +183,11 @@ def hardware():
           "python": platform.python_version()}
 
 
-def load_images(run_flags, values, split):
+def load_images(record, values, split):
   """The images of a split of the run's dataset, cut to --num_examples.
 
   Args:
-    run_flags: the run's resolved training flags (``runs.load_flags``).
+    record: the run's ``runs.RunRecord``.
     values: this module's flag values (``data_dir`` and ``tfds_data_dir``
       override the run's; ``num_examples`` keeps the first N images).
     split: "test", or "val" for the run's validation split, recomputed with
@@ -216,20 +199,20 @@ def load_images(run_flags, values, split):
   Raises:
     errors.UserError: no validation split, or too few images.
   """
-  data_dir = values["data_dir"] or run_flags.get("data_dir")
-  tfds_dir = values["tfds_data_dir"] or run_flags.get("tfds_data_dir")
+  data_dir = values["data_dir"] or record.data_dir
+  tfds_dir = values["tfds_data_dir"] or record.tfds_data_dir
   if split == "val":
-    val_size = run_flags.get("val_size", 0)
+    val_size = record.val_size
     if not val_size:
       raise errors.UserError(
           f"{values['model_dir']} was trained without a validation split "
           f"(--val_size=0): evaluate --split=test, or train with --val_size")
-    images, labels = sources.load_split(run_flags["dataset"], "train",
-                                        data_dir, tfds_dir)
+    images, labels = datasets.load_split(record.dataset, "train", data_dir,
+                                         tfds_dir)
     _, (images, labels) = data.validation_split(images, labels, val_size)
   else:
-    images, labels = sources.load_split(run_flags["dataset"], "test",
-                                        data_dir, tfds_dir)
+    images, labels = datasets.load_split(record.dataset, "test", data_dir,
+                                         tfds_dir)
   num = values["num_examples"]
   if num is not None:
     if num > len(images):
@@ -283,8 +266,8 @@ def run(values):
         "--attacks has no pgd: add pgd, or pass --sensitivity_inputs=clean")
   output = values["output"] or os.path.join(
       model_dir, f"results_{which}_{split}.json")
-  model, run_flags, checkpoint = runs.restore_model(model_dir, which)
-  images, labels = load_images(run_flags, values, split)
+  model, record, checkpoint = runs.restore_model(model_dir, which)
+  images, labels = load_images(record, values, split)
   # Made before the long evaluation, so an unusable --output fails at once.
   if os.path.dirname(output):
     tf.io.gfile.makedirs(os.path.dirname(output))
@@ -328,16 +311,15 @@ def run(values):
   examples_path = _sibling(output, "examples.npz")
   buffer = io.BytesIO()
   np.savez(buffer, labels=np.asarray(labels), **results["per_example"])
-  _write_atomically(examples_path, lambda f: f.write(buffer.getvalue()))
+  files.write_bytes(examples_path, buffer.getvalue())
   payload = {
       "schema_version": SCHEMA_VERSION,
       "run": {"model_dir": model_dir, "checkpoint": checkpoint,
-              "which": which, "dataset": run_flags["dataset"],
-              "method": run_flags["method"],
-              "architecture": f"WRN-{run_flags['depth']}-"
-                              f"{run_flags['width']}",
-              "depth": run_flags["depth"], "width": run_flags["width"],
-              "train_flags": run_flags},
+              "which": which, "dataset": record.dataset,
+              "method": record.method,
+              "architecture": f"WRN-{record.depth}-{record.width}",
+              "depth": record.depth, "width": record.width,
+              "train_flags": record.to_json()},
       "eval": {"split": split, "num_examples": len(images),
                "epsilon": values["epsilon"],
                "batch_size": values["batch_size"], "seed": values["seed"],
@@ -350,7 +332,7 @@ def run(values):
       "time_seconds": time.perf_counter() - start,
       "hardware": hardware(),
   }
-  _write_json(output, payload)
+  files.write_json(output, payload)
   _print_summary(payload, output)
   return payload
 
@@ -405,13 +387,19 @@ def watch(values):
     The history: one dict per evaluated checkpoint.
 
   Raises:
-    errors.UserError: the run has no validation split.
+    errors.UserError: the run has no validation split, or no record after
+      --watch_timeout seconds.
   """
   verbose = int(values["progress"])
   model_dir = values["model_dir"]
-  run_flags = runs.load_flags(model_dir)
-  images, labels = load_images(run_flags, values, "val")
-  model = runs.build_model(run_flags)
+  folder = os.path.join(model_dir, "checkpoints")
+  # Training writes its record with its first checkpoint, so a sidecar
+  # started beside it waits for that.
+  if runs.checkpoint_path(model_dir, required=False) is None:
+    tf.train.wait_for_new_checkpoint(folder, timeout=values["watch_timeout"])
+  record = runs.load_record(model_dir)
+  images, labels = load_images(record, values, "val")
+  model = runs.build_model(record)
   checkpoint = tf.train.Checkpoint(model=model)
   steps = values["pgd_steps"]
   attack = attacks.build("pgd", eval_config(values).values())
@@ -421,7 +409,6 @@ def watch(values):
   done = {entry["step"] for entry in history}
   writer = tf.summary.create_file_writer(
       os.path.join(model_dir, WATCH_SUMMARIES))
-  folder = os.path.join(model_dir, "checkpoints")
   if verbose:
     print(f"watching {folder} (PGD-{steps} on {len(images)} validation "
           f"images)", flush=True)
@@ -458,37 +445,33 @@ def watch(values):
                "time_seconds": time.perf_counter() - start}
       history.append(entry)
       done.add(step)
-      _write_atomically(history_path, lambda f: f.write("".join(
-          json.dumps(e, sort_keys=True) + "\n" for e in history).encode()))
+      files.write_text(history_path, "".join(
+          json.dumps(e, sort_keys=True) + "\n" for e in history))
       print(f"step {step}: clean {metrics['val/clean_accuracy']:.4f}, "
             f"PGD-{steps} {metrics[pgd_key]:.4f}", flush=True)
     # Training may have been resumed with more steps: read them each time.
-    if max(done, default=-1) >= runs.load_flags(model_dir)["train_steps"]:
+    if max(done, default=-1) >= runs.load_record(model_dir).train_steps:
       break
   return history
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main():
+  """Evaluates as the parsed flags say (``python -m rlfat_tf.evaluate``).
+
+  Returns:
+    ``cli.CHECK_FAILED`` when an integrity check failed, else None.
+  """
   if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
     # Every attack compiles its own function, which TensorFlow's retracing
     # heuristic reports as a warning although nothing is retraced.
     tf.get_logger().setLevel("ERROR")
   values = flag_values()
-  try:
-    if values["watch"]:
-      watch(values)
-      return
-    payload = run(values)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  if failed_checks(payload["checks"]):
-    sys.exit(INTEGRITY_FAILED_STATUS)
+  if values["watch"]:
+    watch(values)
+    return None
+  payload = run(values)
+  return cli.CHECK_FAILED if failed_checks(payload["checks"]) else None
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run_absl(main, define_flags)

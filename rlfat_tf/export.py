@@ -25,17 +25,13 @@ reads only the SavedModel's own files and ignores ``edge/`` and
 SavedModel it was converted from.
 """
 
-import json
 import os
 import re
 import shutil
 import socket
-import sys
 import tempfile
 
-from absl import app
 from absl import flags
-from absl import logging
 
 # Before TensorFlow loads: keep its C++ start-up chatter off the console.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -44,12 +40,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rlfat_tf import cli
 from rlfat_tf import data
+from rlfat_tf import datasets
 from rlfat_tf import edge_eval
 from rlfat_tf import errors
+from rlfat_tf import files
 from rlfat_tf import runs
 from rlfat_tf import serving
-from rlfat_tf import sources
 from rlfat_tf import tflite
 from rlfat_tf.attacks import pgd
 
@@ -280,9 +278,9 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
     errors.UserError: bad arguments, a missing run, checkpoint or data.
     RuntimeError: the reloaded SavedModel disagrees with the Keras model.
   """
-  model, run_flags, checkpoint = runs.restore_model(model_dir, which)
-  dataset = run_flags["dataset"]
-  model_name = model_name or f"{dataset}_{run_flags['method']}"
+  model, record, checkpoint = runs.restore_model(model_dir, which)
+  dataset = record.dataset
+  model_name = model_name or f"{dataset}_{record.method}"
   if not re.fullmatch(MODEL_NAME_PATTERN, model_name):
     raise errors.UserError(
         f"--model_name={model_name} is not a folder name TF Serving accepts: "
@@ -293,24 +291,24 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
                            f"folder")
   model_root = os.path.join(export_dir, model_name)
   check_writable(model_root)
-  epsilon = run_flags["epsilon"] if epsilon is None else epsilon
-  step_size = run_flags["step_size"] if step_size is None else step_size
-  data_dir = data_dir or run_flags.get("data_dir")
-  tfds_data_dir = tfds_data_dir or run_flags.get("tfds_data_dir")
-  info = sources.dataset_info(dataset)
+  epsilon = record.epsilon if epsilon is None else epsilon
+  step_size = record.step_size if step_size is None else step_size
+  data_dir = data_dir or record.data_dir
+  tfds_data_dir = tfds_data_dir or record.tfds_data_dir
+  info = datasets.get(dataset)
 
   test_images, test_labels = _take(
-      "test split", *sources.load_split(dataset, "test", data_dir,
-                                        tfds_data_dir),
+      "test split", *datasets.load_split(dataset, "test", data_dir,
+                                         tfds_data_dir),
       eval_examples, "eval_examples")
   representative = None
   if "int8" in tflite_variants:
-    train_images, train_labels = sources.load_split(dataset, "train",
-                                                    data_dir, tfds_data_dir)
+    train_images, train_labels = datasets.load_split(dataset, "train",
+                                                     data_dir, tfds_data_dir)
     # Calibrate on the images the model trained on, never its validation
     # split or the test images it is evaluated on.
     (train_images, _), _ = data.validation_split(
-        train_images, train_labels, run_flags.get("val_size", 0))
+        train_images, train_labels, record.val_size)
     if representative_examples > len(train_images):
       raise errors.UserError(
           f"--representative_examples={representative_examples} exceeds the "
@@ -354,13 +352,13 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
         "model_name": model_name,
         "source": {"model_dir": os.path.abspath(model_dir),
                    "checkpoint": checkpoint, "which": which,
-                   "dataset": dataset, "method": run_flags["method"],
-                   "depth": run_flags["depth"], "width": run_flags["width"]},
+                   "dataset": dataset, "method": record.method,
+                   "depth": record.depth, "width": record.width},
         "seed": seed,
         "versions": {"tensorflow": tf.__version__,
                      "keras": keras.__version__},
     })
-    _write_json(os.path.join(temp_dir, MANIFEST_FILE), manifest)
+    files.write_json(os.path.join(temp_dir, MANIFEST_FILE), manifest)
     _, path = publish(temp_dir, model_root)
   except BaseException:
     shutil.rmtree(temp_dir, ignore_errors=True)
@@ -429,12 +427,6 @@ def _write_artifacts(out_dir, model, info, eval_set, tflite_variants,
                                    "sha256": edge_eval.sha256(path),
                                    "evaluation": report}
   return manifest
-
-
-def _write_json(path, value):
-  with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(f"{path}.tmp", path)
 
 
 def format_summary(path, manifest):
@@ -522,20 +514,17 @@ def define_flags(flag_values=flags.FLAGS):
   runs.register_radius_validators(flag_values)
 
 
-def main(argv, flag_values=flags.FLAGS):
+def main(flag_values=flags.FLAGS):
   """Runs the export that the parsed flags describe.
 
   Args:
-    argv: the arguments left after flag parsing (the program name only).
     flag_values: the parsed ``absl.flags.FlagValues``.
+
+  Raises:
+    errors.UserError: bad input (see ``export``).
   """
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if "verbosity" in flag_values and not flag_values["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   variants = [] if flag_values.tflite == ["none"] else flag_values.tflite
-  try:
-    path, manifest = export(
+  path, manifest = export(
         flag_values.model_dir, flag_values.export_dir, which=flag_values.which,
         model_name=flag_values.model_name, tflite_variants=tuple(variants),
         representative_examples=flag_values.representative_examples,
@@ -546,12 +535,8 @@ def main(argv, flag_values=flags.FLAGS):
         tfds_data_dir=flag_values.tfds_data_dir,
         progress=flag_values.progress,
         max_image_pixels=flag_values.max_image_pixels)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   print(format_summary(path, manifest))
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run_absl(main, define_flags)

@@ -14,6 +14,7 @@ from matplotlib import patches as mpl_patches
 import numpy as np
 import tensorflow as tf
 
+from rlfat_tf import files
 from rlfat_tf import rbs
 
 DPI = 100
@@ -67,9 +68,7 @@ def _save(fig, path):
   parent = os.path.dirname(path)
   if parent:
     tf.io.gfile.makedirs(parent)
-  with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
-    f.write(buffer.getvalue())
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+  files.write_bytes(path, buffer.getvalue())
 
 
 def normalise_map(salience):

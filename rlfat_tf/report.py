@@ -16,7 +16,8 @@ Reads the results.json files written by ``rlfat_tf.evaluate`` and writes to
 
 Exit status: 0 when every integrity check of every results file passed, 3
 when the report was written but some check failed (each failure is printed as
-an "INTEGRITY CHECK FAILED" line), 2 on bad input, 1 on a bad flag value.
+an "INTEGRITY CHECK FAILED" line), 2 on bad input or a bad flag (see
+``cli``).
 
 Example:
   python -m rlfat_tf.report \
@@ -30,9 +31,7 @@ import math
 import os
 import sys
 
-from absl import app
 from absl import flags
-from absl import logging
 
 # Before TensorFlow loads: keep its C++ start-up chatter off the console.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -41,11 +40,13 @@ import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import attacks
+from rlfat_tf import cli
+from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import figures
+from rlfat_tf import files
 from rlfat_tf import methods
 from rlfat_tf import saliency
-from rlfat_tf import sources
 
 SCHEMA_VERSION = 1
 # Keys every results file must have, by section.
@@ -57,10 +58,9 @@ REQUIRED_KEYS = {
     "checks": (),
 }
 
-# The paper's order of datasets and methods; others follow alphabetically.
-DATASET_NAMES = {"stl10": "STL-10", "cifar10": "CIFAR-10",
-                 "cifar100": "CIFAR-100", "cifar10_sample": "CIFAR-10 sample"}
-METHOD_NAMES = {name: m.display_name for name, m in methods.METHODS.items()}
+# The paper's order of methods (datasets follow the registry's order).
+METHOD_NAMES = {name: m.display_name
+                for name, m in methods.METHODS.items()}
 # The ablation compares, within each framework, the baseline, RBS adversarial
 # training alone and RLFAT.
 FRAMEWORKS = tuple(group for group in methods.frameworks().values()
@@ -115,7 +115,9 @@ class Result:
 
 
 def dataset_name(dataset):
-  return DATASET_NAMES.get(dataset, dataset)
+  if dataset in datasets.NAMES:
+    return datasets.get(dataset).display_name
+  return dataset
 
 
 def method_name(method):
@@ -246,7 +248,7 @@ def load_results(paths):
 
 def ordered(results):
   """Results in table order: by dataset, then method, then as given."""
-  return sorted(results, key=lambda r: (_sort_key(DATASET_NAMES, r.dataset),
+  return sorted(results, key=lambda r: (_sort_key(datasets.NAMES, r.dataset),
                                         _sort_key(METHOD_NAMES, r.method)))
 
 
@@ -536,10 +538,8 @@ def _salience_groups(results):
 
 
 def _class_names(dataset):
-  try:
-    return sources.dataset_info(dataset).class_names
-  except errors.UserError:
-    return None
+  return (datasets.get(dataset).class_names if dataset in datasets.NAMES
+          else None)
 
 
 def salience(results, output_dir):
@@ -556,10 +556,10 @@ def salience(results, output_dir):
     lines.append("")
   for index, group in enumerate(groups, start=1):
     name = "salience.png" if index == 1 else f"salience_{index}.png"
-    datasets = {r.dataset for r, _ in group["models"]}
+    shown = {r.dataset for r, _ in group["models"]}
     maps_by_model = {}
     for r, maps in group["models"]:
-      title = r.label if len(datasets) == 1 else (
+      title = r.label if len(shown) == 1 else (
           f"{dataset_name(r.dataset)} {r.label}")
       maps_by_model[title] = maps
     figures.salience_grid(group["images"], maps_by_model,
@@ -580,7 +580,7 @@ def salience(results, output_dir):
 
 def sample_images(name, data_dir, count):
   """Test images of distinct classes, first ones first, for rbs.png."""
-  images, labels = sources.load_split(name, "test", data_dir)
+  images, labels = datasets.load_split(name, "test", data_dir)
   picked, classes = [], set()
   for index, label in enumerate(labels):
     if label not in classes:
@@ -614,12 +614,6 @@ def runs_table(results):
                         rows)
 
 
-def write_atomically(path, text):
-  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-    f.write(text)
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-
-
 def run(values):
   """Writes the report; returns (report path, failed-check lines)."""
   results = load_results(values["results"])
@@ -651,7 +645,7 @@ def run(values):
   lines += salience(results, output_dir)
   lines += ["", "## Runs", ""] + runs_table(results) + [""]
   path = os.path.join(output_dir, "report.md")
-  write_atomically(path, "\n".join(lines))
+  files.write_text(path, "\n".join(lines))
   return path, failures
 
 
@@ -665,11 +659,11 @@ def define_flags():
                     "written by rlfat_tf.evaluate.")
   flags.DEFINE_string("output_dir", None, "Folder for report.md and the PNG "
                       "figures (created if needed).")
-  flags.DEFINE_enum("sample_images_from", "cifar10_sample", sources.DATASETS,
+  flags.DEFINE_enum("sample_images_from", "cifar10_sample", datasets.NAMES,
                     "Test images of this dataset illustrate RBS in rbs.png.")
   flags.DEFINE_string("data_dir", None, "Folder holding the official binary "
-                      "release of --sample_images_from (not needed for "
-                      "cifar10_sample).")
+                      "release of --sample_images_from (refused for the "
+                      "embedded cifar10_sample).")
   flags.DEFINE_integer("rbs_images", 4, "Images shown in rbs.png, one per "
                        "class (at most the number of classes).",
                        lower_bound=1)
@@ -689,26 +683,22 @@ def define_flags():
       message="--rbs_blocks must be positive integers, e.g. 2,3,4")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+def main():
+  """Writes the report the parsed flags describe.
+
+  Returns:
+    ``cli.CHECK_FAILED`` when some results file has a failed integrity check,
+    else None.
+  """
   values = {name: FLAGS[name].value
             for name in ("results", "output_dir", "sample_images_from",
                          "data_dir", "rbs_images", "rbs_blocks", "seed")}
-  try:
-    path, failures = run(values)
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  path, failures = run(values)
   print(f"wrote {path}")
   for line in failures:
     print(f"INTEGRITY CHECK FAILED: {line}", file=sys.stderr)
-  if failures:
-    sys.exit(3)
+  return cli.CHECK_FAILED if failures else None
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run_absl(main, define_flags)

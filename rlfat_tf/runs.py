@@ -1,68 +1,278 @@
-"""A training run on disk: its resolved flags, its model and its checkpoints.
+"""A training run on disk: its record, its model and its checkpoints.
 
-``rlfat_tf.train`` writes ``flags.json`` (every flag after defaults are
-resolved) into the run directory; evaluation and export read it back to
-rebuild the same model and restore its weights.
+``rlfat_tf.train`` writes ``run.json``, the ``RunRecord`` of every resolved
+training setting, into the run folder together with the run's first
+checkpoint, so a run that fails before it saves anything is not tied to its
+settings. Evaluation and export read the record back to rebuild the same
+model and restore its weights. A folder is one run by what it holds, the
+record and the checkpoints, not by its path: it may be moved, copied or
+spelled another way and still resume.
+
+Runs written before the record existed hold ``flags.json`` (the raw flags)
+instead; it is converted when read.
 """
 
+import dataclasses
 import json
 import os
+import types
+import typing
 
 from absl import flags
 import tensorflow as tf
 
+from rlfat_tf import datasets
 from rlfat_tf import errors
+from rlfat_tf import files
 from rlfat_tf import models
-from rlfat_tf import sources
 
-FLAGS_FILE = "flags.json"
+SCHEMA_VERSION = 1
+RECORD_FILE = "run.json"
+LEGACY_FLAGS_FILE = "flags.json"
+
+# Settings that flags.json files written before their flags existed ran with.
+_LEGACY_DEFAULTS = {"strategy": "default", "cpu_devices": 1, "tpu": None,
+                    "sync_batch_norm": False, "mixed_precision": "float32"}
+_MAY_CHANGE = "may_change_on_resume"
 
 
-def flags_path(model_dir):
-  return os.path.join(model_dir, FLAGS_FILE)
+def _may_change():
+  """Marks a setting that a resumed run may change (see ``check_resume``)."""
+  return dataclasses.field(metadata={_MAY_CHANGE: True})
 
 
-def load_flags(model_dir):
-  """The resolved flags of the run in ``model_dir``.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunRecord:
+  """Every resolved setting of a training run, as ``run.json`` holds it.
+
+  Each setting is the ``rlfat_tf.train`` flag of the same name after its
+  per-dataset and per-method default is filled in; ``python -m
+  rlfat_tf.train --helpfull`` describes them. The run folder is not a
+  setting: it is where the record is.
+
+  A resumed run may change how long it trains (``train_steps``), the learning
+  rate and its schedule, how often it validates, checkpoints and logs, and
+  the hardware and speed settings (strategy, devices, XLA, precision,
+  determinism and where the data is read from). Every other setting shapes
+  what the checkpoints hold and must stay the same (``check_resume``).
+  """
+  dataset: str
+  data_dir: str | None = _may_change()
+  tfds_data_dir: str | None = _may_change()
+  val_size: int
+  flip: bool
+  pad_crop: int
+  depth: int
+  width: int
+  method: str
+  epsilon: float
+  step_size: float
+  attack_steps: int
+  attack_bn_mode: str
+  trades_beta: float
+  eta: float | None
+  rbs_blocks: int
+  rbs_granularity: str
+  batch_size: int
+  train_steps: int = _may_change()
+  optimizer: str
+  learning_rate: float = _may_change()
+  momentum: float
+  weight_decay: float
+  lr_boundaries: tuple[int, ...] = _may_change()
+  lr_decay: float = _may_change()
+  steps_per_loop: int = _may_change()
+  checkpoint_every: int = _may_change()
+  keep_checkpoints: int = _may_change()
+  eval_every: int = _may_change()
+  seed: int
+  deterministic: bool = _may_change()
+  progress: bool = _may_change()
+  strategy: str = _may_change()
+  cpu_devices: int = _may_change()
+  tpu: str | None = _may_change()
+  sync_batch_norm: bool = _may_change()
+  mixed_precision: str = _may_change()
+  jit_compile: bool = _may_change()
+  schema_version: int = SCHEMA_VERSION
+
+  @classmethod
+  def may_change(cls):
+    """Names of the settings that a resumed run may change."""
+    return frozenset(f.name for f in dataclasses.fields(cls)
+                     if f.metadata.get(_MAY_CHANGE))
+
+  def to_json(self):
+    """The record as a JSON object (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self).items()}
+
+  @classmethod
+  def from_json(cls, content, source):
+    """Checks a JSON object and makes it a record.
+
+    Args:
+      content: the parsed ``run.json``.
+      source: the file it came from, for messages.
+
+    Raises:
+      errors.UserError: a setting is missing, unknown or of the wrong type,
+        or the schema version is not this one.
+    """
+    fix = "restore the file from a copy, or train into a new --model_dir"
+    if not isinstance(content, dict):
+      raise errors.UserError(f"{source} does not hold a JSON object: {fix}")
+    version = content.get("schema_version")
+    if version != SCHEMA_VERSION:
+      raise errors.UserError(
+          f"{source} has schema_version {version!r}, but this version reads "
+          f"{SCHEMA_VERSION}: {fix}")
+    names = {f.name: f.type for f in dataclasses.fields(cls)}
+    unknown = sorted(set(content) - set(names))
+    if unknown:
+      raise errors.UserError(
+          f"{source} has the unknown setting {unknown[0]!r}: {fix}")
+    values = {}
+    for name, kind in names.items():
+      if name not in content:
+        raise errors.UserError(f"{source} lacks the setting {name!r}: {fix}")
+      try:
+        values[name] = _typed(content[name], kind)
+      except TypeError:
+        raise errors.UserError(
+            f"{source} has {name} = {content[name]!r}, not {_describe(kind)}: "
+            f"{fix}") from None
+    return cls(**values)
+
+
+def _typed(value, kind):
+  """``value`` as the record type ``kind``; TypeError if it is not one."""
+  if isinstance(kind, types.UnionType):
+    if value is None and type(None) in typing.get_args(kind):
+      return None
+    (kind,) = [k for k in typing.get_args(kind) if k is not type(None)]
+  if typing.get_origin(kind) is tuple:
+    if not isinstance(value, list):
+      raise TypeError(value)
+    return tuple(_typed(v, typing.get_args(kind)[0]) for v in value)
+  if isinstance(value, bool) != (kind is bool):
+    raise TypeError(value)
+  if kind is float and isinstance(value, int):
+    return float(value)
+  if not isinstance(value, kind):
+    raise TypeError(value)
+  return value
+
+
+def _describe(kind):
+  if isinstance(kind, types.UnionType):
+    inner = [k for k in typing.get_args(kind) if k is not type(None)][0]
+    return f"{_describe(inner)} or null"
+  if typing.get_origin(kind) is tuple:
+    item = _describe(typing.get_args(kind)[0]).split(" ", 1)[1]
+    return f"a list of {item}s"
+  return {bool: "true or false", int: "an integer", float: "a number",
+          str: "a string"}[kind]
+
+
+def _read_json(path):
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise errors.UserError(
+        f"{path} is not valid JSON (line {e.lineno}: {e.msg}): restore it "
+        f"from a copy, or train into a new --model_dir") from None
+
+
+def load_record(model_dir):
+  """The record of the run in ``model_dir``.
+
+  Reads ``run.json``, or converts the ``flags.json`` of an older run.
 
   Raises:
-    errors.UserError: the directory holds no run.
+    errors.UserError: the folder holds no run, or its record is malformed.
   """
-  path = flags_path(model_dir)
-  if not tf.io.gfile.exists(path):
-    raise errors.UserError(
-        f"{model_dir} holds no training run ({FLAGS_FILE} is missing): pass "
-        f"the --model_dir given to rlfat_tf.train")
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  path = os.path.join(model_dir, RECORD_FILE)
+  if tf.io.gfile.exists(path):
+    return RunRecord.from_json(_read_json(path), path)
+  legacy = os.path.join(model_dir, LEGACY_FLAGS_FILE)
+  if tf.io.gfile.exists(legacy):
+    content = _read_json(legacy)
+    if isinstance(content, dict):
+      # The raw flags also held the folder, which is no setting, and lack the
+      # version and the flags added after them.
+      content = {**_LEGACY_DEFAULTS, **content,
+                 "schema_version": SCHEMA_VERSION}
+      content.pop("model_dir", None)
+    return RunRecord.from_json(content, legacy)
+  raise errors.UserError(
+      f"{model_dir} holds no training run ({RECORD_FILE} is missing): pass "
+      f"the --model_dir given to rlfat_tf.train")
 
 
-def save_flags(model_dir, values):
-  """Writes the resolved flags atomically."""
+def save_record(model_dir, record):
+  """Writes ``run.json`` atomically."""
   tf.io.gfile.makedirs(model_dir)
-  path = flags_path(model_dir)
-  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-    json.dump(values, f, indent=2, sort_keys=True)
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+  files.write_json(os.path.join(model_dir, RECORD_FILE), record.to_json())
 
 
-def build_model(run_flags, sync_batch_norm=False):
-  """The (untrained) model that a run with these flags trains."""
-  info = sources.dataset_info(run_flags["dataset"])
-  return models.wide_resnet(run_flags["depth"], run_flags["width"],
-                            info.num_classes, info.image_shape,
-                            sync_batch_norm=sync_batch_norm)
+def _flag_text(value):
+  if isinstance(value, tuple):
+    return ",".join(str(v) for v in value)
+  return "unset" if value is None else str(value)
 
 
-def checkpoint_path(model_dir, which="last"):
+def check_resume(model_dir, record):
+  """Refuses to resume the run in ``model_dir`` with a setting it may not change.
+
+  A folder is bound to its record only once it holds a checkpoint: a run
+  that stopped before its first checkpoint (bad flags, a divergence, out of
+  memory) leaves nothing to resume, and the next run starts afresh.
+
+  Args:
+    model_dir: the run folder.
+    record: the ``RunRecord`` of the run about to start.
+
+  Raises:
+    errors.UserError: a setting that may not change differs; the message
+      names it with its old and new value.
+  """
+  if checkpoint_path(model_dir, required=False) is None:
+    return
+  previous = load_record(model_dir)
+  fixed = RunRecord.may_change() | {"schema_version"}
+  for field in dataclasses.fields(RunRecord):
+    old, new = getattr(previous, field.name), getattr(record, field.name)
+    if field.name in fixed or old == new:
+      continue
+    raise errors.UserError(
+        f"{model_dir} holds a run trained with --{field.name}="
+        f"{_flag_text(old)}, not {_flag_text(new)}: pass the same value to "
+        f"resume it, or a new --model_dir")
+
+
+def build_model(record, sync_batch_norm=False):
+  """The (untrained) model of a run with this ``RunRecord``."""
+  info = datasets.get(record.dataset)
+  return models.wide_resnet(record.depth, record.width, info.num_classes,
+                            info.image_shape, sync_batch_norm=sync_batch_norm)
+
+
+def checkpoint_path(model_dir, which="last", required=True):
   """Path of the run's last or best checkpoint.
 
+  Args:
+    model_dir: the run folder.
+    which: "last" or "best".
+    required: raise when there is none (else return None).
+
   Raises:
-    errors.UserError: there is no such checkpoint.
+    errors.UserError: there is no such checkpoint, and one is required.
   """
   folder = {"last": "checkpoints", "best": "best"}[which]
   path = tf.train.latest_checkpoint(os.path.join(model_dir, folder))
-  if path is None:
+  if path is None and required:
     hint = ("train with --val_size > 0 to keep a best checkpoint"
             if which == "best" else "train first, or check --model_dir")
     raise errors.UserError(f"{model_dir} has no {which} checkpoint: {hint}")
@@ -73,16 +283,17 @@ def restore_model(model_dir, which="last"):
   """Rebuilds a run's model and restores its weights.
 
   Returns:
-    ``(model, run_flags, checkpoint_path)``.
+    ``(model, record, checkpoint_path)``: the model, its ``RunRecord`` and
+    the checkpoint restored.
   """
-  run_flags = load_flags(model_dir)
-  model = build_model(run_flags)
+  record = load_record(model_dir)
+  model = build_model(record)
   path = checkpoint_path(model_dir, which)
   status = tf.train.Checkpoint(model=model).restore(path)
   # Every model variable must come from the checkpoint; the optimizer and
   # iterator it also holds are not needed here.
   status.assert_existing_objects_matched().expect_partial()
-  return model, run_flags, path
+  return model, record, path
 
 
 def register_radius_validators(flag_values, names=("epsilon", "step_size")):

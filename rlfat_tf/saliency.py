@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from rlfat_tf import data
 from rlfat_tf import errors
+from rlfat_tf import files
 
 
 def smoothgrad(model, images, labels, noise_level=0.1, samples=50, seed=0,
@@ -110,9 +111,7 @@ def save_maps(path, images, labels, maps):
   _check_shapes(path, images, labels, maps)
   buffer = io.BytesIO()
   np.savez(buffer, images=images, labels=labels, maps=maps)
-  with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
-    f.write(buffer.getvalue())
-  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+  files.write_bytes(path, buffer.getvalue())
 
 
 def load_maps(path):

@@ -15,20 +15,21 @@ Examples:
               "task": {"type": "worker", "index": 0}}' \
   python -m rlfat_tf.train --strategy=multi_worker --model_dir=/shared/run
 
-Running again with the same --model_dir resumes from its last checkpoint;
---train_steps may grow, the hardware and speed flags may change, the other
-training flags must stay the same. Under --strategy=multi_worker, --model_dir
+Running again with the same --model_dir resumes from its last checkpoint.
+--train_steps may grow; the learning rate and its schedule, the validation,
+checkpoint and logging cadence and the hardware and speed flags may change;
+the other training flags must stay the same (``runs.RunRecord``). Under --strategy=multi_worker, --model_dir
 must be a folder every worker reads (e.g. a bucket or a network file system):
 the chief writes there and every worker resumes from the chief's checkpoint.
 """
 
+import dataclasses
+import math
 import os
 import sys
 import warnings
 
-from absl import app
 from absl import flags
-from absl import logging
 
 # Before TensorFlow loads: keep its C++ start-up chatter off the console.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,40 +37,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+from rlfat_tf import cli
 from rlfat_tf import data
+from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import models
 from rlfat_tf import methods
 from rlfat_tf import runs
-from rlfat_tf import sources
 from rlfat_tf import strategies
 from rlfat_tf import trainer
 
-
-# The official code's per-dataset settings: architecture, PGD steps and
-# training steps (``*/config.json`` and ``model_bn.py`` of JHL-HUST/RLFAT).
-DATASET_DEFAULTS = {
-    "cifar10": {"depth": 34, "width": 10, "attack_steps": 10,
-                "train_steps": 79_800},
-    "cifar10_sample": {"depth": 34, "width": 10, "attack_steps": 10,
-                       "train_steps": 79_800},
-    "cifar100": {"depth": 34, "width": 10, "attack_steps": 7,
-                 "train_steps": 79_800},
-    "stl10": {"depth": 40, "width": 2, "attack_steps": 7,
-              "train_steps": 29_700},
-}
-
-# Flags that may change when a run resumes; any other must match the run.
-RESUMABLE_CHANGES = frozenset({
-    "train_steps", "steps_per_loop", "checkpoint_every", "eval_every",
-    "keep_checkpoints", "jit_compile", "progress", "data_dir",
-    "tfds_data_dir", "deterministic", "strategy", "cpu_devices", "tpu",
-    "sync_batch_norm", "mixed_precision"})
 
 def _weight_defaults(weight):
   """Help text: each method's default of a weight, e.g. "0.5 for rlfat_p"."""
   return ", ".join(f"{methods.METHODS[m].weights[weight]:g} for {m}"
                    for m in methods.with_weight(weight))
+
+def _per_dataset(key):
+  """A flag's official default on each dataset, for its help text."""
+  return ", ".join(
+      f"{getattr(datasets.get(name).defaults, key):,} on {name}"
+      for name in datasets.NAMES)
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -80,14 +68,15 @@ def define_flags(flag_values=flags.FLAGS):
   """
   fv = {"flag_values": flag_values}
   # Data.
-  flags.DEFINE_enum("dataset", "cifar10_sample", sources.DATASETS,
+  flags.DEFINE_enum("dataset", "cifar10_sample", datasets.NAMES,
                     "Dataset; cifar10_sample is a 4,000/1,000-image CIFAR-10 "
                     "sample embedded in the package (no download).", **fv)
+  release_folders = ", ".join(f"{spec.release.folder}/" for spec in (
+      datasets.get(name) for name in datasets.NAMES) if spec.release)
   flags.DEFINE_string("data_dir", None,
-                      "Folder holding the official binary release "
-                      "(cifar-10-batches-bin/, cifar-100-binary/ or "
-                      "stl10_binary/); without it, tensorflow-datasets loads "
-                      "the dataset.", **fv)
+                      f"Folder holding the official binary release "
+                      f"({release_folders}); without it, tensorflow-datasets "
+                      f"loads the dataset.", **fv)
   flags.DEFINE_string("tfds_data_dir", None,
                       "tensorflow-datasets data folder (default: its own).",
                       **fv)
@@ -101,10 +90,10 @@ def define_flags(flag_values=flags.FLAGS):
                        lower_bound=0, **fv)
 
   # Model.
-  flags.DEFINE_integer("depth", None, "WRN depth 6n+4 (default: 34 on CIFAR, "
-                       "40 on STL-10).", lower_bound=10, **fv)
-  flags.DEFINE_integer("width", None, "WRN widening factor (default: 10 on "
-                       "CIFAR, 2 on STL-10).", lower_bound=1, **fv)
+  flags.DEFINE_integer("depth", None, "WRN depth 6n+4 (default: "
+                       f"{_per_dataset('depth')}).", lower_bound=10, **fv)
+  flags.DEFINE_integer("width", None, "WRN widening factor (default: "
+                       f"{_per_dataset('width')}).", lower_bound=1, **fv)
 
   # Method and attack.
   flags.DEFINE_enum("method", "rlfat_p", tuple(methods.METHODS),
@@ -114,7 +103,7 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_float("step_size", 0.0075, "Step of the training attack, in "
                      "(0, 1].", **fv)
   flags.DEFINE_integer("attack_steps", None, "Steps of the training attack "
-                       "(default: 10 on CIFAR-10, 7 on CIFAR-100 and STL-10).",
+                       f"(default: {_per_dataset('attack_steps')}).",
                        lower_bound=1, **fv)
   flags.DEFINE_enum("attack_bn_mode", "train", ("train", "eval"),
                     "BatchNorm mode of the model while the training attack "
@@ -133,8 +122,8 @@ def define_flags(flag_values=flags.FLAGS):
   # Optimisation.
   flags.DEFINE_integer("batch_size", 32, "Global batch size.", lower_bound=1,
                        **fv)
-  flags.DEFINE_integer("train_steps", None, "Optimizer steps (default: 79,800 "
-                       "on CIFAR, 29,700 on STL-10).", lower_bound=1, **fv)
+  flags.DEFINE_integer("train_steps", None, "Optimizer steps (default: "
+                       f"{_per_dataset('train_steps')}).", lower_bound=1, **fv)
   flags.DEFINE_enum("optimizer", "adam", ("adam", "sgd"), "Optimizer.", **fv)
   flags.DEFINE_float("learning_rate", 1e-3, "Initial learning rate.",
                      lower_bound=0.0, **fv)
@@ -149,7 +138,7 @@ def define_flags(flag_values=flags.FLAGS):
 
   # Loop, checkpoints, logging.
   flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, summaries, "
-                      "flags.json, metrics.json.", **fv)
+                      "run.json, metrics.json.", **fv)
   flags.DEFINE_integer("steps_per_loop", 100, "Steps per call of the compiled "
                        "loop.", lower_bound=1, **fv)
   flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.",
@@ -203,18 +192,19 @@ def parsed_values(flag_values=flags.FLAGS):
 
 
 def values_from_argv(argv):
-  """Parses a command line into resolved flag values, outside ``__main__``.
+  """Parses a command line into a run folder and record, outside ``__main__``.
 
   Args:
     argv: the command line, program name first.
 
   Returns:
-    The resolved values (``resolve_flags``).
+    ``(model_dir, record)``: the --model_dir and the ``resolve_flags`` record.
   """
   flag_values = flags.FlagValues()
   define_flags(flag_values)
   flag_values(argv)
-  return resolve_flags(parsed_values(flag_values))
+  values = parsed_values(flag_values)
+  return values["model_dir"], resolve_flags(values)
 
 
 def resolve_flags(values):
@@ -224,13 +214,19 @@ def resolve_flags(values):
     values: dict of flag values as parsed.
 
   Returns:
-    A new dict with every default resolved.
+    The ``runs.RunRecord`` of every setting (all but --model_dir).
 
   Raises:
     errors.UserError: flags that contradict each other.
   """
   out = dict(values)
-  for key, default in DATASET_DEFAULTS[out["dataset"]].items():
+  del out["model_dir"]
+  if not math.isfinite(out["learning_rate"]):
+    raise errors.UserError(
+        f"--learning_rate={out['learning_rate']} is not a finite number: "
+        f"pass e.g. 0.001")
+  defaults = dataclasses.asdict(datasets.get(out["dataset"]).defaults)
+  for key, default in defaults.items():
     if out[key] is None:
       out[key] = default
   method = methods.get(out["method"])
@@ -247,7 +243,7 @@ def resolve_flags(values):
       out[flag] = method.weights.get(weight, unused)
   if out["eval_every"] is None:
     out["eval_every"] = out["checkpoint_every"]
-  out["lr_boundaries"] = [int(s) for s in out["lr_boundaries"]]
+  out["lr_boundaries"] = tuple(int(s) for s in out["lr_boundaries"])
   try:
     models.units_per_stage(out["depth"])
   except ValueError:
@@ -266,127 +262,97 @@ def resolve_flags(values):
         f"--step_size={out['step_size']} exceeds twice --epsilon="
         f"{out['epsilon']}: each step would leave the ball; use a smaller "
         f"step (official: 0.0075 for 0.03)")
-  return out
+  return runs.RunRecord(**out)
 
 
-def check_resume(model_dir, values):
-  """Refuses to resume a run in ``model_dir`` with different flags."""
-  try:
-    previous = runs.load_flags(model_dir)
-  except errors.UserError:
-    return
-  for key, value in values.items():
-    if key in RESUMABLE_CHANGES or previous.get(key, value) == value:
-      continue
-    raise errors.UserError(
-        f"{model_dir} holds a run trained with --{key}={previous[key]}, not "
-        f"{value}: pass the same value to resume it, or a new --model_dir")
+def train_config(record):
+  """The ``trainer.TrainConfig`` of a run: the record's settings it names."""
+  return trainer.TrainConfig(**{
+      f.name: getattr(record, f.name)
+      for f in dataclasses.fields(trainer.TrainConfig)})
 
 
-def build_trainer(values):
-  """Sets up devices, data and the trainer for resolved flag values.
+def build_trainer(model_dir, record):
+  """Sets up devices, data and the trainer of a run.
 
-  Writes ``flags.json`` (on the chief) once everything is known to be valid.
+  The chief writes the record (``run.json``) just before the run's first
+  checkpoint, so a run that fails earlier leaves the folder free.
 
   Args:
-    values: resolved flag values (``resolve_flags``).
+    model_dir: the run folder.
+    record: the run's ``runs.RunRecord`` (``resolve_flags``).
 
   Returns:
     A ``trainer.Trainer``, not yet restored.
 
   Raises:
-    errors.UserError: flags that cannot work here.
+    errors.UserError: flags that cannot work here, or that the run in
+      ``model_dir`` may not change.
   """
-  model_dir = values["model_dir"]
-  check_resume(model_dir, values)
+  runs.check_resume(model_dir, record)
   # Devices and the cluster must be set up before TensorFlow runs any op.
-  if values["cpu_devices"] > 1:
-    strategies.split_cpu(values["cpu_devices"])
-  strategy = strategies.create(values["strategy"], values["tpu"])
-  strategies.check_batch_size(values["batch_size"], strategy)
-  if values["deterministic"]:
+  if record.cpu_devices > 1:
+    strategies.split_cpu(record.cpu_devices)
+  strategy = strategies.create(record.strategy, record.tpu)
+  strategies.check_batch_size(record.batch_size, strategy)
+  if record.deterministic:
     tf.config.experimental.enable_op_determinism()
-  keras.utils.set_random_seed(values["seed"])
+  keras.utils.set_random_seed(record.seed)
 
-  images, labels = sources.load_split(values["dataset"], "train",
-                                      values["data_dir"],
-                                      values["tfds_data_dir"])
-  if values["val_size"] >= len(images):
+  images, labels = datasets.load_split(record.dataset, "train",
+                                       record.data_dir, record.tfds_data_dir)
+  if record.val_size >= len(images):
     raise errors.UserError(
-        f"--val_size={values['val_size']} leaves no training data "
+        f"--val_size={record.val_size} leaves no training data "
         f"({len(images)} examples): use a smaller --val_size")
   (images, labels), (val_images, val_labels) = data.validation_split(
-      images, labels, values["val_size"])
+      images, labels, record.val_size)
 
-  config = trainer.TrainConfig(
-      method=values["method"], epsilon=values["epsilon"],
-      step_size=values["step_size"], attack_steps=values["attack_steps"],
-      attack_bn_mode=values["attack_bn_mode"],
-      trades_beta=values["trades_beta"], eta=values["eta"],
-      batch_size=values["batch_size"], train_steps=values["train_steps"],
-      steps_per_loop=values["steps_per_loop"], optimizer=values["optimizer"],
-      learning_rate=values["learning_rate"], momentum=values["momentum"],
-      weight_decay=values["weight_decay"],
-      lr_boundaries=tuple(values["lr_boundaries"]),
-      lr_decay=values["lr_decay"],
-      checkpoint_every=values["checkpoint_every"],
-      keep_checkpoints=values["keep_checkpoints"],
-      eval_every=values["eval_every"], jit_compile=values["jit_compile"],
-      mixed_precision=values["mixed_precision"])
-  augmentation = data.Augmentation(flip=values["flip"],
-                                   pad_crop=values["pad_crop"])
-  rbs_blocks = values["rbs_blocks"] if config.method_spec.uses_rbs else None
+  config = train_config(record)
+  augmentation = data.Augmentation(flip=record.flip, pad_crop=record.pad_crop)
+  rbs_blocks = record.rbs_blocks if config.method_spec.uses_rbs else None
 
   train_input_fn = data.train_input_fn(
-      images, labels, batch_size=config.batch_size, seed=values["seed"],
+      images, labels, batch_size=config.batch_size, seed=record.seed,
       augmentation=augmentation, rbs_blocks=rbs_blocks,
-      rbs_granularity=values["rbs_granularity"])
+      rbs_granularity=record.rbs_granularity)
 
   def val_input_fn(input_context):
     return data.eval_dataset(val_images, val_labels,
                              batch_size=config.batch_size,
-                             seed=values["seed"], input_context=input_context)
+                             seed=record.seed, input_context=input_context)
 
-  runner = trainer.Trainer(
+  return trainer.Trainer(
       config,
-      lambda: runs.build_model(values,
-                               sync_batch_norm=values["sync_batch_norm"]),
+      lambda: runs.build_model(record, sync_batch_norm=record.sync_batch_norm),
       train_input_fn, model_dir, strategy=strategy,
       val_input_fn=val_input_fn if len(val_images) else None,
-      verbose=int(values["progress"]))
-  if runner.is_chief:
-    runs.save_flags(model_dir, values)
-  return runner
+      verbose=int(record.progress),
+      before_first_save=lambda: runs.save_record(model_dir, record))
 
 
-def run(values):
-  """Trains with resolved flag values; returns the final metrics."""
-  runner = build_trainer(values)
+def run(model_dir, record):
+  """Trains (or resumes) the run; returns the final metrics."""
+  runner = build_trainer(model_dir, record)
   restored = runner.restore()
   if restored:
     print(f"resuming from {restored} (step {runner.step})", flush=True)
   metrics = runner.train()
   print(f"trained to step {runner.step}; last checkpoint: "
-        f"{runs.checkpoint_path(values['model_dir'])}", flush=True)
+        f"{runs.checkpoint_path(model_dir)}", flush=True)
   return metrics
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main():
+  """Trains as the parsed flags say (``python -m rlfat_tf.train``)."""
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
     # tf.distribute reads dataset options while tracing, which tf.data warns
     # about on every multi-replica run although nothing is lost.
     warnings.filterwarnings(
         "ignore", message="To make it possible to preserve tf.data options")
-  try:
-    run(resolve_flags(parsed_values()))
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  values = parsed_values()
+  run(values["model_dir"], resolve_flags(values))
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run_absl(main, define_flags)

@@ -27,7 +27,6 @@ than the training loss's and stay clear of float16's underflow.
 
 import contextlib
 import dataclasses
-import json
 import os
 import time
 
@@ -35,6 +34,7 @@ import keras
 import tensorflow as tf
 
 from rlfat_tf import errors
+from rlfat_tf import files
 from rlfat_tf import methods
 from rlfat_tf import rbs
 from rlfat_tf import strategies
@@ -152,14 +152,6 @@ def _dtype_policy(name):
     keras.config.set_dtype_policy(previous)
 
 
-def write_json(path, payload):
-  """Writes JSON atomically, so a kill never leaves half a file."""
-  tmp = f"{path}.tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 class Trainer:
   """Trains a model with one of the methods of ``methods``.
 
@@ -175,7 +167,8 @@ class Trainer:
   """
 
   def __init__(self, config, model_fn, train_input_fn, model_dir,
-               strategy=None, val_input_fn=None, verbose=1):
+               strategy=None, val_input_fn=None, verbose=1,
+               before_first_save=None):
     """Builds the model, optimizer, compiled loops and checkpoint.
 
     Args:
@@ -190,6 +183,9 @@ class Trainer:
       val_input_fn: ``input_context -> tf.data.Dataset`` of validation
         batches (``data.eval_dataset``), or None for no validation.
       verbose: 1 shows a progress bar (on the chief), 0 is silent.
+      before_first_save: called on the chief just before this trainer saves
+        its first checkpoint (``rlfat_tf.train`` writes the run record then,
+        so that only a run with a checkpoint has one), or None.
 
     Raises:
       errors.UserError: the batch does not split across the replicas, or the
@@ -204,6 +200,7 @@ class Trainer:
     strategies.check_batch_size(config.batch_size, self.strategy)
     self.is_chief = strategies.is_chief(self.strategy)
     self.verbose = verbose if self.is_chief else 0
+    self._before_first_save = before_first_save if self.is_chief else None
     with self.strategy.scope():
       with _dtype_policy(config.mixed_precision):
         self.model = model_fn()
@@ -227,10 +224,10 @@ class Trainer:
     # precision; the loss scale is saved beside it.
     extra = ({"loss_scale": self.optimizer.dynamic_scale.value}
              if loss_scaled else {})
+    self._saved_optimizer = (self.optimizer.inner_optimizer if loss_scaled
+                             else self.optimizer)
     self.checkpoint = tf.train.Checkpoint(
-        model=self.model,
-        optimizer=(self.optimizer.inner_optimizer if loss_scaled
-                   else self.optimizer),
+        model=self.model, optimizer=self._saved_optimizer,
         best_score=self.best_score, step=self.global_step, **extra)
     write_dir = strategies.write_dir(model_dir, self.strategy)
     self.manager = tf.train.CheckpointManager(
@@ -291,6 +288,9 @@ class Trainer:
 
     Returns:
       The checkpoint's path, or None when there is none.
+
+    Raises:
+      errors.UserError: the checkpoint is past ``config.train_steps``.
     """
     path = tf.train.latest_checkpoint(
         os.path.join(self.model_dir, "checkpoints"))
@@ -303,6 +303,15 @@ class Trainer:
         "step/.ATTRIBUTES/VARIABLE_VALUE"):
       # Checkpoints without a step counter counted steps in the optimizer.
       self.global_step.assign(tf.cast(self.optimizer.iterations, tf.int64))
+    if self.step > self.config.train_steps:
+      raise errors.UserError(
+          f"{path} is at step {self.step}, past --train_steps="
+          f"{self.config.train_steps}: pass --train_steps={self.step} or more "
+          f"to resume it, or a new --model_dir")
+    if not self.config.lr_boundaries:
+      # The checkpoint holds the optimizer's learning rate; the config's
+      # wins, so a resumed run can lower it (after a divergence, say).
+      self._saved_optimizer.learning_rate = self.config.learning_rate
     self._iterator = None
     return path
 
@@ -501,6 +510,9 @@ class Trainer:
 
   def _save(self, manager, step):
     """Saves on every worker (a collective); only the chief's copy stays."""
+    if self._before_first_save:
+      self._before_first_save()
+      self._before_first_save = None
     manager.save(checkpoint_number=step)
     strategies.discard_writes(self.model_dir, self.strategy)
 
@@ -511,8 +523,8 @@ class Trainer:
     self.best_score.assign(score)
     self._save(self.best_manager, step)
     if self.is_chief:
-      write_json(os.path.join(self.model_dir, "best.json"),
-                  {"step": step, "criterion": "val/pgd_accuracy", **val})
+      files.write_json(os.path.join(self.model_dir, "best.json"),
+                       {"step": step, "criterion": "val/pgd_accuracy", **val})
 
   def train(self):
     """Trains until ``config.train_steps``; returns the final metrics.
@@ -576,8 +588,8 @@ class Trainer:
           tf.summary.scalar(key, value)
       writer.flush()
       if self.is_chief:
-        write_json(os.path.join(self.model_dir, "metrics.json"),
-                    {"step": step, **self.metrics})
+        files.write_json(os.path.join(self.model_dir, "metrics.json"),
+                         {"step": step, **self.metrics})
       progbar.update(step, [(_bar_name(k), v) for k, v in metrics.items()
                             if k != "train/learning_rate"],
                      finalize=step >= config.train_steps)

@@ -4,7 +4,7 @@ Selection: train is the first 400 images of each class of data_batch_1.bin,
 test the first 100 of each class of test_batch.bin; both keep file order. Each
 split is stored as a lossless WebP mosaic of 32x32 tiles plus one label byte per
 image, and manifest.json records counts, grid and SHA-256 of the decoded
-pixels and of the labels, which `rlfat_tf.sources` checks at load time.
+pixels and of the labels, which `rlfat_tf.datasets.sample` checks at load time.
 
 Usage (from the repository root; needs Pillow for the WebP encoder):
 
@@ -28,15 +28,18 @@ import tensorflow as tf
 # Lets the script run from a checkout in which the package is not installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from rlfat_tf import datasets
 from rlfat_tf import errors
-from rlfat_tf import sources
+from rlfat_tf import files
+from rlfat_tf.datasets import cifar
+from rlfat_tf.datasets import sample
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _CIFAR_DIR = flags.DEFINE_string(
     "cifar_dir", None,
     "Folder cifar-10-batches-bin/ of the official CIFAR-10 binary release.")
 _OUT_DIR = flags.DEFINE_string(
-    "out_dir", sources.SAMPLE_DIR, "Folder to write the sample into.")
+    "out_dir", sample.SAMPLE_DIR, "Folder to write the sample into.")
 
 # split: (source file, images kept per class).
 _SELECTION = {
@@ -101,13 +104,6 @@ def encode_mosaic(images: np.ndarray, cols: int) -> tuple[bytes, list[int]]:
   return data, [rows, cols]
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-  partial = path + ".partial"
-  with open(partial, "wb") as f:
-    f.write(data)
-  os.replace(partial, path)
-
-
 def build(cifar_dir: str, out_dir: str) -> dict[str, object]:
   """Writes the sample's files into out_dir and returns its manifest.
 
@@ -121,7 +117,7 @@ def build(cifar_dir: str, out_dir: str) -> dict[str, object]:
   Raises:
     errors.UserError: missing or malformed source files.
   """
-  info = sources.dataset_info("cifar10")
+  info = datasets.get("cifar10")
   outputs = {}
   splits = {}
   for split, (source_file, per_class) in _SELECTION.items():
@@ -131,7 +127,7 @@ def build(cifar_dir: str, out_dir: str) -> dict[str, object]:
           f"{source_path} is missing; pass --cifar_dir=the "
           f"cifar-10-batches-bin/ folder of the official CIFAR-10 binary "
           f"release")
-    images, labels = sources.read_cifar_file(source_path, "cifar10")
+    images, labels = cifar.read_cifar10_file(source_path)
     keep = first_per_class(labels, per_class, info.num_classes)
     images = np.ascontiguousarray(images[keep])
     label_bytes = labels[keep].astype(np.uint8).tobytes()
@@ -170,8 +166,8 @@ def build(cifar_dir: str, out_dir: str) -> dict[str, object]:
   # Each file is replaced whole; should a run stop between files, the
   # manifest's hashes no longer match and the loader reports the sample corrupt.
   for file_name, data in outputs.items():
-    _write_atomically(os.path.join(out_dir, file_name), data)
-  _write_atomically(os.path.join(out_dir, sources.SAMPLE_MANIFEST),
+    files.write_bytes(os.path.join(out_dir, file_name), data)
+  files.write_bytes(os.path.join(out_dir, sample.MANIFEST),
                     (json.dumps(manifest, indent=2) + "\n").encode())
   return manifest
 

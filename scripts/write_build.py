@@ -1,8 +1,9 @@
 """Writes the top-level Bazel BUILD file from the imports of the code.
 
-One py_library per module of rlfat_tf/ and one per subpackage (deps: the
-project modules and subpackages it imports), one py_binary per command-line
-entry point, one py_test per test module. Third-party packages (TensorFlow, Keras, ...) come from the Python
+One py_library per module of rlfat_tf/ and one per package in it (e.g.
+rlfat_tf/datasets/, a glob of its files; deps: the project modules and
+packages it imports), one py_binary per command-line entry point, one py_test per test
+module. Third-party packages (TensorFlow, Keras, ...) come from the Python
 environment that requirements.txt sets up, not from Bazel.
 
 Run after adding a module, an import between modules or a test:
@@ -23,7 +24,7 @@ ENTRY_POINTS = ("train", "evaluate", "export", "report", "benchmark",
 BAZEL_CI_TESTS = ("test_build", "test_flagfiles", "test_models",
                   "test_methods", "test_rbs")
 # Extra runtime files a module reads.
-LIBRARY_DATA = {"sources": 'glob(["rlfat_tf/assets/**"])'}
+LIBRARY_DATA = {"datasets": 'glob(["rlfat_tf/assets/**"])'}
 TEST_DATA = {
     "test_build": ('["BUILD"] + glob(["rlfat_tf/*.py", "rlfat_tf/*/*.py", '
                    '"tests/*.py", "scripts/*.py"])'),
@@ -49,16 +50,14 @@ def project_imports(path):
 
 
 def packages():
-  """The subpackages of rlfat_tf, each a folder with an __init__.py."""
-  return sorted(p.parent for p in (ROOT / "rlfat_tf").glob("*/__init__.py"))
+  """{name: its .py files} of each package inside rlfat_tf/."""
+  return {path.parent.name: sorted(path.parent.glob("*.py"))
+          for path in sorted((ROOT / "rlfat_tf").glob("*/__init__.py"))}
 
 
-def package_imports(folder):
-  """What a subpackage's files import, the subpackage itself left out."""
-  found = set()
-  for path in folder.glob("*.py"):
-    found.update(project_imports(path))
-  return sorted(found - {folder.name})
+def package_imports(name, files):
+  """Sorted project modules that a package's files import, but itself."""
+  return sorted({m for path in files for m in project_imports(path)} - {name})
 
 
 def _list(items):
@@ -90,12 +89,15 @@ def render():
       lines.append(f"    data = {LIBRARY_DATA[name]},")
     lines.append(f"    deps = {_deps(project_imports(path))},\n)")
     out += ["", "\n".join(lines)]
-  for folder in packages():
-    srcs = ", ".join(f'"rlfat_tf/{folder.name}/{p.name}"'
-                     for p in sorted(folder.glob("*.py")))
-    out += ["", (f'py_library(\n    name = "{folder.name}",\n'
-                 f'    srcs = ["rlfat_tf/__init__.py", {srcs}],\n'
-                 f'    deps = {_deps(package_imports(folder))},\n)')]
+  for name, files in packages().items():
+    # A glob, so that a module added to the package needs no new BUILD.
+    lines = [f'py_library(\n    name = "{name}",',
+             f'    srcs = ["rlfat_tf/__init__.py"] + '
+             f'glob(["rlfat_tf/{name}/*.py"]),']
+    if name in LIBRARY_DATA:
+      lines.append(f"    data = {LIBRARY_DATA[name]},")
+    lines.append(f"    deps = {_deps(package_imports(name, files))},\n)")
+    out += ["", "\n".join(lines)]
   for name in ENTRY_POINTS:
     if (ROOT / "rlfat_tf" / f"{name}.py").exists():
       out += ["", (f'py_binary(\n    name = "{name}_main",\n'

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from rlfat_tf import cli
 from rlfat_tf import edge_eval
 from rlfat_tf import models
 from rlfat_tf import tflite
@@ -145,7 +146,7 @@ def test_cli_runs_with_tensorflow_unimportable(artifacts, tmp_path):
 
 def _error_line(capsys, argv):
   with pytest.raises(SystemExit) as e:
-    edge_eval.main(argv)
+    cli.call(edge_eval.main, argv)
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: "), err

@@ -34,7 +34,7 @@ AUTOATTACK = ("apgd_ce", "apgd_t", "fab_t", "square")
 def smoke_run(tmp_path_factory):
   """A WRN-10-1 trained for 6 steps, checkpoints at steps 3 and 6."""
   model_dir = str(tmp_path_factory.mktemp("smoke"))
-  train.run(train.values_from_argv(
+  train.run(*train.values_from_argv(
       ["train", f"--flagfile={SMOKE}", f"--model_dir={model_dir}",
        "--noprogress"]))
   return model_dir

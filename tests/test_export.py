@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from rlfat_tf import cli
+from rlfat_tf import datasets
 from rlfat_tf import edge_eval
 from rlfat_tf import errors
 from rlfat_tf import export
 from rlfat_tf import runs
-from rlfat_tf import sources
 from rlfat_tf import tflite
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -76,7 +77,7 @@ def exported(run_dir, tmp_path_factory):
                        "--representative_examples=100", "--noprogress")
   stdout = io.StringIO()
   with contextlib.redirect_stdout(stdout):
-    export.main(["export"], flag_values)
+    export.main(flag_values)
   version = export_dir / MODEL_NAME / "1"
   manifest = json.loads((version / export.MANIFEST_FILE).read_text())
   return {"export_dir": export_dir, "version": version,
@@ -93,7 +94,7 @@ def test_cli_writes_the_serving_layout(exported):
   assert (version / "saved_model.pb").is_file()
   assert (version / "variables" / "variables.index").is_file()
   assert (version / "assets" / "class_names.txt").read_text().splitlines() == (
-      list(sources.dataset_info("cifar10_sample").class_names))
+      list(datasets.get("cifar10_sample").class_names))
   assert sorted(os.listdir(version / export.EDGE_DIR)) == sorted(
       [export.EVAL_SET_FILE] + [f"{v}.tflite" for v in tflite.VARIANTS])
   out = exported["stdout"]
@@ -128,7 +129,7 @@ def test_manifest_records_parity_of_every_artifact(exported, run_dir):
 def test_eval_set_holds_the_test_images_and_keras_logits(exported, run_dir):
   eval_set = edge_eval.load_eval_set(
       str(exported["version"] / export.EDGE_DIR / export.EVAL_SET_FILE))
-  images, labels = sources.load_split("cifar10_sample", "test")
+  images, labels = datasets.load_split("cifar10_sample", "test")
   np.testing.assert_array_equal(eval_set["clean_images"],
                                 images[:EVAL_EXAMPLES])
   np.testing.assert_array_equal(eval_set["labels"], labels[:EVAL_EXAMPLES])
@@ -263,7 +264,7 @@ def test_main_prints_user_errors_as_one_line(tmp_path, capsys):
   flag_values = _parse(f"--model_dir={tmp_path}",
                        f"--export_dir={tmp_path / 'out'}")
   with pytest.raises(SystemExit) as e:
-    export.main(["export"], flag_values)
+    cli.call(export.main, flag_values)
   assert e.value.code == 2
   assert capsys.readouterr().err.startswith(f"error: {tmp_path} holds no "
                                             f"training run")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from ai_edge_litert import interpreter as litert
 
+from rlfat_tf import datasets
 from rlfat_tf import models
-from rlfat_tf import sources
 from rlfat_tf import tflite
 
 CLASSES = 10
@@ -20,13 +20,13 @@ def model():
 
 @pytest.fixture(scope="module")
 def test_images():
-  images, _ = sources.load_split("cifar10_sample", "test")
+  images, _ = datasets.load_split("cifar10_sample", "test")
   return images[:200].astype(np.float32) / 255
 
 
 @pytest.fixture(scope="module")
 def converted(model):
-  train, _ = sources.load_split("cifar10_sample", "train")
+  train, _ = datasets.load_split("cifar10_sample", "train")
   representative = train[:100].astype(np.float32) / 255
   return {variant: tflite.convert(model, variant, representative)
           for variant in tflite.VARIANTS}

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ ENV = dict({k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
 
 
 def _parse(*argv):
+  """``(model_dir, record)`` of the smoke configuration with ``argv``."""
   return train.values_from_argv(["train", f"--flagfile={SMOKE}", *argv])
 
 
@@ -59,10 +61,11 @@ def _summary_tags(model_dir):
 @pytest.mark.parametrize("method", sorted(methods.METHODS))
 def test_smoke_config_trains_every_method(method, tmp_path):
   model_dir = str(tmp_path / method)
-  metrics = train.run(_parse(f"--model_dir={model_dir}", f"--method={method}"))
+  metrics = train.run(*_parse(f"--model_dir={model_dir}",
+                              f"--method={method}"))
   assert tf.train.latest_checkpoint(
       os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
-  with open(os.path.join(model_dir, "flags.json")) as f:
+  with open(os.path.join(model_dir, "run.json")) as f:
     saved = json.load(f)
   assert saved["method"] == method and saved["depth"] == 10
   # Weights a method does not read are recorded at their old defaults.
@@ -93,26 +96,80 @@ def test_smoke_config_trains_every_method(method, tmp_path):
   assert best["criterion"] == "val/pgd_accuracy" and best["step"] in (3, 6)
 
 
-def test_rerun_with_more_steps_resumes(tmp_path, capsys):
+def test_rerun_with_more_steps_resumes(tmp_path, capsys, monkeypatch):
   model_dir = str(tmp_path / "run")
-  train.run(_parse(f"--model_dir={model_dir}", "--method=pgdat",
-                   "--val_size=0"))
+  train.run(*_parse(f"--model_dir={model_dir}", "--method=pgdat",
+                    "--val_size=0"))
   first = _checkpoint_values(os.path.join(model_dir, "checkpoints", "ckpt-6"))
   capsys.readouterr()
-  train.run(_parse(f"--model_dir={model_dir}", "--method=pgdat",
-                   "--val_size=0", "--train_steps=9"))
+  # The folder is the run wherever it is and however it is spelled: a copy,
+  # reached by a relative path with a trailing slash, resumes, with a lower
+  # learning rate (which may change) that the optimizer then uses.
+  shutil.copytree(model_dir, tmp_path / "copy")
+  monkeypatch.chdir(tmp_path)
+  metrics = train.run(*_parse("--model_dir=copy/", "--method=pgdat",
+                              "--val_size=0", "--train_steps=9",
+                              "--learning_rate=0.0002"))
   out = capsys.readouterr().out
   assert "resuming from" in out and "(step 6)" in out
+  assert metrics["train/learning_rate"] == pytest.approx(0.0002)
+  copy = str(tmp_path / "copy")
   assert tf.train.latest_checkpoint(
-      os.path.join(model_dir, "checkpoints")).endswith("ckpt-9")
-  with open(os.path.join(model_dir, "metrics.json")) as f:
+      os.path.join(copy, "checkpoints")).endswith("ckpt-9")
+  with open(os.path.join(copy, "metrics.json")) as f:
     assert json.load(f)["step"] == 9
-  later = _checkpoint_values(os.path.join(model_dir, "checkpoints", "ckpt-9"))
+  with open(os.path.join(copy, "run.json")) as f:
+    assert json.load(f)["train_steps"] == 9
+  later = _checkpoint_values(os.path.join(copy, "checkpoints", "ckpt-9"))
   assert any(not np.array_equal(first[k], later[k]) for k in first)
   # Resuming with another method would mix two runs: refused.
-  with pytest.raises(errors.UserError, match="--method=pgdat"):
-    train.run(_parse(f"--model_dir={model_dir}", "--method=trades",
-                     "--val_size=0", "--train_steps=12"))
+  with pytest.raises(errors.UserError, match="--method=pgdat, not trades"):
+    train.run(*_parse(f"--model_dir={copy}", "--method=trades",
+                      "--val_size=0", "--train_steps=12"))
+  # Fewer steps than the run has taken cannot be honoured: refused, not
+  # silently ignored.
+  with pytest.raises(errors.UserError,
+                     match="at step 9, past --train_steps=7: pass "
+                     "--train_steps=9 or more"):
+    train.run(*_parse(f"--model_dir={copy}", "--method=pgdat",
+                      "--val_size=0", "--train_steps=7"))
+
+
+def test_run_record_is_written_only_with_a_checkpoint(tmp_path):
+  model_dir = str(tmp_path / "run")
+  sgd = [f"--model_dir={model_dir}", "--method=pgdat", "--val_size=0",
+         "--optimizer=sgd", "--momentum=0"]
+  # A run that diverges before its first checkpoint leaves nothing behind,
+  # so the next run may use other settings.
+  with pytest.raises(errors.TrainingDiverged):
+    train.run(*_parse(*sgd, "--learning_rate=1e12", "--train_steps=3"))
+  assert not os.path.exists(os.path.join(model_dir, "run.json"))
+  assert tf.train.latest_checkpoint(
+      os.path.join(model_dir, "checkpoints")) is None
+  sgd[-1] = "--momentum=0.5"
+  train.run(*_parse(*sgd, "--learning_rate=0.01", "--train_steps=3"))
+  # A resumed run that diverges keeps the record of the last checkpoint; the
+  # advice it prints (lower --learning_rate and rerun) then resumes.
+  with pytest.raises(errors.TrainingDiverged,
+                     match="lower --learning_rate or check the data, then "
+                     "rerun to resume"):
+    train.run(*_parse(*sgd, "--learning_rate=1e12", "--train_steps=6"))
+  with open(os.path.join(model_dir, "run.json")) as f:
+    saved = json.load(f)
+  assert (saved["learning_rate"], saved["train_steps"]) == (0.01, 3)
+  metrics = train.run(*_parse(*sgd, "--learning_rate=0.001",
+                              "--train_steps=6"))
+  assert metrics["train/learning_rate"] == pytest.approx(0.001)
+  with open(os.path.join(model_dir, "run.json")) as f:
+    saved = json.load(f)
+  assert (saved["learning_rate"], saved["train_steps"]) == (0.001, 6)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_learning_rate_must_be_finite(value):
+  with pytest.raises(errors.UserError,
+                     match=f"--learning_rate={value} is not a finite number"):
+    _parse("--model_dir=unused", f"--learning_rate={value}")
 
 
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
@@ -158,6 +215,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     (["--depth=12"], "--depth=12 is not a WideResNet depth"),
     (["--method=pgdat", "--eta=0.5"], "no transfer term"),
     (["--dataset=cifar100", "--data_dir=/nonexistent"], "--data_dir"),
+    (["--data_dir=/nonexistent"], "does not apply to cifar10_sample"),
     (["--mixed_precision=float64"], "--mixed_precision"),
     (["--strategy=mirrored", "--cpu_devices=3"],
      "--batch_size=32 does not split evenly across 3 replicas"),
@@ -176,9 +234,22 @@ def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(argv, needle,
   lines = [l for l in result.stderr.splitlines()
            if needle in l or l.startswith("error:")]
   assert len(lines) == 1 and needle in lines[0], result.stderr
-  assert not (model_dir / "flags.json").exists()
+  assert not (model_dir / "run.json").exists()
   assert not model_dir.exists() or not any(
       (model_dir / "checkpoints").glob("ckpt-*"))
+
+
+@pytest.mark.parametrize("dataset, defaults", [
+    ("stl10", (40, 2, 7, 29_700)), ("cifar100", (34, 10, 7, 79_800)),
+    ("cifar10_sample", (34, 10, 10, 79_800))])
+def test_each_dataset_fills_the_official_defaults(dataset, defaults, tmp_path):
+  keys = ("depth", "width", "attack_steps", "train_steps")
+  argv = ["train", f"--model_dir={tmp_path}", f"--dataset={dataset}"]
+  values = train.values_from_argv(argv)
+  assert tuple(values[k] for k in keys) == defaults
+  values = train.values_from_argv(argv + ["--depth=10", "--attack_steps=3"])
+  assert tuple(values[k] for k in keys) == (10,) + defaults[1:2] + (
+      3,) + defaults[3:]
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -210,7 +281,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 @pytest.mark.skipif(not SHARED_CIFAR.exists(),
                     reason="real CIFAR-10 is not on this machine")
 def test_trains_on_real_cifar10_from_data_dir(tmp_path):
-  metrics = train.run(_parse(
+  metrics = train.run(*_parse(
       f"--model_dir={tmp_path}", "--dataset=cifar10", "--method=rlfat_t",
       f"--data_dir={SHARED_CIFAR.parent}", "--train_steps=3",
       "--val_size=64"))
@@ -224,22 +295,22 @@ def test_trains_on_real_cifar10_from_data_dir(tmp_path):
   assert 0.0 <= metrics["val/clean_accuracy"] <= 1.0
   assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith(
       "ckpt-3")
-  with open(tmp_path / "flags.json") as f:
+  with open(tmp_path / "run.json") as f:
     assert json.load(f)["dataset"] == "cifar10"
 
 
 def test_mixed_precision_and_xla_runs_resume_across_precisions(tmp_path):
   model_dir = str(tmp_path / "run")
   common = [f"--model_dir={model_dir}", "--method=pgdat", "--val_size=0"]
-  first = train.run(_parse(*common, "--mixed_precision=mixed_float16",
-                           "--train_steps=3"))
+  first = train.run(*_parse(*common, "--mixed_precision=mixed_float16",
+                            "--train_steps=3"))
   path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
   assert path.endswith("ckpt-3")
   # float16 trains with a dynamic loss scale, saved beside the optimizer.
   reader = tf.train.load_checkpoint(path)
   assert reader.get_tensor("loss_scale/.ATTRIBUTES/VARIABLE_VALUE") > 1.0
-  later = train.run(_parse(*common, "--mixed_precision=mixed_bfloat16",
-                           "--jit_compile", "--train_steps=6"))
+  later = train.run(*_parse(*common, "--mixed_precision=mixed_bfloat16",
+                            "--jit_compile", "--train_steps=6"))
   for metrics in (first, later):
     for key, value in metrics.items():
       assert np.isfinite(value), key

@@ -13,24 +13,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from rlfat_tf import errors
+from rlfat_tf import cli
 from rlfat_tf import train
 
 
 def main():
   out, argv = sys.argv[1], sys.argv[2:]
-  try:
-    runner = train.build_trainer(train.values_from_argv(["train", *argv]))
-    restored = runner.restore()
-    if restored:
-      print(f"resuming from {restored} (step {runner.step})", flush=True)
-    runner.train()
-  except errors.UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  runner = train.build_trainer(*train.values_from_argv(["train", *argv]))
+  restored = runner.restore()
+  if restored:
+    print(f"resuming from {restored} (step {runner.step})", flush=True)
+  runner.train()
   np.savez(out, **{v.path: v.numpy() for v in runner.model.weights})
   print(f"trained to step {runner.step}", flush=True)
 
 
 if __name__ == "__main__":
-  main()
+  cli.call(main)

@@ -1,0 +1,69 @@
+"""Tests of the atomic writes in rlfat_tf.files."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from rlfat_tf import files
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_writes_replace_the_file_and_leave_no_temporary(tmp_path):
+  path = tmp_path / "a.json"
+  path.write_text("old")
+  files.write_json(path, {"b": 1, "a": [1, 2]})
+  assert path.read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}'
+  files.write_text(path, "é\n")
+  assert path.read_bytes() == "é\n".encode("utf-8")
+  files.write_bytes(path, b"\x00\x01")
+  assert path.read_bytes() == b"\x00\x01"
+  assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_a_payload_json_cannot_hold_leaves_the_old_file(tmp_path):
+  path = tmp_path / "a.json"
+  files.write_json(path, {"step": 1})
+  with pytest.raises(TypeError):
+    files.write_json(path, {"step": object()})
+  assert json.loads(path.read_text()) == {"step": 1}
+  assert os.listdir(tmp_path) == ["a.json"]
+
+
+def test_a_failed_write_removes_its_temporary(tmp_path):
+  target = tmp_path / "folder"
+  target.mkdir()
+  # Renaming a file onto a folder fails after the temporary is written.
+  with pytest.raises(OSError):
+    files.write_text(target, "x")
+  assert os.listdir(tmp_path) == ["folder"]
+
+
+def test_a_missing_folder_is_an_error_not_created(tmp_path):
+  with pytest.raises(FileNotFoundError):
+    files.write_text(tmp_path / "no" / "a.txt", "x")
+  assert not (tmp_path / "no").exists()
+
+
+def test_urls_go_through_tensorflow_file_systems():
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  path = "ram://files_test/metrics.json"
+  tf.io.gfile.makedirs("ram://files_test")
+  files.write_json(path, {"step": 3})
+  with tf.io.gfile.GFile(path) as f:
+    assert json.load(f) == {"step": 3}
+  assert not tf.io.gfile.exists(path + files.TEMP_SUFFIX)
+
+
+def test_importing_it_loads_neither_tensorflow_nor_absl(tmp_path):
+  script = ("import sys; from rlfat_tf import files; "
+            f"files.write_json({str(tmp_path / 'a.json')!r}, {{}}); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'tensorflow', 'keras', 'absl'}))")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, cwd=ROOT, check=True, timeout=60)
+  assert result.stdout.strip() == "[]"

@@ -1,0 +1,167 @@
+"""Tests of the run record (rlfat_tf.runs): its file, its conversion from
+flags.json, and which settings a resumed run may change."""
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+
+import pytest
+import tensorflow as tf
+
+from rlfat_tf import errors
+from rlfat_tf import runs
+from rlfat_tf import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "flags" / "smoke.cfg")
+
+
+@pytest.fixture(scope="module")
+def record():
+  """The record of the smoke configuration."""
+  _, resolved = train.values_from_argv(
+      ["train", f"--flagfile={SMOKE}", "--model_dir=unused",
+       "--lr_boundaries=4,5"])
+  return resolved
+
+
+def _checkpoint(model_dir):
+  manager = tf.train.CheckpointManager(
+      tf.train.Checkpoint(v=tf.Variable(1.0)),
+      os.path.join(model_dir, "checkpoints"), max_to_keep=1)
+  manager.save(checkpoint_number=3)
+
+
+def _error(model_dir):
+  with pytest.raises(errors.UserError) as e:
+    runs.load_record(str(model_dir))
+  assert "\n" not in str(e.value)
+  return str(e.value)
+
+
+def test_record_round_trips_through_run_json(record, tmp_path):
+  runs.save_record(str(tmp_path), record)
+  written = json.loads((tmp_path / runs.RECORD_FILE).read_text())
+  assert written["lr_boundaries"] == [4, 5]
+  assert written["schema_version"] == runs.SCHEMA_VERSION == 1
+  assert (written["depth"], written["eta"]) == (10, 0.5)
+  assert "model_dir" not in written
+  assert runs.load_record(str(tmp_path)) == record
+  assert os.listdir(tmp_path) == [runs.RECORD_FILE]
+
+
+def test_the_settings_a_resume_may_change_are_the_documented_ones():
+  assert runs.RunRecord.may_change() == {
+      "train_steps", "learning_rate", "lr_boundaries", "lr_decay",
+      "eval_every", "checkpoint_every", "keep_checkpoints", "steps_per_loop",
+      "progress", "strategy", "cpu_devices", "tpu", "sync_batch_norm",
+      "jit_compile", "mixed_precision", "deterministic", "data_dir",
+      "tfds_data_dir"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("depth"), "lacks the setting 'depth'"),
+    (lambda c: c.update(depth="ten"), "has depth = 'ten', not an integer"),
+    (lambda c: c.update(depth=True), "has depth = True, not an integer"),
+    (lambda c: c.update(flip=1), "has flip = 1, not true or false"),
+    (lambda c: c.update(lr_boundaries=[4, "x"]),
+     "not a list of integers"),
+    (lambda c: c.update(eta="0.5"), "not a number or null"),
+    (lambda c: c.update(colour="red"), "unknown setting 'colour'"),
+    (lambda c: c.update(schema_version=2),
+     "has schema_version 2, but this version reads 1"),
+])
+def test_malformed_run_json_gives_one_line_naming_the_problem(
+    record, tmp_path, change, message):
+  content = record.to_json()
+  change(content)
+  (tmp_path / runs.RECORD_FILE).write_text(json.dumps(content))
+  line = _error(tmp_path)
+  assert message in line and runs.RECORD_FILE in line
+
+
+def test_unreadable_run_json_is_one_line(tmp_path):
+  (tmp_path / runs.RECORD_FILE).write_text('{"depth": 10,')
+  assert "is not valid JSON (line 1" in _error(tmp_path)
+  (tmp_path / runs.RECORD_FILE).write_text("[1, 2]")
+  assert "does not hold a JSON object" in _error(tmp_path)
+
+
+def test_a_folder_without_a_run_says_so(tmp_path):
+  assert "holds no training run" in _error(tmp_path)
+
+
+def test_legacy_flags_json_is_converted_on_read(record, tmp_path):
+  # flags.json held every flag, the run folder among them, and predates the
+  # hardware flags.
+  flags_json = dict(record.to_json(), model_dir="/old/place")
+  for name in ("strategy", "cpu_devices", "tpu", "sync_batch_norm",
+               "mixed_precision", "schema_version"):
+    del flags_json[name]
+  (tmp_path / runs.LEGACY_FLAGS_FILE).write_text(json.dumps(flags_json))
+  loaded = runs.load_record(str(tmp_path))
+  assert loaded == dataclasses.replace(
+      record, strategy="default", cpu_devices=1, tpu=None,
+      sync_batch_norm=False, mixed_precision="float32")
+  del flags_json["method"]
+  (tmp_path / runs.LEGACY_FLAGS_FILE).write_text(json.dumps(flags_json))
+  line = _error(tmp_path)
+  assert "flags.json lacks the setting 'method'" in line
+
+
+def test_run_json_wins_over_a_legacy_flags_json(record, tmp_path):
+  (tmp_path / runs.LEGACY_FLAGS_FILE).write_text("not json")
+  runs.save_record(str(tmp_path), record)
+  assert runs.load_record(str(tmp_path)) == record
+
+
+def test_a_folder_without_a_checkpoint_is_not_bound_to_its_record(record,
+                                                                  tmp_path):
+  runs.save_record(str(tmp_path), record)
+  runs.check_resume(str(tmp_path), dataclasses.replace(record, method="trades",
+                                                       eta=None))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"method": "pgdat", "eta": None}, "--method=rlfat_p, not pgdat"),
+    ({"epsilon": 0.02}, "--epsilon=0.03, not 0.02"),
+    ({"batch_size": 16}, "--batch_size=32, not 16"),
+    ({"val_size": 0}, "--val_size=100, not 0"),
+    ({"seed": 1}, "--seed=0, not 1"),
+])
+def test_resume_refuses_a_changed_setting_by_name(record, tmp_path, change,
+                                                  message):
+  runs.save_record(str(tmp_path), record)
+  _checkpoint(str(tmp_path))
+  with pytest.raises(errors.UserError) as e:
+    runs.check_resume(str(tmp_path), dataclasses.replace(record, **change))
+  assert message in str(e.value) and "new --model_dir" in str(e.value)
+
+
+def test_resume_accepts_every_setting_that_may_change(record, tmp_path):
+  runs.save_record(str(tmp_path), record)
+  _checkpoint(str(tmp_path))
+  changed = dataclasses.replace(
+      record, train_steps=99, learning_rate=1e-4, lr_boundaries=(50,),
+      lr_decay=0.5, eval_every=7, checkpoint_every=7, keep_checkpoints=9,
+      steps_per_loop=1, progress=False, strategy="mirrored", cpu_devices=2,
+      sync_batch_norm=True, jit_compile=True, mixed_precision="mixed_bfloat16",
+      deterministic=True, data_dir="/data", tfds_data_dir="/tfds")
+  runs.check_resume(str(tmp_path), changed)
+
+
+def test_a_moved_folder_is_the_same_run_by_any_spelling(record, tmp_path,
+                                                        monkeypatch):
+  first = tmp_path / "first"
+  runs.save_record(str(first), record)
+  _checkpoint(str(first))
+  shutil.copytree(first, tmp_path / "copy")
+  shutil.move(first, tmp_path / "moved")
+  monkeypatch.chdir(tmp_path)
+  for spelling in ("copy", "copy/", "./moved", str(tmp_path / "moved") + "/"):
+    runs.check_resume(spelling, record)
+    assert runs.checkpoint_path(spelling).endswith("ckpt-3")
+    with pytest.raises(errors.UserError, match="--seed=0, not 1"):
+      runs.check_resume(spelling, dataclasses.replace(record, seed=1))
