@@ -275,7 +275,8 @@ def train_input_fn(images, labels, *, batch_size, seed, augmentation,
   return input_fn
 
 
-def eval_dataset(images, labels, *, batch_size, seed=0, input_context=None):
+def eval_dataset(images, labels, *, batch_size, seed=0, input_context=None,
+                 positions=None):
   """One pass over a split in order, in batches (the last may be smaller).
 
   Args:
@@ -284,12 +285,18 @@ def eval_dataset(images, labels, *, batch_size, seed=0, input_context=None):
     batch_size: global batch size.
     seed: seed of the per-example attack seeds.
     input_context: a ``tf.distribute.InputContext`` to shard by, or None.
+    positions: int [N], each example's position in its split, which keys its
+      attack seed (default 0, ..., N - 1); a subset of a split passes its
+      examples' positions to keep their seeds.
 
   Returns:
     A ``tf.data.Dataset`` of dicts with ``image``, ``label`` and ``seed``.
   """
+  if positions is None:
+    positions = np.arange(len(images))
   ds = tf.data.Dataset.from_tensor_slices(
-      (images, np.asarray(labels, np.int32))).enumerate()
+      (np.asarray(positions, np.int64), (images, np.asarray(labels,
+                                                            np.int32))))
   per_replica = batch_size
   if input_context is not None:
     ds = ds.shard(input_context.num_input_pipelines,

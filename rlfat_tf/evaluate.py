@@ -8,10 +8,13 @@ Examples:
 
 One evaluation writes a results file (default RUN/results_<which>_<split>.json)
 with the clean accuracy, the accuracy under PGD, CW-margin PGD, APGD-CE,
-APGD-DLR and the N attack, the per-example worst case over the white-box
-attacks, the integrity checks, the loss sensitivity under brightness and gamma
-shifts, and SmoothGrad salience maps (``<stem>_salience.npz`` beside it),
-with the per-example verdicts in ``<stem>_examples.npz``.
+APGD-DLR, the N attack and AutoAttack (and after each of its stages), the
+per-example worst case over the white-box attacks and over every attack, each
+attack's images per second, the integrity checks, the loss sensitivity under
+brightness and gamma shifts, and SmoothGrad salience maps
+(``<stem>_salience.npz`` beside it), with the per-example verdicts in
+``<stem>_examples.npz``. APGD-T, FAB-T and Square run on their own when
+--attacks names them.
 
 Exit status: 0 when every integrity check passed, 3 when the results were
 written but at least one check failed (each failure is printed as an
@@ -97,7 +100,7 @@ def define_flags(flag_values=FLAGS):
                        "SmoothGrad noise.", lower_bound=0, **fv)
 
   # Attacks: the shared settings, then each registered attack's own.
-  flags.DEFINE_list("attacks", list(attacks.NAMES),
+  flags.DEFINE_list("attacks", list(attacks.DEFAULTS),
                     f"Attacks to run, from {','.join(attacks.NAMES)}.", **fv)
   flags.DEFINE_float("epsilon", 0.03, "L-inf radius of every attack, in "
                      "(0, 1] (official: 0.03).", **fv)
@@ -427,10 +430,12 @@ def watch(values):
               flush=True)
         continue
       start = time.perf_counter()
+      clean = robustness.correct(model, images, labels, values["batch_size"])
       out = robustness.run_attack(model, attack, images, labels,
                                   batch_size=values["batch_size"],
-                                  seed=values["seed"], verbose=verbose)
-      metrics = {"val/clean_accuracy": float(np.mean(out["clean_correct"])),
+                                  seed=values["seed"], verbose=verbose,
+                                  robust=clean)
+      metrics = {"val/clean_accuracy": float(np.mean(clean)),
                  pgd_key: float(np.mean(out["robust"]))}
       with writer.as_default(step=step):
         for key, value in metrics.items():

@@ -3,9 +3,10 @@ r"""Turns evaluation results into the paper's tables and figures.
 Reads the results.json files written by ``rlfat_tf.evaluate`` and writes to
 --output_dir:
 
-- ``report.md``: Table 1 (accuracy under white-box and black-box attacks),
-  Table 2 (loss sensitivity), the integrity checks of every file (failed ones
-  in bold capitals, and on stderr), the runs, and links to the figures;
+- ``report.md``: Table 1 (accuracy under white-box and black-box attacks
+  and AutoAttack), Table 2 (loss sensitivity), the integrity checks of every
+  file (failed ones in bold capitals, and on stderr), the runs, and links to
+  the figures;
 - ``ablation.png``: the RBSAT / RLFAT ablation (Figure 2 style), when some
   dataset has both an RBSAT and an RLFAT result of the same framework;
 - ``salience.png``: SmoothGrad maps of the models side by side on the same
@@ -66,7 +67,7 @@ FRAMEWORKS = tuple(group for group in methods.frameworks().values()
                    if len(group) > 1)
 ATTACK_NAMES = {name: a.display_name for name, a in attacks.ATTACKS.items()}
 # Keys of an attack's entry that describe a run of it, not its settings.
-NOT_SETTINGS = frozenset({"seconds"})
+NOT_SETTINGS = frozenset({"seconds", "images_per_second"})
 
 MISSING = "—"
 
@@ -284,8 +285,9 @@ def _attack_value(results, attack, key):
 
 def table1_columns(results):
   """Table 1's columns as (title, attack): clean, the white-box attacks,
-  their worst case, the black-box attacks; settings such as steps in titles
-  when every result shares them (``attacks.Registered.title``)."""
+  their worst case, the black-box attacks and the composite ones
+  (AutoAttack), each only if some result has it; settings such as steps in
+  titles when every result shares them (``attacks.Registered.title``)."""
 
   def column(name):
     entry = attacks.get(name)
@@ -293,10 +295,30 @@ def table1_columns(results):
               if entry.title_setting else None)
     return (entry.title(shared), name)
 
-  return ([("Clean", "clean")]
-          + [column(n) for n in attacks.of_kind("white_box")]
-          + [("Worst case", "worst_case")]
-          + [column(n) for n in attacks.of_kind("black_box")])
+  columns = ([("Clean", "clean")]
+             + [column(n) for n in attacks.of_kind("white_box")]
+             + [("Worst case", "worst_case")]
+             + [column(n) for n in attacks.of_kind("black_box")]
+             + [column(n) for n in attacks.of_kind("composite")])
+  return [(title, key) for title, key in columns
+          if key == "clean" or any(r.accuracy(key) is not None
+                                   for r in results)]
+
+
+def composite_notes(results, columns):
+  """One sentence per composite attack of Table 1: what it ran, in order."""
+  notes = []
+  for title, key in columns:
+    if key not in attacks.ATTACKS or attacks.get(key).kind != "composite":
+      continue
+    orders = {tuple(r.data["attacks"][key].get("components", ()))
+              for r in results if key in r.data["attacks"]}
+    if len(orders) == 1:
+      names = ", ".join(ATTACK_NAMES.get(n, n) for n in orders.pop())
+      notes.append(f"{title} runs {names} in turn, each on the images still "
+                   "robust, and counts an image as robust only if all of "
+                   "them failed.")
+  return notes
 
 
 def _row_label(result):
@@ -306,7 +328,22 @@ def _row_label(result):
 
 
 def _format_setting(value):
-  return f"{value:g}" if isinstance(value, float) else str(value)
+  if isinstance(value, float):
+    return f"{value:g}"
+  if isinstance(value, list):
+    return ", ".join(_format_setting(v) for v in value)
+  if isinstance(value, dict):
+    return f"({_format_settings(value)})"
+  return str(value)
+
+
+def _format_settings(settings):
+  """An attack's settings as "k v, ...": steps first, no timings."""
+  # Steps first: they are what the column titles name. Timings are not
+  # settings, and would make every row's line differ.
+  keys = sorted((k for k in settings if k not in NOT_SETTINGS),
+                key=lambda k: (k != "steps", k != "components", k))
+  return ", ".join(f"{k} {_format_setting(settings[k])}" for k in keys)
 
 
 def attack_settings(result):
@@ -317,12 +354,7 @@ def attack_settings(result):
            f"{ev['num_examples']} {ev.get('split', 'test')} images"]
   attacks = result.data["attacks"]
   for attack in sorted(attacks, key=lambda a: _sort_key(ATTACK_NAMES, a)):
-    settings = attacks[attack]
-    # Steps first: they are what the column titles name. Timings are not
-    # settings, and would make every row's line differ.
-    keys = sorted((k for k in settings if k not in NOT_SETTINGS),
-                  key=lambda k: (k != "steps", k))
-    details = ", ".join(f"{k} {_format_setting(settings[k])}" for k in keys)
+    details = _format_settings(attacks[attack])
     name = ATTACK_NAMES.get(attack, attack)
     parts.append(f"{name}: {details}" if details else name)
   return "; ".join(parts)
@@ -340,6 +372,7 @@ def table1(results):
                "below); the worst case counts an image as robust only if "
                "every white-box attack run on it failed; "
                f"{MISSING}: not evaluated.")
+  lines += composite_notes(results, columns)
   lines.append("")
   groups = {}
   for r in ordered(results):

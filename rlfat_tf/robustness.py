@@ -1,13 +1,20 @@
 """Robust accuracy of a classifier, and checks that the number can be trusted.
 
 ``evaluate`` runs registered attacks (``rlfat_tf.attacks``: PGD, CW-margin
-PGD, APGD-CE, APGD-DLR, the black-box N attack) over a set of images through
-their common interface, and reports each attack's accuracy and the
-per-example worst case: an example counts as robust only if it is classified
-correctly and every white-box attack failed on it.
+PGD, APGD-CE, APGD-DLR, APGD-T, FAB-T, the black-box N and Square attacks,
+and AutoAttack) over a set of images through their common interface, and
+reports each attack's accuracy, the per-example worst case over the
+white-box attacks (an example counts as robust only if it is classified
+correctly and every white-box attack failed on it) and the overall worst
+case over every attack that ran on the example. An attack of kind
+"composite" (AutoAttack) runs its stages in turn and reports the accuracy
+after each.
+
 An example the model already misclassifies counts as broken by every attack
 (its clean image lies in the ball), so no attack's accuracy exceeds the clean
-accuracy.
+accuracy, and no attack runs on it: each attack (each stage of a composite
+one) runs only on the examples still robust, gathered into full batches, and
+each of its restarts only on those no earlier restart broke.
 
 Every attack runs with the model in inference mode and is compiled into one
 ``tf.function`` per batch, restarts included. With several restarts, each
@@ -60,7 +67,8 @@ class EvalConfig:
     attacks: names of registered attacks (``attacks.NAMES``) to run.
     epsilon: L-infinity radius of every attack.
     step_size: step of the sign-gradient attacks (PGD, CW).
-    restarts: random restarts of every white-box attack.
+    restarts: random restarts of every white-box attack (AutoAttack's
+      components run once, as in its standard version).
     settings: values of attack settings (flag -> value, see
       ``attacks.settings``) that replace their defaults.
     checks: run the integrity checks.
@@ -70,7 +78,7 @@ class EvalConfig:
     batch_size: images per compiled call.
     seed: seed of every random start and random draw of the attacks.
   """
-  attacks: tuple[str, ...] = attacks.NAMES
+  attacks: tuple[str, ...] = attacks.DEFAULTS
   epsilon: float = 0.03
   step_size: float = 0.0075
   restarts: int = 1
@@ -109,6 +117,9 @@ def _predictions(model, images, labels):
 def attack_batch(model, attack, images, labels, seeds):
   """The worst case of an attack over its restarts, for one batch.
 
+  Each restart runs only on the examples no earlier restart broke, gathered
+  into a smaller batch, and not at all when none is left.
+
   Args:
     model: a Keras model mapping images to logits.
     attack: a ``attacks.base.Attack``.
@@ -125,9 +136,21 @@ def attack_batch(model, attack, images, labels, seeds):
   broken = tf.not_equal(_predictions(model, images, labels), labels)
   best = images
   for restart in tf.range(attack.restarts):
-    adv = attack.run(model, images, labels, pgd.restart_seeds(seeds, restart))
-    best = pgd.select(broken, best, adv)
-    broken |= tf.not_equal(_predictions(model, adv, labels), labels)
+
+    def run(best, broken, restart=restart):
+      todo = tf.where(tf.logical_not(broken))[:, 0]
+      pick = lambda t: tf.gather(t, todo)
+      adv = attack.run(model, pick(images), pick(labels),
+                       pgd.restart_seeds(pick(seeds), restart))
+      wrong = tf.not_equal(_predictions(model, adv, pick(labels)),
+                           pick(labels))
+      rows = todo[:, None]
+      return (tf.tensor_scatter_nd_update(best, rows, adv),
+              tf.tensor_scatter_nd_update(broken, rows, wrong))
+
+    # The model cannot run on an empty batch (convolutions fail on it).
+    best, broken = tf.cond(tf.reduce_all(broken), lambda: (best, broken),
+                           lambda: run(best, broken))
   return best
 
 
@@ -136,9 +159,7 @@ def _compiled(model, attack, image_shape):
 
   def run(images, labels, seeds):
     adv = attack_batch(model, attack, images, labels, seeds)
-    clean = tf.equal(_predictions(model, images, labels), labels)
-    robust = clean & tf.equal(_predictions(model, adv, labels), labels)
-    return {"clean_correct": clean, "robust": robust,
+    return {"robust": tf.equal(_predictions(model, adv, labels), labels),
             "linf": tf.reduce_max(tf.abs(adv - images), axis=[1, 2, 3]),
             "low": tf.reduce_min(adv, axis=[1, 2, 3]),
             "high": tf.reduce_max(adv, axis=[1, 2, 3]),
@@ -150,9 +171,23 @@ def _compiled(model, attack, image_shape):
       tf.TensorSpec([None, 2], tf.int64)])
 
 
+def _pixel_range(images):
+  """Per image, the lowest and highest pixel in [0, 1] units."""
+  flat = np.asarray(images).reshape(len(images), -1)
+  scale = 1.0 / 255.0 if flat.dtype == np.uint8 else 1.0
+  return ((flat.min(axis=1) * scale).astype(np.float32),
+          (flat.max(axis=1) * scale).astype(np.float32))
+
+
 def run_attack(model, attack, images, labels, *, batch_size, seed=0,
-               verbose=1, keep_adversarial=False):
+               verbose=1, keep_adversarial=False, robust=None):
   """Runs an attack over a set of images (its first ``attack.examples``).
+
+  Only the examples still robust are attacked, gathered into full batches:
+  the others are broken already, and their clean image stands in for their
+  adversarial example. Each attacked example draws from the seed of its
+  position in the set, so its result does not depend on which others are
+  attacked.
 
   Args:
     model: a Keras model mapping images to logits.
@@ -163,34 +198,56 @@ def run_attack(model, attack, images, labels, *, batch_size, seed=0,
     seed: seed of the per-example random starts (``data.eval_dataset``).
     verbose: 1 shows a progress bar, 0 is silent.
     keep_adversarial: also return the adversarial examples.
+    robust: bool [N], the examples still robust, the only ones attacked;
+      they must be classified correctly (default: every example the model
+      classifies correctly, ``correct``).
 
   Returns:
     Dict of NumPy arrays over the N images (or the first
-    ``attack.examples``): ``clean_correct``, ``robust``
-    (correct on the clean image and on the adversarial example), ``linf``
-    (distance to the clean image), ``low`` / ``high`` (pixel range of the
-    adversarial example), and ``adversarial`` if asked for.
+    ``attack.examples``): ``attacked`` (``robust`` as given), ``robust``
+    (attacked, and classified correctly on the adversarial example),
+    ``linf`` (distance to the clean image), ``low`` / ``high`` (pixel range
+    of the adversarial example), and ``adversarial`` if asked for.
   """
   if attack.examples is not None:
     images, labels = images[:attack.examples], labels[:attack.examples]
-  run = _compiled(model, attack, images.shape[1:])
-  keys = ["clean_correct", "robust", "linf", "low", "high"]
+  labels = np.asarray(labels)
+  if robust is None:
+    robust = correct(model, images, labels, batch_size)
+  attacked = np.array(robust[:len(images)], bool)
+  index = np.flatnonzero(attacked)
+  low, high = _pixel_range(images)
+  out = {"attacked": attacked, "robust": np.zeros(len(images), bool),
+         "linf": np.zeros(len(images), np.float32), "low": low,
+         "high": high}
   if keep_adversarial:
-    keys.append("adversarial")
+    out["adversarial"] = as_float(images)
+  keys = [k for k in out if k != "attacked"]
   parts = {k: [] for k in keys}
-  progbar = keras.utils.Progbar(len(images), verbose=verbose,
+  progbar = keras.utils.Progbar(len(index), verbose=verbose,
                                 unit_name="image",
-                                stateful_metrics=["accuracy"])
-  done, robust = 0, 0
-  for batch in data.eval_dataset(images, labels, batch_size=batch_size,
-                                 seed=seed):
-    out = run(batch["image"], batch["label"], batch["seed"])
+                                stateful_metrics=["robust"])
+  done, survived = 0, 0
+  if len(index):
+    run = _compiled(model, attack, images.shape[1:])
+    for batch in data.eval_dataset(images[index], labels[index],
+                                   batch_size=batch_size, seed=seed,
+                                   positions=index):
+      result = run(batch["image"], batch["label"], batch["seed"])
+      for k in keys:
+        parts[k].append(result[k].numpy())
+      done += len(result["robust"])
+      survived += int(np.sum(result["robust"]))
+      progbar.update(done, [("robust", survived / done)])
     for k in keys:
-      parts[k].append(out[k].numpy())
-    done += len(out["robust"])
-    robust += int(np.sum(out["robust"]))
-    progbar.update(done, [("accuracy", robust / done)])
-  return {k: np.concatenate(v) for k, v in parts.items()}
+      out[k][index] = np.concatenate(parts[k])
+  return out
+
+
+def correct(model, images, labels, batch_size):
+  """bool [N]: whether the model classifies each clean image correctly."""
+  logits = clean_logits(model, images, batch_size)
+  return np.argmax(logits, -1) == np.asarray(labels)
 
 
 def as_float(images):
@@ -382,12 +439,17 @@ def evaluate(model, images, labels, config, prefix="test", verbose=1,
       returned.
 
   Returns:
-    Dict with ``metrics`` (flat, keys "<prefix>/<name>_accuracy"),
-    ``attacks`` (settings and seconds of each attack run), ``checks`` (name
-    -> result; empty without ``config.checks``), and ``per_example`` (bool
-    arrays: clean correctness, survival of each attack, worst case) and
+    Dict with ``metrics`` (flat: "<prefix>/<name>_accuracy" per attack, the
+    clean accuracy, "worst_case" over the white-box attacks,
+    "overall_worst_case" over every attack; and for a composite attack
+    "<prefix>/<name>/after_<stage>_accuracy", the accuracy after each of its
+    stages), ``attacks`` (settings, seconds and images per second of each
+    attack run, and of each stage of a composite one), ``checks`` (name ->
+    result; empty without ``config.checks``), ``per_example`` (bool arrays:
+    clean correctness, survival of each attack, the worst cases) and
     ``adversarial`` (name -> float32 [N, H, W, C] adversarial examples of
-    each attack in ``keep_adversarial`` that ran).
+    each attack in ``keep_adversarial`` that ran: for a composite attack,
+    the stage's that broke the example, else the first stage's).
   """
   n = len(images)
   per_example, stats, settings, adversarial = {}, {}, {}, {}
@@ -400,26 +462,51 @@ def evaluate(model, images, labels, config, prefix="test", verbose=1,
   built = config.build()
   for attack in built:
     entry = attack.settings()
+    num = n if attack.examples is None else min(attack.examples, n)
     if attack.examples is not None:
-      entry["num_examples"] = min(attack.examples, n)
+      entry["num_examples"] = num
     _say(verbose, f"{attack.name}: {entry}")
     start = time.perf_counter()
     keep = attack.name in keep_adversarial
-    out = run_attack(model, attack, images, labels,
-                     batch_size=config.batch_size, seed=config.seed,
-                     verbose=verbose, keep_adversarial=keep)
-    settings[attack.name] = {**entry, "seconds": time.perf_counter() - start}
-    per_example[attack.name] = out["robust"]
-    stats[attack.name] = out
-    if keep:
-      adversarial[attack.name] = out["adversarial"]
-    metrics[f"{prefix}/{attack.name}_accuracy"] = _fraction(out["robust"])
+    robust = clean[:num]
+    for stage in attack.stages():
+      stage_start = time.perf_counter()
+      out = run_attack(model, stage, images[:num], labels[:num],
+                       batch_size=config.batch_size, seed=config.seed,
+                       verbose=verbose, keep_adversarial=keep, robust=robust)
+      if keep:
+        newly = (robust & ~out["robust"])[:, None, None, None]
+        adversarial[attack.name] = np.where(
+            newly, out["adversarial"],
+            adversarial.get(attack.name, out["adversarial"]))
+      robust = out["robust"]
+      if stage is attack:
+        stats[attack.name] = out
+      else:
+        stats[f"{attack.name}/{stage.name}"] = out
+        seconds = time.perf_counter() - stage_start
+        entry[stage.name] = {**entry[stage.name], "seconds": seconds,
+                             "images_per_second": num / seconds}
+        metrics[f"{prefix}/{attack.name}/after_{stage.name}_accuracy"] = (
+            _fraction(robust))
+    seconds = time.perf_counter() - start
+    settings[attack.name] = {**entry, "seconds": seconds,
+                             "images_per_second": num / seconds}
+    per_example[attack.name] = robust
+    metrics[f"{prefix}/{attack.name}_accuracy"] = _fraction(robust)
   white = [a.name for a in built if a.kind == "white_box"]
   if white:
     per_example["worst_case"] = worst_case(
         {k: per_example[k] for k in ["clean", *white]})
     metrics[f"{prefix}/worst_case_accuracy"] = _fraction(
         per_example["worst_case"])
+  if built:
+    overall = clean.copy()
+    for attack in built:
+      survived = per_example[attack.name]
+      overall[:len(survived)] &= survived
+    per_example["overall_worst_case"] = overall
+    metrics[f"{prefix}/overall_worst_case_accuracy"] = _fraction(overall)
 
   checks = {}
   if config.checks:

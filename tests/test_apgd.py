@@ -1,7 +1,8 @@
-"""Tests of APGD: the checkpoint schedule, the optimum of a linear model, and
-its strength against PGD on a small trained model."""
+"""Tests of APGD and APGD-T: the reference's checkpoint schedule, step rule
+and start, the optimum of linear models, and the strength against PGD on a
+small trained model."""
 
-import math
+import dataclasses
 
 import keras
 import numpy as np
@@ -9,9 +10,11 @@ import pytest
 import tensorflow as tf
 
 from rlfat_tf import attacks
+from rlfat_tf import errors
 from rlfat_tf import models
 from rlfat_tf import robustness
 from rlfat_tf.attacks import apgd
+from rlfat_tf.attacks import pgd
 
 EPS = 0.03
 
@@ -37,20 +40,77 @@ def trained():
   return model
 
 
-def _float_checkpoints(steps):
-  """The paper's formula in floating point, rounded before the ceiling."""
-  p = [0.0, 0.22]
-  while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0 + 1e-9:
-    p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-  return tuple(sorted({math.ceil(round(x * steps, 9)) for x in p}))
-
-
-def test_checkpoints_follow_the_paper():
-  # p = 0, .22, .41, .57, .70, .80, .87, .93, .99 (the next, 1.05, is > 1).
+def test_checkpoints_follow_the_reference_schedule():
+  # N = 100: stretches 22, 19, 16, 13, 10, 7, then the floor 6 (6 + 99 > 100).
   assert apgd.checkpoints(100) == (0, 22, 41, 57, 70, 80, 87, 93, 99)
-  assert apgd.checkpoints(20) == (0, 5, 9, 12, 14, 16, 18, 19, 20)
-  for steps in (1, 5, 10, 37, 250, 1000):
-    assert apgd.checkpoints(steps) == _float_checkpoints(steps)
+  # N = 20: int(4.4) = 4, then int(0.6) -> 1 fewer down to int(1.2) -> 1.
+  assert apgd.checkpoints(20) == (0, 4, 7, 9) + tuple(range(10, 21))
+  # N = 250: 55, then 7 fewer (int(7.5)) down to 15; the paper's ceil(0.57 N)
+  # would put the third check at 143.
+  assert apgd.checkpoints(250) == (0, 55, 103, 144, 178, 205, 225, 240)
+  assert apgd.checkpoints(1) == (0, 1)
+  is_checkpoint, stretch = apgd.schedule(100)
+  assert np.flatnonzero(is_checkpoint.numpy()).tolist() == [
+      22, 41, 57, 70, 80, 87, 93, 99]
+  assert stretch.numpy()[[22, 41, 57, 99, 50]].tolist() == [22, 19, 16, 6, 1]
+
+
+def _halvings(losses):
+  """Replays a 100-step loss history f(x^0..x^100) through the step rule.
+
+  Returns the iterate counts after which the step is halved.
+  """
+  is_checkpoint, stretch = apgd.schedule(100)
+  progress = apgd.start_progress(tf.constant([losses[0]], tf.float32))
+  halved = []
+  for i in range(1, 101):
+    progress, halve = apgd.advance(progress, tf.constant([losses[i]],
+                                                         tf.float32),
+                                   is_checkpoint[i], stretch[i], 0.75)
+    if bool(halve[0]):
+      halved.append(i)
+  return halved
+
+
+def test_condition_one_halves_at_exactly_rho_increases():
+  # The loss rises every iteration except for dips to 0 in the stretch of
+  # iterates 42..57: four dips leave 12 = 0.75 * 16 increases, which the
+  # reference's "<=" counts as failure; three leave 13 and pass.
+  losses = np.arange(101.0)
+  losses[[44, 47, 50, 53]] = 0.0
+  assert _halvings(losses) == [57]
+  losses[53] = 53.0
+  assert _halvings(losses) == []
+
+
+def test_condition_two_skips_the_first_checkpoint_and_alternates():
+  # The start's loss 100 is never beaten (iterate 100 only ties it), yet the
+  # loss rises in most iterations, so condition 1 never fires. Condition 2
+  # cannot fire at iterate 22 (no halving "before" the first checkpoint); it
+  # fires at 41, where the best equals the best at 22, then only at every
+  # other checkpoint, since it needs the previous one not to have halved.
+  losses = np.arange(101.0)
+  losses[0] = 100.0
+  # After the restart at 41 the loss of iterate 42 rises against iterate 41's
+  # (41), not against the restart point's 100: with the dips at 45, 49 and 53
+  # the stretch 42..57 has 13 > 12 increases and passes.
+  losses[[45, 49, 53]] = 0.0
+  assert _halvings(losses) == [41, 70, 87, 99]
+
+
+def test_start_lies_on_the_sign_normalised_radius():
+  images = tf.fill([3, 4, 4, 2], 0.5)
+  seeds = tf.constant([[4, 0], [4, 1], [4, 2]], tf.int64)
+  start = pgd.sphere_start(images, seeds, 0.1).numpy()
+  for x, seed in zip(start, seeds):
+    t = tf.random.stateless_uniform([4, 4, 2], seed, -1.0, 1.0).numpy()
+    np.testing.assert_allclose(x, 0.5 + 0.1 * t / np.abs(t).max(), atol=1e-7)
+    np.testing.assert_allclose(np.abs(x - 0.5).max(), 0.1, atol=1e-7)
+  # Per example: the start does not depend on the rest of the batch.
+  np.testing.assert_array_equal(
+      pgd.sphere_start(images[1:], seeds[1:], 0.1).numpy(), start[1:])
+  edge = pgd.sphere_start(tf.ones([1, 4, 4, 2]), seeds[:1], 0.1).numpy()
+  assert edge.max() == 1.0 and edge.min() >= 0.9 - 1e-7
 
 
 def test_bad_specs_are_rejected():
@@ -58,6 +118,8 @@ def test_bad_specs_are_rejected():
     apgd.APGDSpec(EPS, 10, "cw")
   with pytest.raises(ValueError, match="step"):
     apgd.APGDSpec(EPS, 0)
+  with pytest.raises(ValueError, match="target class"):
+    apgd.APGDSpec(EPS, 10, "dlr_targeted", target_classes=0)
 
 
 def _linear_model():
@@ -84,12 +146,70 @@ def test_apgd_reaches_the_loss_maximiser_of_a_linear_model():
   np.testing.assert_allclose(adv, 0.5 + 0.1 * direction * w, atol=1e-6)
 
 
-def test_graph_and_eager_runs_agree():
+def _third_class_model(classes=5):
+  """Logits (1, 0.5, 0.2 + v . (x - 0.5), -10, -20, ...) of a 4x4 image.
+
+  At the grey image the ranking is 0, 1, 2, ...; no perturbation moves
+  class 1, but within epsilon 0.1 of grey class 2 can reach 0.2 + 1.6.
+  """
+  v = np.random.default_rng(4).permutation([1.0] * 8 + [-1.0] * 8)
+  kernel = np.zeros((16, classes))
+  kernel[:, 2] = v  # sum(v) = 0, so v . x = v . (x - 0.5)
+  bias = [1.0, 0.5, 0.2] + [-10.0 * k for k in range(1, classes - 2)]
+  inputs = keras.Input((4, 4, 1))
+  logits = keras.layers.Dense(
+      classes, kernel_initializer=keras.initializers.Constant(kernel),
+      bias_initializer=keras.initializers.Constant(bias))(
+          keras.layers.Flatten()(inputs))
+  return keras.Model(inputs, logits), v.reshape(4, 4, 1)
+
+
+def test_apgd_t_moves_on_to_the_next_target_until_one_is_reached():
+  model, v = _third_class_model()
+  # The second example is labelled 3: the clean model already misses it.
+  images = tf.fill([2, 4, 4, 1], 0.5)
+  labels = tf.constant([0, 3])
+  seeds = tf.constant([[5, 0], [5, 1]], tf.int64)
+  spec = apgd.APGDSpec(0.1, 10, "dlr_targeted", target_classes=2)
+  adv = apgd.perturb(model, spec, images, labels, seeds).numpy()
+  # Target 1 cannot win; target 2 wins at the corner 0.5 + 0.1 v, which the
+  # first step of 2 epsilon reaches from anywhere in the ball.
+  np.testing.assert_allclose(adv[0], 0.5 + 0.1 * v, atol=1e-6)
+  assert np.argmax(model(adv).numpy(), -1).tolist() == [2, 0]
+  np.testing.assert_array_equal(adv[1], 0.5)
+  # With only the first target the example survives, inside the ball.
+  one = apgd.perturb(model, dataclasses.replace(spec, target_classes=1),
+                     images[:1], labels[:1], seeds[:1]).numpy()
+  assert np.argmax(model(one).numpy(), -1).tolist() == [0]
+  assert np.abs(one - 0.5).max() <= 0.1 + 1e-6
+  # Nothing left to attack: the batch of only the missed example.
+  np.testing.assert_array_equal(
+      apgd.perturb(model, spec, images[1:], labels[1:], seeds[1:]), 0.5)
+
+
+def test_apgd_t_needs_more_classes_than_targets():
+  model, _ = _third_class_model()
+  images, labels = tf.fill([1, 4, 4, 1], 0.5), tf.constant([0])
+  seeds = tf.constant([[0, 0]], tf.int64)
+  with pytest.raises(errors.UserError, match="lower target_classes "
+                     r"\(--apgd_targets\)"):
+    apgd.perturb(model, apgd.APGDSpec(0.1, 2, "dlr_targeted",
+                                      target_classes=5),
+                 images, labels, seeds)
+  three, _ = _third_class_model(classes=3)
+  with pytest.raises(errors.UserError, match="at least 4"):
+    apgd.perturb(three, apgd.APGDSpec(0.1, 2, "dlr_targeted",
+                                      target_classes=1),
+                 images, labels, seeds)
+
+
+@pytest.mark.parametrize("loss", ["dlr", "dlr_targeted"])
+def test_graph_and_eager_runs_agree(loss):
   keras.utils.set_random_seed(1)
   model = models.wide_resnet(10, 1, 4, (8, 8, 3))
   images, labels = _pattern_data(4, 5)
   seeds = tf.constant([[2, i] for i in range(4)], tf.int64)
-  spec = apgd.APGDSpec(EPS, 6, "dlr")
+  spec = apgd.APGDSpec(EPS, 6, loss, target_classes=2)
   eager = apgd.perturb(model, spec, images, labels, seeds)
   graph = tf.function(lambda x, y, s: apgd.perturb(model, spec, x, y, s))(
       images, labels, seeds)
@@ -102,10 +222,10 @@ def test_graph_and_eager_runs_agree():
 def _accuracy(model, name, images, labels):
   attack = attacks.build(name, {"epsilon": EPS, "step_size": 0.0075,
                                 "pgd_steps": 20, "apgd_steps": 20,
-                                "restarts": 1})
+                                "apgd_targets": 3, "restarts": 1})
   out = robustness.run_attack(model, attack, images, labels, batch_size=100,
                               verbose=0)
-  assert out["clean_correct"].mean() > 0.95
+  assert out["attacked"].mean() > 0.95
   assert out["linf"].max() <= EPS + 1e-6
   return out["robust"].mean()
 
@@ -113,21 +233,29 @@ def _accuracy(model, name, images, labels):
 def test_apgd_is_at_least_as_strong_as_pgd_with_the_same_budget(trained):
   images, labels = _pattern_data(200, 2)
   before = [v.numpy().copy() for v in trained.variables]
-  pgd = _accuracy(trained, "pgd", images, labels)
+  pgd_20 = _accuracy(trained, "pgd", images, labels)
   apgd_ce = _accuracy(trained, "apgd_ce", images, labels)
   apgd_dlr = _accuracy(trained, "apgd_dlr", images, labels)
-  assert pgd < 0.8 and apgd_dlr < 0.8
+  apgd_t = _accuracy(trained, "apgd_t", images, labels)
+  assert pgd_20 < 0.8 and apgd_dlr < 0.8
+  # APGD-T runs DLR's budget once per target; three targets break more.
+  assert apgd_t <= apgd_dlr + 0.01
   # The same 20 gradient steps; 0.01 is two images of noise.
-  assert apgd_ce <= pgd + 0.01
+  assert apgd_ce <= pgd_20 + 0.01
   for b, a in zip(before, trained.variables):
     np.testing.assert_array_equal(a.numpy(), b)
 
 
 def test_apgd_attack_interface():
   attack = attacks.build("apgd_dlr", {"epsilon": EPS, "apgd_steps": 7,
-                                      "restarts": 3})
+                                      "apgd_targets": 9, "restarts": 3})
   assert isinstance(attack, apgd.APGD) and attack.kind == "white_box"
   assert attack.spec == apgd.APGDSpec(EPS, 7, "dlr")
   assert attack.settings() == {"steps": 7, "restarts": 3, "loss": "dlr",
                                "momentum": 0.75, "rho": 0.75,
                                "initial_step": 2.0}
+  targeted = attacks.build("apgd_t", {"epsilon": EPS, "apgd_steps": 7,
+                                      "apgd_targets": 4, "restarts": 1})
+  assert targeted.spec == apgd.APGDSpec(EPS, 7, "dlr_targeted",
+                                        target_classes=4)
+  assert targeted.settings()["target_classes"] == 4

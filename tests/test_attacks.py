@@ -15,36 +15,48 @@ from rlfat_tf.attacks import base
 EPS = 0.05
 # Small budgets, so that every attack runs in a moment.
 VALUES = {**attacks.default_values(), "epsilon": EPS, "step_size": 0.01,
-          "restarts": 1, "pgd_steps": 3, "apgd_steps": 3,
-          "nattack_population": 4, "nattack_iterations": 3}
+          "restarts": 1, "pgd_steps": 3, "apgd_steps": 3, "apgd_targets": 2,
+          "fab_steps": 3, "fab_targets": 2, "nattack_population": 4,
+          "nattack_iterations": 3, "square_queries": 5}
 
 
 def _colour_model():
-  """Logit c is 20 times the mean of channel c; BatchNorm would show any
+  """Logit c < 3 is 20 times the mean of channel c, logits 3 and 4 those of
+  pairs of channels (APGD-T needs four classes); BatchNorm would show any
   training-mode call in its moving statistics."""
   inputs = keras.Input((4, 4, 3))
   mean = keras.layers.GlobalAveragePooling2D()(inputs)
+  kernel = np.concatenate([np.eye(3), [[0.5, 0.0], [0.5, 0.5], [0.0, 0.5]]],
+                          axis=1)
   logits = keras.layers.Dense(
-      3, kernel_initializer=keras.initializers.Constant(20.0 * np.eye(3)),
+      5, kernel_initializer=keras.initializers.Constant(20.0 * kernel),
       use_bias=False)(mean)
   logits = keras.layers.BatchNormalization()(logits)
   return keras.Model(inputs, logits)
 
 
 def test_registry_names_kinds_and_display_names():
-  assert attacks.NAMES == ("pgd", "cw", "apgd_ce", "apgd_dlr", "nattack")
+  assert attacks.NAMES == ("pgd", "cw", "apgd_ce", "apgd_dlr", "apgd_t",
+                           "fab_t", "nattack", "square", "autoattack")
   assert [attacks.get(n).display_name for n in attacks.NAMES] == [
-      "PGD", "CW", "APGD-CE", "APGD-DLR", "N attack"]
-  assert attacks.of_kind("white_box") == ("pgd", "cw", "apgd_ce", "apgd_dlr")
-  assert attacks.of_kind("black_box") == ("nattack",)
+      "PGD", "CW", "APGD-CE", "APGD-DLR", "APGD-T", "FAB-T", "N attack",
+      "Square", "AutoAttack"]
+  assert attacks.of_kind("white_box") == ("pgd", "cw", "apgd_ce", "apgd_dlr",
+                                          "apgd_t", "fab_t")
+  assert attacks.of_kind("black_box") == ("nattack", "square")
+  assert attacks.of_kind("composite") == ("autoattack",)
   assert attacks.of_kind("black_box", ("pgd",)) == ()
+  # AutoAttack's components run inside it, not on their own by default.
+  assert attacks.DEFAULTS == ("pgd", "cw", "apgd_ce", "apgd_dlr", "nattack",
+                              "autoattack")
 
 
 def test_unknown_attack_is_one_line_naming_the_choices():
   with pytest.raises(errors.UserError) as e:
-    attacks.build("square", VALUES)
-  assert str(e.value) == ("unknown attack 'square': choose from pgd, cw, "
-                          "apgd_ce, apgd_dlr, nattack")
+    attacks.build("fgsm", VALUES)
+  assert str(e.value) == ("unknown attack 'fgsm': choose from pgd, cw, "
+                          "apgd_ce, apgd_dlr, apgd_t, fab_t, nattack, square, "
+                          "autoattack")
 
 
 def test_settings_are_unique_flags_with_typed_defaults():
@@ -52,8 +64,10 @@ def test_settings_are_unique_flags_with_typed_defaults():
   assert len(flags) == len(set(flags))
   assert attacks.default_values() == {
       "pgd_steps": 20, "cw_steps": None, "apgd_steps": 100,
+      "apgd_targets": 9, "fab_steps": 100, "fab_targets": 9,
       "nattack_examples": 1500, "nattack_population": 300,
-      "nattack_sigma": 0.1, "nattack_lr": 0.008, "nattack_iterations": 200}
+      "nattack_sigma": 0.1, "nattack_lr": 0.008, "nattack_iterations": 200,
+      "square_queries": 5000, "square_p_init": 0.8}
   for setting in attacks.settings():
     assert setting.default is None or isinstance(setting.default,
                                                  setting.type)
@@ -74,7 +88,8 @@ def test_column_titles():
   assert attacks.get("apgd_ce").title(None) == "APGD-CE"
 
 
-@pytest.mark.parametrize("name", attacks.NAMES)
+@pytest.mark.parametrize("name", [n for n in attacks.NAMES
+                                  if attacks.get(n).kind != "composite"])
 def test_every_attack_implements_the_interface(name):
   entry = attacks.get(name)
   attack = entry.build(VALUES)
@@ -83,6 +98,7 @@ def test_every_attack_implements_the_interface(name):
       name, entry.display_name, entry.kind)
   assert attack.kind in base.KINDS
   json.dumps(attack.settings())
+  assert attack.stages() == (attack,)
   model = _colour_model()
   before = [v.numpy().copy() for v in model.variables]
   rng = np.random.default_rng(0)
@@ -102,3 +118,30 @@ def test_every_attack_implements_the_interface(name):
 def test_the_base_class_rejects_no_restarts():
   with pytest.raises(ValueError, match="restarts"):
     attacks.build("apgd_ce", {**VALUES, "restarts": 0})
+
+
+def test_autoattack_is_its_standard_components_in_order_with_one_run_each():
+  standard = {**attacks.default_values(), "epsilon": 8 / 255,
+              "step_size": 0.0075, "restarts": 5}
+  autoattack = attacks.build("autoattack", standard)
+  assert (autoattack.kind, autoattack.display_name) == ("composite",
+                                                        "AutoAttack")
+  stages = autoattack.stages()
+  assert [s.name for s in stages] == ["apgd_ce", "apgd_t", "fab_t", "square"]
+  # Each component as it runs on its own, but once: --restarts is ignored.
+  for stage in stages:
+    alone = attacks.build(stage.name, {**standard, "restarts": 1})
+    assert stage == alone
+  settings = json.loads(json.dumps(autoattack.settings()))
+  assert settings["components"] == ["apgd_ce", "apgd_t", "fab_t", "square"]
+  assert settings["apgd_ce"] == {"steps": 100, "loss": "ce", "restarts": 1,
+                                 "momentum": 0.75, "rho": 0.75,
+                                 "initial_step": 2.0}
+  assert (settings["apgd_t"]["steps"], settings["apgd_t"]["target_classes"],
+          settings["apgd_t"]["restarts"]) == (100, 9, 1)
+  assert (settings["fab_t"]["steps"], settings["fab_t"]["target_classes"],
+          settings["fab_t"]["restarts"]) == (100, 9, 1)
+  assert settings["square"] == {"queries": 5000, "p_init": 0.8,
+                                "rescale_schedule": False, "restarts": 1}
+  for stage in stages:
+    assert stage.spec.epsilon == 8 / 255

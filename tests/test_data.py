@@ -225,6 +225,15 @@ def test_eval_dataset_is_one_ordered_pass(arrays):
       np.concatenate([b["label"].numpy() for b in batches]), labels)
   seeds = np.concatenate([b["seed"].numpy() for b in batches])
   assert len({tuple(s) for s in seeds}) == N
+  # A subset that passes its positions keeps its examples' seeds.
+  subset = np.array([3, 11, 17])
+  part = next(iter(data.eval_dataset(images[subset], labels[subset],
+                                     batch_size=8, positions=subset)))
+  np.testing.assert_array_equal(part["seed"].numpy(), seeds[subset])
+  np.testing.assert_array_equal(part["label"].numpy(), labels[subset])
+  unkeyed = next(iter(data.eval_dataset(images[subset], labels[subset],
+                                        batch_size=8)))
+  assert not np.array_equal(unkeyed["seed"].numpy(), seeds[subset])
 
 
 @pytest.mark.parametrize("granularity", ["batch", "example"])

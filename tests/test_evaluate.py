@@ -22,9 +22,12 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
            PYTHONPATH=str(ROOT))
 # Every stage, at a size that runs in seconds.
 SMALL = ("--num_examples=40", "--batch_size=20", "--pgd_steps=3",
-         "--apgd_steps=4", "--nattack_examples=4", "--nattack_population=8",
-         "--nattack_iterations=10", "--check_examples=20",
-         "--salience_images=2", "--smoothgrad_samples=2", "--noprogress")
+         "--apgd_steps=4", "--apgd_targets=2", "--fab_steps=2",
+         "--fab_targets=2", "--square_queries=5", "--nattack_examples=4",
+         "--nattack_population=8", "--nattack_iterations=10",
+         "--check_examples=20", "--salience_images=2",
+         "--smoothgrad_samples=2", "--noprogress")
+AUTOATTACK = ("apgd_ce", "apgd_t", "fab_t", "square")
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +65,30 @@ def test_results_file_holds_every_number_and_passing_checks(smoke_run,
                              "epsilon": 0.03, "batch_size": 20, "seed": 0,
                              "sensitivity_inputs": "pgd"}
   assert set(written["attacks"]) == {"pgd", "cw", "apgd_ce", "apgd_dlr",
-                                     "nattack"}
+                                     "nattack", "autoattack"}
   assert written["attacks"]["cw"]["steps"] == 3  # --cw_steps follows PGD
   assert written["attacks"]["nattack"]["num_examples"] == 4
+  for name, entry in written["attacks"].items():
+    images = 4 if name == "nattack" else 40
+    assert entry["images_per_second"] * entry["seconds"] == pytest.approx(
+        images)
+  autoattack = written["attacks"]["autoattack"]
+  assert autoattack["components"] == list(AUTOATTACK)
+  assert autoattack["apgd_t"]["target_classes"] == 2
+  assert autoattack["fab_t"]["steps"] == 2
+  assert autoattack["square"]["queries"] == 5
   metrics = written["metrics"]
   for name in ("clean", "pgd", "cw", "apgd_ce", "apgd_dlr", "worst_case",
-               "nattack"):
+               "nattack", "autoattack", "overall_worst_case"):
     assert 0.0 <= metrics[f"test/{name}_accuracy"] <= 1.0
+  # AutoAttack's accuracy after each component, which only falls.
+  after = [metrics[f"test/autoattack/after_{name}_accuracy"]
+           for name in AUTOATTACK]
+  assert after == sorted(after, reverse=True)
+  assert after[0] <= metrics["test/clean_accuracy"]
+  assert after[-1] == metrics["test/autoattack_accuracy"]
+  assert metrics["test/overall_worst_case_accuracy"] <= min(
+      metrics["test/worst_case_accuracy"], metrics["test/autoattack_accuracy"])
   for name in ("pgd", "cw", "apgd_ce", "apgd_dlr"):
     assert (metrics["test/worst_case_accuracy"] <=
             metrics[f"test/{name}_accuracy"] <=
@@ -89,6 +109,9 @@ def test_results_file_holds_every_number_and_passing_checks(smoke_run,
   assert images.shape == (2, 32, 32, 3) and maps.shape == (2, 32, 32)
   examples = np.load(os.path.join(folder, written["per_example"]["file"]))
   assert examples["worst_case"].mean() == metrics["test/worst_case_accuracy"]
+  assert examples["overall_worst_case"].mean() == metrics[
+      "test/overall_worst_case_accuracy"]
+  assert examples["autoattack"].mean() == metrics["test/autoattack_accuracy"]
   assert len(examples["nattack"]) == 4 and len(examples["labels"]) == 40
   assert not [f for f in os.listdir(folder) if f.endswith(".tmp")]
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rlfat_tf import fab
+from rlfat_tf import attacks
+from rlfat_tf import errors
+from rlfat_tf.attacks import fab
 
 
 def _project(points, w, b):
@@ -227,7 +229,7 @@ def test_random_restarts_are_reproducible_in_bounds_and_in_inference_mode():
 
 
 def test_too_few_classes_for_the_targets_is_rejected():
-  with pytest.raises(ValueError, match="needs at least 10 classes"):
+  with pytest.raises(errors.UserError, match="needs at least 10 classes"):
     fab.perturb(_NEAR, fab.FABSpec(0.1), tf.zeros([1, 4, 4, 1]),
                 tf.constant([0]), tf.zeros([1, 2], tf.int64))
 
@@ -247,8 +249,17 @@ def test_bad_specs_are_rejected(kwargs, message):
 
 
 def test_defaults_are_standard_autoattack_and_settings_are_json():
-  settings = fab.FABSpec(8 / 255).settings()
-  assert json.loads(json.dumps(settings)) == {
-      "norm": "Linf", "targeted": True, "epsilon": 8 / 255, "steps": 100,
-      "target_classes": 9, "restarts": 1, "alpha_max": 0.1, "eta": 1.05,
-      "beta": 0.9}
+  attack = attacks.build("fab_t", {**attacks.default_values(),
+                                   "epsilon": 8 / 255, "restarts": 1})
+  assert isinstance(attack, fab.FAB) and attack.kind == "white_box"
+  assert attack.spec == fab.FABSpec(8 / 255)
+  assert attack.restarts == 1
+  assert json.loads(json.dumps(attack.settings())) == {
+      "steps": 100, "target_classes": 9, "restarts": 1, "alpha_max": 0.1,
+      "eta": 1.05, "beta": 0.9}
+  # The evaluation's restarts are FAB's own (run 0 starts at the clean
+  # point), and the attack itself runs once.
+  three = attacks.build("fab_t", {**attacks.default_values(),
+                                  "epsilon": 8 / 255, "restarts": 3})
+  assert (three.spec.restarts, three.restarts) == (3, 1)
+  assert three.settings()["restarts"] == 3

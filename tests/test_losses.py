@@ -61,3 +61,30 @@ def test_dlr_loss_ignores_shifts_and_scales_of_the_logits():
   labels = tf.constant([2])
   np.testing.assert_allclose(losses.dlr_loss(7.0 * logits + 3.0, labels),
                              losses.dlr_loss(logits, labels), rtol=1e-5)
+
+
+def test_margins_stay_exact_when_logit_gaps_exceed_1e4():
+  # A true logit 5e4 ahead: masking it with -1e4 would leave it the "best
+  # other" (4e4) and shrink the margin 49999 to 1e4.
+  logits = tf.constant([[5e4, 1.0, -3.0, -2e4],
+                        [1.0, 3e4, 2.0, -5e4]])
+  labels = tf.constant([0, 0])
+  np.testing.assert_allclose(losses.margin(logits, labels).numpy(),
+                             [49999.0, 1.0 - 3e4])
+  np.testing.assert_allclose(losses.dlr_loss(logits, labels).numpy(),
+                             [-49999.0 / 50003.0, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(losses.cw_margin(logits, labels).numpy(),
+                             [-(49999.0 + 50.0), 0.0])
+
+
+def test_targeted_dlr_matches_a_hand_computation():
+  # Sorted: 4 > 3 > 1 > 0 > -2, so the denominator is 4 - (1 + 0) / 2.
+  logits = tf.constant([[4.0, 1.0, 3.0, -2.0, 0.0],
+                        [3e4, -2e4, 1e4, 0.0, 5.0]])
+  got = losses.dlr_targeted_loss(logits, tf.constant([0, 1]),
+                                 tf.constant([3, 2])).numpy()
+  np.testing.assert_allclose(
+      got, [-(4.0 + 2.0) / 3.5, (1e4 + 2e4) / (3e4 - 2.5)], rtol=1e-6)
+  shifted = losses.dlr_targeted_loss(5.0 * logits[:1] - 7.0,
+                                     tf.constant([0]), tf.constant([3]))
+  np.testing.assert_allclose(shifted.numpy(), got[:1], rtol=1e-5)

@@ -48,7 +48,7 @@ def test_breaks_close_calls_and_spares_clear_ones(colour_model):
   out = robustness.run_attack(colour_model, attack, images, labels,
                               batch_size=3, seed=1, verbose=0,
                               keep_adversarial=True)
-  np.testing.assert_array_equal(out["clean_correct"], [True, True, False])
+  np.testing.assert_array_equal(out["attacked"], [True, True, False])
   np.testing.assert_array_equal(out["robust"], [False, True, False])
   adv = out["adversarial"]
   assert np.abs(adv - images).max() <= EPS + 1e-6

@@ -27,15 +27,25 @@ ALL_ATTACKS = {
     "apgd_dlr": {"steps": 100, "restarts": 1, "momentum": 0.75},
     "nattack": {"num_examples": 1500, "population": 300, "sigma": 0.1,
                 "learning_rate": 0.008, "iterations": 200},
+    "autoattack": {
+        "components": ["apgd_ce", "apgd_t", "fab_t", "square"],
+        "apgd_ce": {"steps": 100, "restarts": 1, "seconds": 4.0,
+                    "images_per_second": 250.0},
+        "apgd_t": {"steps": 100, "target_classes": 9, "restarts": 1},
+        "fab_t": {"steps": 100, "target_classes": 9, "restarts": 1},
+        "square": {"queries": 5000, "p_init": 0.8, "restarts": 1},
+        "seconds": 20.0, "images_per_second": 50.0},
 }
 PASSED = {"logits": {"passed": True, "detail": "outputs are logits"}}
 
 
-def _accuracies(clean, pgd, cw, apgd_ce, apgd_dlr, worst, nattack):
+def _accuracies(clean, pgd, cw, apgd_ce, apgd_dlr, worst, nattack,
+                autoattack):
   return {"test/clean_accuracy": clean, "test/pgd_accuracy": pgd,
           "test/cw_accuracy": cw, "test/apgd_ce_accuracy": apgd_ce,
           "test/apgd_dlr_accuracy": apgd_dlr,
-          "test/worst_case_accuracy": worst, "test/nattack_accuracy": nattack}
+          "test/worst_case_accuracy": worst, "test/nattack_accuracy": nattack,
+          "test/autoattack_accuracy": autoattack}
 
 
 def _write_result(folder, dataset, method, metrics, attacks, checks,
@@ -75,13 +85,14 @@ def results_files(tmp_path_factory):
   stl = (rng.random((2, 12, 12, 3)).astype(np.float32), np.array([1, 2]))
   sensitivity = {"sensitivity/brightness_-0.15": 1.2345,
                  "sensitivity/gamma_0.8": 1.1}
-  no_nattack = {k: v for k, v in ALL_ATTACKS.items() if k != "nattack"}
+  paper_only = {k: v for k, v in ALL_ATTACKS.items()
+                if k not in ("nattack", "autoattack")}
   return [
       _write_result(root / "c10_pgdat", "cifar10", "pgdat",
-                    {**_accuracies(.81, .45, .44, .43, .44, .42, .55),
+                    {**_accuracies(.81, .45, .44, .43, .44, .42, .55, .40),
                      **sensitivity}, ALL_ATTACKS, PASSED, cifar),
       _write_result(root / "c10_rlfat_p", "cifar10", "rlfat_p",
-                    {**_accuracies(.84, .48, .47, .46, .47, .453, .6),
+                    {**_accuracies(.84, .48, .47, .46, .47, .453, .6, .43),
                      "sensitivity/brightness_-0.15": 0.5},
                     ALL_ATTACKS,
                     {**PASSED, "black_box_beats_white_box": {
@@ -89,9 +100,10 @@ def results_files(tmp_path_factory):
                         "detail": "N attack 60.0% > PGD 48.0%"}}, cifar),
       _write_result(root / "c10_rbsat_p", "cifar10", "rbsat_p",
                     {k: v for k, v in _accuracies(
-                        .83, .47, .46, .45, .46, .44, 0).items()
-                     if k != "test/nattack_accuracy"},
-                    no_nattack, PASSED, cifar),
+                        .83, .47, .46, .45, .46, .44, 0, 0).items()
+                     if k not in ("test/nattack_accuracy",
+                                  "test/autoattack_accuracy")},
+                    paper_only, PASSED, cifar),
       _write_result(root / "stl_trades", "stl10", "trades",
                     {"test/clean_accuracy": .6, "test/pgd_accuracy": .3},
                     {"pgd": {**ALL_ATTACKS["pgd"], "steps": 7,
@@ -128,22 +140,35 @@ def test_cli_writes_the_report_and_figures(cli_run):
 
 def test_table1_rows_in_paper_order_with_percentages(cli_run):
   lines = _lines(cli_run[1])
+  # No results file ran APGD-T, FAB-T or Square on its own: no columns.
   header = ("| Dataset | Model | Clean | PGD-k | CW-20 | APGD-CE | APGD-DLR | "
-            "Worst case | N attack (1500) |")
+            "Worst case | N attack (1500) | AutoAttack |")
   start = lines.index(header)
   assert lines[start + 2:start + 6] == [
-      "| STL-10 | TRADES | 60.0 | 30.0 | — | — | — | — | — |",
-      "| CIFAR-10 | PGDAT | 81.0 | 45.0 | 44.0 | 43.0 | 44.0 | 42.0 | 55.0 |",
+      "| STL-10 | TRADES | 60.0 | 30.0 | — | — | — | — | — | — |",
+      "| CIFAR-10 | PGDAT | 81.0 | 45.0 | 44.0 | 43.0 | 44.0 | 42.0 | 55.0 | "
+      "40.0 |",
       "| CIFAR-10 | RLFAT_P **(check FAILED)** | 84.0 | 48.0 | 47.0 | 46.0 | "
-      "47.0 | 45.3 | 60.0 |",
-      "| CIFAR-10 | RBSAT_P | 83.0 | 47.0 | 46.0 | 45.0 | 46.0 | 44.0 | — |",
+      "47.0 | 45.3 | 60.0 | 43.0 |",
+      "| CIFAR-10 | RBSAT_P | 83.0 | 47.0 | 46.0 | 45.0 | 46.0 | 44.0 | — | "
+      "— |",
   ]
   text = "\n".join(lines)
+  assert ("AutoAttack runs APGD-CE, APGD-T, FAB-T, Square in turn, each on "
+          "the images still robust, and counts an image as robust only if "
+          "all of them failed." in lines)
+  # A composite attack's settings: its components in order, then each
+  # one's, without timings.
+  assert ("AutoAttack: components apgd_ce, apgd_t, fab_t, square, apgd_ce "
+          "(steps 100, restarts 1), apgd_t (steps 100, restarts 1, "
+          "target_classes 9), fab_t (steps 100, restarts 1, target_classes "
+          "9), square (p_init 0.8, queries 5000, restarts 1)" in text)
+  assert "seconds" not in text
   # The PGD steps differ between rows, so each settings group is stated.
   assert ("- STL-10 TRADES: ε = 0.03 (7.65/255), 1000 test images; PGD: "
           "steps 7, loss ce, restarts 1, step_size 0.0075." in text)
   assert ("N attack: iterations 200, learning_rate 0.008, num_examples "
-          "1500, population 300, sigma 0.1." in text)
+          "1500, population 300, sigma 0.1; AutoAttack: " in text)
 
 
 def test_table2_rows_are_methods_and_columns_settings(cli_run):

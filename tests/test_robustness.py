@@ -8,19 +8,24 @@ import pytest
 import tensorflow as tf
 
 from rlfat_tf import attacks
+from rlfat_tf import data
 from rlfat_tf import errors
 from rlfat_tf import models
 from rlfat_tf import robustness
+from rlfat_tf.attacks import autoattack
+from rlfat_tf.attacks import base
 from rlfat_tf.attacks import pgd
 
 EPS = 0.03
+WHITE_BOX = ("pgd", "cw", "apgd_ce", "apgd_dlr")
 # Ten PGD steps of 0.0075 reach the far side of the ball from any start.
+# The three-class model cannot take APGD-T, and so neither AutoAttack.
 TINY = robustness.EvalConfig(
+    attacks=(*WHITE_BOX, "nattack"),
     settings={"pgd_steps": 10, "cw_steps": 10, "apgd_steps": 8,
               "nattack_population": 20, "nattack_iterations": 30,
               "nattack_examples": 8},
     check_examples=16, batch_size=16)
-WHITE_BOX = ("pgd", "cw", "apgd_ce", "apgd_dlr")
 
 
 def _colour_model(scale=20.0, softmax=False):
@@ -161,9 +166,9 @@ def test_evaluate_reports_every_attack_and_passes_every_check(colour_model):
   out = robustness.evaluate(colour_model, images, labels, TINY, verbose=0)
   metrics, per_example = out["metrics"], out["per_example"]
   assert set(metrics) == {f"test/{k}_accuracy" for k in (
-      "clean", "pgd", "cw", "apgd_ce", "apgd_dlr", "worst_case", "nattack")}
+      "clean", "pgd", "cw", "apgd_ce", "apgd_dlr", "worst_case", "nattack",
+      "overall_worst_case")}
   assert metrics["test/clean_accuracy"] == 1.0
-  assert attacks.of_kind("white_box") == WHITE_BOX
   for name in WHITE_BOX:
     assert metrics[f"test/{name}_accuracy"] < 0.6
     assert metrics[f"test/{name}_accuracy"] >= metrics[
@@ -171,6 +176,11 @@ def test_evaluate_reports_every_attack_and_passes_every_check(colour_model):
   np.testing.assert_array_equal(
       per_example["worst_case"],
       np.logical_and.reduce([per_example[k] for k in WHITE_BOX]))
+  # The N attack ran on the first 8 images only: the overall worst case
+  # takes it there, and the white-box worst case elsewhere.
+  overall = per_example["worst_case"].copy()
+  overall[:8] &= per_example["nattack"]
+  np.testing.assert_array_equal(per_example["overall_worst_case"], overall)
   assert len(per_example["nattack"]) == 8
   assert metrics["test/nattack_accuracy"] == per_example["nattack"].mean()
   # The linear model's optimal attack breaks exactly the gaps below 0.06.
@@ -180,6 +190,11 @@ def test_evaluate_reports_every_attack_and_passes_every_check(colour_model):
   assert out["attacks"]["nattack"]["population"] == 20
   assert out["attacks"]["nattack"]["num_examples"] == 8
   assert "num_examples" not in out["attacks"]["pgd"]
+  for name in (*WHITE_BOX, "nattack"):
+    entry = out["attacks"][name]
+    images_seen = 8 if name == "nattack" else 32
+    assert entry["images_per_second"] == pytest.approx(
+        images_seen / entry["seconds"])
   assert set(out["checks"]) == {
       "outputs_are_logits", "zero_epsilon_gives_clean",
       "large_epsilon_breaks_all", "more_steps_no_gain",
@@ -195,7 +210,7 @@ def test_zero_epsilon_attack_gives_clean_accuracy_exactly(colour_model):
       colour_model, pgd.PGD(name="zero", display_name="zero",
                             spec=pgd.pgd(0.0, 0.0075, 3, "eval")),
       images, labels, batch_size=10, verbose=0)
-  np.testing.assert_array_equal(out["robust"], out["clean_correct"])
+  np.testing.assert_array_equal(out["robust"], out["attacked"])
   np.testing.assert_array_equal(out["linf"], 0.0)
 
 
@@ -242,3 +257,101 @@ def test_config_values_and_bad_names():
     robustness.EvalConfig(attacks=("pgd", "fgsm"))
   with pytest.raises(ValueError, match="pgd_step"):
     robustness.EvalConfig(settings={"pgd_step": 3})
+
+
+def _grey_data(num):
+  """Grey images of class 0 ahead by 0.01: any attack can break each one."""
+  colours = np.tile(np.float32([0.51, 0.5, 0.5]), (num, 1))
+  return (np.broadcast_to(colours[:, None, None, :], (num, 4, 4, 3)).copy(),
+          np.zeros(num, np.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Script:
+  epsilon: float
+  breaks: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Scripted(base.Attack):
+  """Breaks the examples ``spec.breaks`` (positions in the set, read off
+  their seeds) and records the positions of the examples it is given."""
+  kind = "white_box"
+  seen: list
+
+  def run(self, model, images, labels, seeds):
+    del model
+
+    def positions(batch_seeds):
+      found = [SEED_POSITIONS[tuple(s)] for s in batch_seeds]
+      self.seen.extend(found)
+      return np.isin(found, self.spec.breaks)
+
+    hit = tf.numpy_function(positions, [seeds], tf.bool)
+    hit.set_shape(labels.shape)
+    # Lowering the true channel and raising the next one by epsilon.
+    shift = (tf.one_hot((labels + 1) % 3, 3) - tf.one_hot(labels, 3))
+    moved = pgd.project(images + EPS * shift[:, None, None, :], images, EPS)
+    return pgd.select(hit, moved, images)
+
+
+# The seed of each example position, as data.eval_dataset draws it.
+SEED_POSITIONS = {
+    tuple(s): i for i, s in enumerate(np.concatenate([
+        b["seed"].numpy() for b in data.eval_dataset(
+            *_grey_data(8), batch_size=8, seed=TINY.seed)]))}
+
+
+def test_composite_runs_each_stage_on_the_survivors_in_order(colour_model,
+                                                             monkeypatch):
+  images, labels = _grey_data(8)
+  labels[7] = 1  # misclassified: never attacked
+  script = {"first": (0, 1), "second": (1, 2, 3), "third": (4,),
+            "fourth": ()}
+  seen = {name: [] for name in script}
+
+  def options(values):
+    return {"components": tuple(
+        _Scripted(name=name, display_name=name.title(), seen=seen[name],
+                  spec=_Script(values["epsilon"], breaks))
+        for name, breaks in script.items())}
+
+  entry = attacks.Registered("scripted", "Scripted", autoattack.Composite,
+                             options)
+  monkeypatch.setitem(attacks.ATTACKS, "scripted", entry)
+  monkeypatch.setattr(attacks, "NAMES", (*attacks.NAMES, "scripted"))
+  config = dataclasses.replace(TINY, attacks=("scripted",), checks=False,
+                               batch_size=3)
+  out = robustness.evaluate(colour_model, images, labels, config,
+                            verbose=0, keep_adversarial=("scripted",))
+  # Each stage is given only the examples every earlier one left robust,
+  # in order (over batches of 3).
+  assert seen == {
+      "first": [0, 1, 2, 3, 4, 5, 6], "second": [2, 3, 4, 5, 6],
+      "third": [4, 5, 6], "fourth": [5, 6]}
+  metrics = out["metrics"]
+  assert metrics == {
+      "test/clean_accuracy": 7 / 8,
+      "test/scripted/after_first_accuracy": 5 / 8,
+      "test/scripted/after_second_accuracy": 3 / 8,
+      "test/scripted/after_third_accuracy": 2 / 8,
+      "test/scripted/after_fourth_accuracy": 2 / 8,
+      "test/scripted_accuracy": 2 / 8,
+      "test/overall_worst_case_accuracy": 2 / 8}
+  robust = out["per_example"]["scripted"]
+  np.testing.assert_array_equal(robust, [0, 0, 0, 0, 0, 1, 1, 0])
+  np.testing.assert_array_equal(out["per_example"]["overall_worst_case"],
+                                robust)
+  # Each broken example keeps the stage's example that broke it.
+  adv = out["adversarial"]["scripted"]
+  predicted = np.argmax(colour_model(adv).numpy(), -1)
+  np.testing.assert_array_equal(predicted[:5], 1)
+  np.testing.assert_array_equal(adv[5:], images[5:])
+  settings = out["attacks"]["scripted"]
+  assert settings["components"] == list(script)
+  for name in script:
+    assert settings[name]["breaks"] == script[name]
+    assert settings[name]["images_per_second"] == pytest.approx(
+        8 / settings[name]["seconds"])
+  assert settings["images_per_second"] == pytest.approx(
+      8 / settings["seconds"])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rlfat_tf import square
+from rlfat_tf import attacks
+from rlfat_tf.attacks import square
 
 # Dyadic, as are all test images: every pixel value the attack can reach and
 # every logit of the linear model are exact in float32, so no result hinges
@@ -63,9 +64,12 @@ def test_bad_specs_are_rejected():
 
 
 def test_settings_are_standard_autoattack():
-  assert square.SquareSpec(8 / 255).settings() == {
-      "epsilon": 8 / 255, "queries": 5000, "p_init": 0.8,
-      "rescale_schedule": False, "restarts": 1, "loss": "margin"}
+  attack = attacks.build("square", {**attacks.default_values(),
+                                    "epsilon": 8 / 255, "restarts": 5})
+  assert isinstance(attack, square.Square) and attack.kind == "black_box"
+  assert attack.spec == square.SquareSpec(8 / 255)
+  assert attack.settings() == {"queries": 5000, "p_init": 0.8,
+                               "rescale_schedule": False, "restarts": 1}
 
 
 def test_candidate_redraws_one_square():

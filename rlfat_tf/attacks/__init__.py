@@ -11,7 +11,9 @@ The values an attack is built from hold the settings every attack shares,
 (of the white-box attacks), plus the flag of every ``base.Setting``.
 
 Adding an attack: write its module (an ``Attack`` subclass, its settings and
-an options function), add one ``Registered`` line below, and its test.
+an options function), add one ``Registered`` line below, and its test. A
+composite attack (kind "composite", ``autoattack.Composite``) runs registered
+attacks in turn.
 """
 
 import dataclasses
@@ -19,9 +21,12 @@ from typing import Any, Callable
 
 from rlfat_tf import errors
 from rlfat_tf.attacks import apgd
+from rlfat_tf.attacks import autoattack
 from rlfat_tf.attacks import base
+from rlfat_tf.attacks import fab
 from rlfat_tf.attacks import nattack
 from rlfat_tf.attacks import pgd
+from rlfat_tf.attacks import square
 
 # The values every attack may read besides its own settings.
 SHARED = ("epsilon", "step_size", "restarts")
@@ -44,6 +49,8 @@ class Registered:
     title_format: the column title with that shared value in ``{}``.
     title_unshared: the column title when the value is not shared (default:
       the display name).
+    default: whether an evaluation runs it unless ``--attacks`` says
+      otherwise (AutoAttack's components run inside it already).
   """
   name: str
   display_name: str
@@ -53,6 +60,7 @@ class Registered:
   title_setting: str | None = None
   title_format: str = "{}"
   title_unshared: str | None = None
+  default: bool = True
 
   @property
   def kind(self):
@@ -81,10 +89,20 @@ ATTACKS = {entry.name: entry for entry in (
                (apgd.STEPS,)),
     Registered("apgd_dlr", "APGD-DLR", apgd.APGD, apgd.options("dlr"),
                (apgd.STEPS,)),
+    Registered("apgd_t", "APGD-T", apgd.APGD, apgd.options("dlr_targeted"),
+               (apgd.STEPS, apgd.TARGETS), default=False),
+    Registered("fab_t", "FAB-T", fab.FAB, fab.options,
+               (fab.STEPS, fab.TARGETS), default=False),
     Registered("nattack", "N attack", nattack.NAttack, nattack.options,
                nattack.SETTINGS, "num_examples", "N attack ({})"),
+    Registered("square", "Square", square.Square, square.options,
+               square.SETTINGS, default=False),
+    Registered("autoattack", "AutoAttack", autoattack.Composite,
+               autoattack.options(lambda name, values: build(name, values))),
 )}
 NAMES = tuple(ATTACKS)
+# The attacks an evaluation runs by default.
+DEFAULTS = tuple(name for name in NAMES if ATTACKS[name].default)
 
 
 def get(name):

@@ -1,15 +1,23 @@
-"""Auto-PGD (APGD), L-infinity, after Croce & Hein (ICML 2020), Algorithm 1.
+"""Auto-PGD (APGD) and its targeted variant APGD-T, L-infinity.
 
-APGD is PGD without a step-size parameter. It starts with step 2 * epsilon,
-adds momentum (alpha = 0.75) to the signed-gradient step, and at checkpoints
-w_j (see ``checkpoints``) halves the step size of every example on which the
-last stretch went badly, restarting that example from the best point found so
-far. A stretch went badly when (1) the loss rose in fewer than a fraction rho
-of its iterations, or (2) the step size was not halved at the previous
-checkpoint and the best loss has not improved since. Step sizes and all this
-bookkeeping are per example.
+After Croce & Hein (ICML 2020), Algorithm 1, and step for step after their
+reference implementation (fra31/auto-attack, ``autoattack/autopgd_base.py``,
+``APGDAttack`` and ``APGDAttack_targeted``). APGD is PGD without a step-size
+parameter. It starts from a random point at L-infinity distance epsilon,
+steps 2 * epsilon, adds momentum (0.75, none on the first step) to the signed
+gradient step, and at checkpoints (see ``checkpoints``) halves the step size of
+every example on which the last stretch went badly, restarting that example
+from the best point found so far. A stretch went badly when (1) the loss rose
+in at most a fraction rho of its iterations, or (2) the step size was not
+halved at the previous checkpoint and the best loss has not improved since
+(never at the first checkpoint). Step sizes and all this bookkeeping are per
+example.
 
-The whole attack on a batch is one ``tf.while_loop`` and the model always runs
+APGD-T ascends the targeted DLR loss, once for each of the classes the clean
+point ranks 2nd, 3rd, ..., and attacks only the examples that the earlier
+targets have not broken.
+
+Each attack run on a batch is one ``tf.while_loop`` and the model always runs
 in inference mode (``training=False``): evaluation attacks never touch the
 BatchNorm statistics. Besides the highest-loss point the algorithm tracks,
 the attack remembers the last iterate that was misclassified, and returns it
@@ -18,32 +26,44 @@ be the misclassified one.
 """
 
 import dataclasses
-import fractions
-import math
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
+from rlfat_tf import errors
 from rlfat_tf.attacks import base
 from rlfat_tf.attacks import losses
 from rlfat_tf.attacks import pgd
 
-LOSSES = ("ce", "dlr")
+LOSSES = ("ce", "dlr", "dlr_targeted")
+
+# The checkpoint schedule of the reference, as fractions of the iterations N
+# that it truncates to integers: the first stretch lasts 0.22 N iterations,
+# each next one 0.03 N fewer, but never fewer than 0.06 N.
+_FIRST_STRETCH = 0.22
+_STRETCH_SHRINK = 0.03
+_SHORTEST_STRETCH = 0.06
 
 
 @dataclasses.dataclass(frozen=True)
 class APGDSpec:
-  """An untargeted L-infinity APGD attack.
+  """An L-infinity APGD attack: APGD-CE, APGD-DLR or APGD-T.
 
   Attributes:
     epsilon: radius of the L-infinity ball, in [0, 1] pixel units.
-    steps: iterations N; the attack evaluates the loss and its gradient at
+    steps: iterations N per run; a run evaluates the loss and its gradient at
       N + 1 points (the random start and N iterates).
-    loss: "ce" (cross-entropy) or "dlr" (``losses.dlr_loss``).
+    loss: "ce" (cross-entropy), "dlr" (``losses.dlr_loss``) or
+      "dlr_targeted" (APGD-T: ``losses.dlr_targeted_loss``, one run per
+      target class).
     momentum: alpha, the weight of the new step against the previous one.
-    rho: the fraction of loss increases below which a stretch between two
-      checkpoints counts as failed.
+    rho: a stretch between two checkpoints fails when the loss rose in at
+      most this fraction of its iterations.
     initial_step: the starting step size, in multiples of ``epsilon``.
+    target_classes: APGD-T only: how many target classes to try, the classes
+      the clean point ranks 2nd, 3rd, ...; the model needs more classes than
+      this.
   """
   epsilon: float
   steps: int = 100
@@ -51,6 +71,7 @@ class APGDSpec:
   momentum: float = 0.75
   rho: float = 0.75
   initial_step: float = 2.0
+  target_classes: int = 9
 
   def __post_init__(self):
     if self.loss not in LOSSES:
@@ -58,33 +79,46 @@ class APGDSpec:
                        f"{LOSSES}")
     if self.steps < 1:
       raise ValueError(f"APGD needs at least one step, got {self.steps}")
+    if self.target_classes < 1:
+      raise ValueError(f"APGD-T needs at least one target class, got "
+                       f"{self.target_classes}")
 
 
 def checkpoints(steps):
-  """The iterations w_j at which APGD checks its progress.
+  """The iterations w_j after which APGD checks its progress.
 
-  w_j = ceil(p_j * steps) with p_0 = 0, p_1 = 0.22 and
-  p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), for every p_j <= 1. The
-  p_j are exact fractions: in floating point 0.22 + 0.19 + 0.16 exceeds 0.57
-  and would move w_3 of a 100-step attack from 57 to 58.
+  The reference's integer schedule: the first stretch lasts
+  max(int(0.22 N), 1) iterations and each next one
+  max(int(0.03 N), 1) fewer, but at least max(int(0.06 N), 1). For N = 100
+  the checks follow iterates 22, 41, 57, 70, 80, 87, 93 and 99, the paper's
+  w_j; for other N the truncation can differ from the paper's ceil(p_j N).
 
   Args:
     steps: number of iterations N.
 
   Returns:
-    The distinct w_j in increasing order, starting with w_0 = 0.
+    0, then the w_j <= N in increasing order.
   """
-  shrink, floor = fractions.Fraction(3, 100), fractions.Fraction(6, 100)
-  prev, cur = fractions.Fraction(0), fractions.Fraction(22, 100)
-  points = [prev]
-  while cur <= 1:
-    points.append(cur)
-    prev, cur = cur, cur + max(cur - prev - shrink, floor)
-  return tuple(sorted({math.ceil(p * steps) for p in points}))
+  stretch = max(int(_FIRST_STRETCH * steps), 1)
+  shrink = max(int(_STRETCH_SHRINK * steps), 1)
+  shortest = max(int(_SHORTEST_STRETCH * steps), 1)
+  points = [0]
+  while points[-1] + stretch <= steps:
+    points.append(points[-1] + stretch)
+    stretch = max(stretch - shrink, shortest)
+  return tuple(points)
 
 
-def _schedule(steps):
-  """Per-iteration tensors: is k a checkpoint, and the length of its stretch."""
+def schedule(steps):
+  """Per iterate count i = 0..N: is i a checkpoint, and its stretch length.
+
+  Args:
+    steps: number of iterations N.
+
+  Returns:
+    bool [N + 1] and float32 [N + 1] tensors; the stretch of a checkpoint w_j
+    is w_j - w_{j-1} (1 elsewhere).
+  """
   is_checkpoint = np.zeros(steps + 1, bool)
   stretch = np.ones(steps + 1, np.float32)
   marks = checkpoints(steps)
@@ -94,107 +128,225 @@ def _schedule(steps):
   return tf.constant(is_checkpoint), tf.constant(stretch)
 
 
-def perturb(model, spec, images, labels, seeds):
-  """Runs APGD and returns adversarial examples.
+class Progress(NamedTuple):
+  """Per-example bookkeeping of the step-size rule, all [B].
+
+  Attributes:
+    last: loss of the latest iterate; a restart from the best point does not
+      replace it, so the next increase is counted against it.
+    best: the highest loss so far.
+    increases: how often the loss rose since the last checkpoint.
+    halved: whether the step was halved at the last checkpoint.
+    best_then: ``best`` at the last checkpoint.
+  """
+  last: tf.Tensor
+  best: tf.Tensor
+  increases: tf.Tensor
+  halved: tf.Tensor
+  best_then: tf.Tensor
+
+
+def start_progress(loss):
+  """The bookkeeping at the random start, whose loss is ``loss``.
+
+  ``halved`` starts true, as the reference's ``reduced_last_check = 1``, so
+  condition 2 cannot fire at the first checkpoint. The first iterate's loss
+  is compared with the start's, as in the paper; the reference compares it
+  with a not yet written (zero) slot of its loss history.
+  """
+  return Progress(last=loss, best=loss, increases=tf.zeros_like(loss),
+                  halved=tf.ones_like(loss, tf.bool), best_then=loss)
+
+
+def advance(progress, loss, at_checkpoint, stretch, rho):
+  """Books the loss of a new iterate; at a checkpoint, decides the halving.
+
+  Args:
+    progress: the ``Progress`` before this iterate.
+    loss: [B] loss of the new iterate.
+    at_checkpoint: scalar bool, whether this iterate ends a stretch.
+    stretch: scalar float, the length of that stretch.
+    rho: the rho of ``APGDSpec``.
+
+  Returns:
+    The new ``Progress`` and bool [B]: halve the step (always false away from
+    a checkpoint).
+  """
+  increases = progress.increases + tf.cast(loss > progress.last, loss.dtype)
+  best = tf.maximum(progress.best, loss)
+  oscillating = increases <= rho * stretch
+  stalled = tf.logical_not(progress.halved) & (best <= progress.best_then)
+  halve = at_checkpoint & (oscillating | stalled)
+  return Progress(
+      last=loss, best=best,
+      increases=tf.where(at_checkpoint, tf.zeros_like(increases), increases),
+      halved=tf.where(at_checkpoint, halve, progress.halved),
+      best_then=tf.where(at_checkpoint, best, progress.best_then)), halve
+
+
+def _run(model, spec, images, labels, seeds, targets):
+  """One APGD run from one random start.
 
   Args:
     model: a Keras model mapping images to logits.
     spec: an ``APGDSpec``.
     images: [B, H, W, C] clean images in [0, 1].
     labels: int [B] true labels.
-    seeds: int64 [B, 2] per-example seeds of the uniform random start.
+    seeds: int [B, 2] per-example seeds of the start.
+    targets: int [B] target classes for "dlr_targeted", else None.
 
   Returns:
-    [B, H, W, C] adversarial examples within ``spec.epsilon`` of ``images``
-    and inside [0, 1], gradients stopped: for each example the last
-    misclassified iterate if there was one, otherwise the highest-loss point.
+    The highest-loss point [B, H, W, C], its loss [B], whether some
+    iterate was misclassified [B], and the last such iterate [B, H, W, C].
   """
   eps = spec.epsilon
-  alpha = spec.momentum
-  loss_fn = losses.LOSSES[spec.loss]
-  images = tf.stop_gradient(images)
-  is_checkpoint, stretch = _schedule(spec.steps)
+  if spec.loss == "dlr_targeted":
+    loss_fn = lambda logits: losses.dlr_targeted_loss(logits, labels,
+                                                       targets)
+  else:
+    loss_fn = lambda logits: losses.LOSSES[spec.loss](logits, labels, None)
+  is_checkpoint, stretch = schedule(spec.steps)
 
   def evaluate(x):
     with tf.GradientTape() as tape:
       tape.watch(x)
       logits = model(x, training=False)
-      loss = loss_fn(logits, labels, None)
+      loss = loss_fn(logits)
       total = tf.reduce_sum(loss)
     grad = tape.gradient(total, x)
     wrong = tf.not_equal(tf.argmax(logits, -1, output_type=labels.dtype),
                          labels)
     return loss, grad, wrong
 
-  def step(x, grad, eta):
-    return pgd.project(x + eta[:, None, None, None] * tf.sign(grad),
-                           images, eps)
-
-  x0 = pgd.uniform_start(images, seeds, eps)
+  x0 = pgd.sphere_start(images, seeds, eps)
+  f0, g0, found = evaluate(x0)
   eta = tf.fill(tf.shape(labels), tf.cast(spec.initial_step * eps,
                                           images.dtype))
-  f0, g0, wrong0 = evaluate(x0)
-  x1 = step(x0, g0, eta)
-  f1, g1, wrong1 = evaluate(x1)
-  better = f1 > f0
-  x_max, f_max, g_max = (pgd.select(better, x1, x0), tf.maximum(f0, f1),
-                         pgd.select(better, g1, g0))
-  found = wrong0 | wrong1
-  x_found = pgd.select(wrong1, x1, x0)
-  # Increases of the loss counted since the last checkpoint (the stretch
-  # w_{j-1} .. w_j - 1 of condition 1), whether the step was halved at the
-  # last checkpoint, and the best loss then (condition 2).
-  increases = tf.cast(better, tf.float32)
-  halved_last = tf.zeros_like(found)
-  f_max_last = f0
-  x_prev, x_cur, f_cur, g_cur = x0, x1, f1, g1
+  progress = start_progress(f0)
+  x_max, g_max, x_found = x0, g0, x0
+  x_prev, x_cur, g_cur = x0, x0, g0
 
-  for k in tf.range(1, spec.steps):
-    z = step(x_cur, g_cur, eta)
+  for i in tf.range(spec.steps):
+    # The first step has no momentum (the reference's a = 1 at i = 0).
+    alpha = tf.where(i > 0, spec.momentum, 1.0)
+    z = pgd.project(x_cur + eta[:, None, None, None] * tf.sign(g_cur),
+                        images, eps)
     x_next = pgd.project(
         x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev),
         images, eps)
     f_next, g_next, wrong = evaluate(x_next)
     x_found = pgd.select(wrong, x_next, x_found)
     found |= wrong
-    rose = f_next > f_cur
-    better = f_next > f_max
+    better = f_next > progress.best
     x_max = pgd.select(better, x_next, x_max)
     g_max = pgd.select(better, g_next, g_max)
-    f_max = tf.where(better, f_next, f_max)
-
-    at_checkpoint = is_checkpoint[k]
-    oscillating = increases < spec.rho * stretch[k]
-    stalled = tf.logical_not(halved_last) & (f_max <= f_max_last)
-    halve = at_checkpoint & (oscillating | stalled)
+    progress, halve = advance(progress, f_next, is_checkpoint[i + 1],
+                              stretch[i + 1], spec.rho)
     eta = tf.where(halve, eta / 2.0, eta)
-    x_next = pgd.select(halve, x_max, x_next)
-    g_next = pgd.select(halve, g_max, g_next)
-    f_next = tf.where(halve, f_max, f_next)
-    halved_last = tf.where(at_checkpoint, halve, halved_last)
-    f_max_last = tf.where(at_checkpoint, f_max, f_max_last)
-    increases = tf.where(at_checkpoint, 0.0, increases) + tf.cast(
-        rose, tf.float32)
-    x_prev, x_cur, f_cur, g_cur = x_cur, x_next, f_next, g_next
+    x_prev, x_cur = x_cur, pgd.select(halve, x_max, x_next)
+    g_cur = pgd.select(halve, g_max, g_next)
 
+  return x_max, progress.best, found, x_found
+
+
+def _targeted(model, spec, images, labels, seeds):
+  """APGD-T: one run per target class, on the examples still unbroken."""
+  logits = model(images, training=False)
+  classes = logits.shape[-1]
+  if classes < 4:
+    raise errors.UserError(
+        f"APGD-T's targeted DLR loss needs at least 4 classes, the model has "
+        f"{classes}; use APGD-CE or APGD-DLR")
+  if spec.target_classes >= classes:
+    raise errors.UserError(
+        f"APGD-T with {spec.target_classes} target classes needs more classes "
+        f"than that, the model has {classes}; lower target_classes "
+        f"(--{TARGETS.flag})")
+  ranked = tf.cast(tf.argsort(logits, axis=-1, direction="DESCENDING"),
+                   labels.dtype)
+  broken = tf.not_equal(tf.argmax(logits, -1, output_type=labels.dtype),
+                        labels)
+  adv = images
+  best = tf.fill(tf.shape(labels), tf.constant(-np.inf, logits.dtype))
+  for j in tf.range(spec.target_classes):
+
+    def attack(adv, best, broken):
+      todo = tf.where(tf.logical_not(broken))
+      pick = lambda t: tf.gather_nd(t, todo)
+      x_max, f_max, found, x_found = _run(
+          model, spec, pick(images), pick(labels),
+          pick(pgd.restart_seeds(seeds, j)), pick(ranked[:, j + 1]))
+      # Unbroken examples keep the highest-loss point over all targets.
+      better = f_max > pick(best)
+      kept = pgd.select(found, x_found,
+                        pgd.select(better, x_max, pick(adv)))
+      return (tf.tensor_scatter_nd_update(adv, todo, kept),
+              tf.tensor_scatter_nd_update(best, todo,
+                                          tf.maximum(f_max, pick(best))),
+              tf.tensor_scatter_nd_update(broken, todo, found))
+
+    # Skip the run once every example is broken: the model would see an
+    # empty batch, on which convolutions return malformed shapes.
+    adv, best, broken = tf.cond(
+        tf.reduce_all(broken), lambda: (adv, best, broken),
+        lambda: attack(adv, best, broken))
+  return adv
+
+
+def perturb(model, spec, images, labels, seeds):
+  """Runs APGD (or APGD-T) and returns adversarial examples.
+
+  Args:
+    model: a Keras model mapping images to logits.
+    spec: an ``APGDSpec``.
+    images: [B, H, W, C] clean images in [0, 1].
+    labels: int [B] true labels.
+    seeds: int64 [B, 2] per-example seeds of the random start; APGD-T's
+      j-th target uses ``pgd.restart_seeds(seeds, j)``.
+
+  Returns:
+    [B, H, W, C] adversarial examples within ``spec.epsilon`` of ``images``
+    and inside [0, 1], gradients stopped: for each example the last
+    misclassified iterate if there was one, otherwise the highest-loss point.
+    APGD-T returns the clean image where the model already misclassifies it,
+    and otherwise the highest-loss point over all targets.
+
+  Raises:
+    errors.UserError: APGD-T on a model with fewer than 4 classes, or with
+      no more classes than ``spec.target_classes``.
+  """
+  images = tf.stop_gradient(images)
+  if spec.loss == "dlr_targeted":
+    return tf.stop_gradient(_targeted(model, spec, images, labels, seeds))
+  x_max, _, found, x_found = _run(model, spec, images, labels, seeds, None)
   return tf.stop_gradient(pgd.select(found, x_found, x_max))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class APGD(base.Attack):
-  """APGD as an evaluation attack; ``spec`` is an ``APGDSpec``."""
+  """APGD or APGD-T as an evaluation attack; ``spec`` is an ``APGDSpec``."""
   kind = "white_box"
+
+  def settings(self):
+    out = super().settings()
+    if self.spec.loss != "dlr_targeted":
+      del out["target_classes"]
+    return out
 
   def run(self, model, images, labels, seeds):
     return perturb(model, self.spec, images, labels, seeds)
 
 
-STEPS = base.Setting("apgd_steps", APGDSpec.steps, "APGD iterations.",
-                     lower_bound=1)
+STEPS = base.Setting("apgd_steps", APGDSpec.steps, "APGD iterations (of "
+                     "each target of APGD-T).", lower_bound=1)
+TARGETS = base.Setting("apgd_targets", APGDSpec.target_classes, "Target "
+                       "classes of APGD-T (the model needs more classes).",
+                       lower_bound=1)
 
 
 def options(loss):
   """The ``APGD`` fields builder of APGD on a loss (``attacks.Registered``)."""
   return lambda values: {
-      "spec": APGDSpec(values["epsilon"], values["apgd_steps"], loss),
+      "spec": APGDSpec(values["epsilon"], values["apgd_steps"], loss,
+                       target_classes=values["apgd_targets"]),
       "restarts": values["restarts"]}

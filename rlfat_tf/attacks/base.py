@@ -2,16 +2,20 @@
 
 An attack is a frozen dataclass built by the registry (``rlfat_tf.attacks``)
 from the evaluation settings. ``robustness`` runs any attack through this
-interface alone: it calls ``run`` once per restart with that restart's seeds,
-keeps each example's first success, and takes the per-example worst case over
-the attacks of kind "white_box".
+interface alone: it runs the attack's ``stages`` in turn, each only on the
+examples still robust (classified correctly, and not broken by an earlier
+stage); it calls a stage's ``run`` once per restart with that restart's
+seeds, on the examples no earlier restart broke, and keeps each example's
+first success. It takes the per-example worst case over the attacks of kind
+"white_box", and another over every attack. An attack of kind "composite"
+(``autoattack.Composite``) is a sequence of registered attacks, its stages.
 """
 
 import abc
 import dataclasses
 from typing import Any
 
-KINDS = ("white_box", "black_box")
+KINDS = ("white_box", "black_box", "composite")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,11 +66,15 @@ class Attack(abc.ABC):
     """The attack's settings as recorded in results files (JSON values).
 
     Every field of ``spec`` but ``epsilon`` (which results record once for
-    all attacks), and ``restarts``.
+    all attacks), and ``restarts`` unless the spec has its own (FAB's).
     """
-    out = dataclasses.asdict(self.spec)
+    out = {"restarts": self.restarts, **dataclasses.asdict(self.spec)}
     del out["epsilon"]
-    return {**out, "restarts": self.restarts}
+    return out
+
+  def stages(self):
+    """The attacks ``robustness`` runs in turn for this one: itself."""
+    return (self,)
 
   @abc.abstractmethod
   def run(self, model, images, labels, seeds):

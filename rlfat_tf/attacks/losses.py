@@ -1,9 +1,10 @@
 """Per-example losses of training objectives and attacks.
 
 Cross-entropy and KL are what the training objectives minimise and the
-training attacks maximise; the CW margin and DLR losses drive evaluation
-attacks. The margin of the true logit over the best other logit, which CW,
-DLR and the N attack's reward share, is ``margin``.
+training attacks maximise; the CW margin and the DLR losses (untargeted and
+targeted) drive evaluation attacks. The margin of the true logit over the
+best other logit, which CW, DLR, the N attack's reward and the Square
+attack's loss share, is ``margin``.
 """
 
 import tensorflow as tf
@@ -28,29 +29,35 @@ def kl_divergence(p_logits, q_logits):
 def margin(logits, labels):
   """The true logit minus the best other logit, z_y - max_{j != y} z_j.
 
-  The true class is masked out with a large negative offset before the max
-  (multiplying by a mask instead would leave a 0 in the true slot, which wins
-  whenever every other logit is negative).
+  The best other logit is read off the two largest logits: the runner-up
+  when the true class is on top, else the top one. It is exact however far
+  the true logit leads (masking the true class with a finite offset picks the
+  true logit whenever it leads by more than the offset; multiplying by a mask
+  leaves a 0 in the true slot, which wins whenever every other logit is
+  negative).
 
   Args:
-    logits: [..., K] logits (or log-probabilities).
+    logits: [..., K] logits (or log-probabilities), K >= 2.
     labels: int true labels, broadcastable against ``logits[..., 0]``.
 
   Returns:
-    [...] margins; negative exactly when the example is misclassified.
+    [...] margins; negative exactly when another class scores higher.
   """
-  onehot = tf.one_hot(labels, tf.shape(logits)[-1], dtype=logits.dtype)
-  true = tf.reduce_sum(onehot * logits, axis=-1)
-  other = tf.reduce_max(logits - 1e4 * onehot, axis=-1)
-  return true - other
+  labels = tf.broadcast_to(tf.cast(labels, tf.int32), tf.shape(logits)[:-1])
+  true = tf.gather(logits, labels[..., None],
+                   batch_dims=len(logits.shape) - 1)[..., 0]
+  top = tf.math.top_k(logits, k=2)
+  on_top = tf.equal(top.indices[..., 0], labels)
+  return true - tf.where(on_top, top.values[..., 1], top.values[..., 0])
 
 
 def cw_margin(logits, labels, confidence=CW_CONFIDENCE):
   """Carlini-Wagner margin loss, per example: -relu(z_y - max_j!=y z_j + k).
 
-  The official RLFAT code masks the true class by multiplying, and so picks
-  the wrong runner-up whenever every other logit is negative (the bug Madry
-  fixed in cifar10_challenge 958b8f1); ``margin`` masks it correctly.
+  The official RLFAT code multiplies by a mask instead of excluding the true
+  class, which returns 0 for the true slot and so picks the wrong runner-up
+  whenever every other logit is negative (the bug Madry fixed in
+  cifar10_challenge 958b8f1); ``margin`` excludes it exactly.
   """
   return -tf.nn.relu(margin(logits, labels) + confidence)
 
@@ -72,6 +79,29 @@ def dlr_loss(logits, labels):
   """
   top3 = tf.math.top_k(logits, k=3).values
   return -margin(logits, labels) / (top3[:, 0] - top3[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(logits, labels, targets):
+  """Targeted DLR loss of Croce & Hein (2020), per example.
+
+  -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12) for the target class t,
+  where z_pi1 >= ... >= z_pi4 are the four largest logits: maximising it pulls
+  the target's logit above the true one. Like DLR, it ignores shifts and
+  rescalings of the logits. It needs at least four classes.
+
+  Args:
+    logits: [B, K] logits, K >= 4.
+    labels: int [B] true labels.
+    targets: int [B] target classes.
+
+  Returns:
+    [B] losses; positive exactly when the target outscores the true class.
+  """
+  top4 = tf.math.top_k(logits, k=4).values
+  true = tf.gather(logits, labels, batch_dims=1)
+  target = tf.gather(logits, targets, batch_dims=1)
+  return -(true - target) / (top4[:, 0] - 0.5 * (top4[:, 2] + top4[:, 3]) +
+                             1e-12)
 
 
 # Each loss maps (adversarial logits, labels, clean logits) to a [B] loss that

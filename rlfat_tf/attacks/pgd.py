@@ -142,6 +142,30 @@ def uniform_start(images, seeds, epsilon):
   return project(images + noise, images, epsilon)
 
 
+def sphere_start(images, seeds, radius):
+  """Per example, x + radius * t / max|t|, t ~ U[-1, 1) per pixel, in [0, 1].
+
+  A random point with a pixel at L-infinity distance exactly ``radius``
+  (before the clip to [0, 1]): the sign-normalised start of the reference
+  APGD and FAB (fra31/auto-attack).
+
+  Args:
+    images: [B, H, W, C] clean images in [0, 1].
+    seeds: int [B, 2] stateless seeds, one per example.
+    radius: the L-infinity distance of the start.
+
+  Returns:
+    [B, H, W, C] starting points.
+  """
+
+  def draw(shape, seed):
+    t = tf.random.stateless_uniform(shape, seed, -1.0, 1.0, images.dtype)
+    return t / (tf.reduce_max(tf.abs(t)) + 1e-12)
+
+  direction = _per_example_noise(draw, images, seeds)
+  return tf.clip_by_value(images + radius * direction, 0.0, 1.0)
+
+
 def random_start(spec, images, seeds):
   """The starting point of an attack, drawn per example.
 

@@ -46,17 +46,15 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from rlfat_tf import attacks
+from rlfat_tf.attacks import base
+from rlfat_tf.attacks import losses
+from rlfat_tf.attacks import pgd
 
 # square.py lines 198-215: p is p_init / 2^k, where k counts the bounds below
 # that the (possibly rescaled) iteration exceeds.
 P_SCHEDULE_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 # square.py line 196: the schedule is written for 10,000 queries.
 P_SCHEDULE_QUERIES = 10000
-# AutoAttack's standard run: one restart (autoattack.py line 43) and the
-# default loss of SquareAttack (square.py line 47).
-RESTARTS = 1
-LOSS = "margin"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +84,6 @@ class SquareSpec:
     if not 0.0 < self.p_init <= 1.0:
       raise ValueError(f"Square p_init must be in (0, 1], got "
                        f"{self.p_init}")
-
-  def settings(self):
-    """The attack's settings as recorded in results files."""
-    return {"epsilon": self.epsilon, "queries": self.queries,
-            "p_init": self.p_init,
-            "rescale_schedule": self.rescale_schedule,
-            "restarts": RESTARTS, "loss": LOSS}
 
 
 def p_selection(iteration, p_init, queries, rescale_schedule):
@@ -229,17 +220,7 @@ def candidates(best, images, epsilon, size, draws):
             window(width, draws[:, 1])[:, None, :, None])
   step = 2.0 * epsilon * _signs(draws[:, 2:])[:, None, None, :]
   delta = tf.where(inside, step, tf.zeros_like(step))
-  return attacks.project(best + delta, images, epsilon)
-
-
-def _margin(logits, labels):
-  """z_y - max_{j != y} z_j, the true logit masked with -inf (lines 76-78)."""
-  onehot = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True,
-                      off_value=False)
-  true = tf.reduce_sum(tf.where(onehot, logits, tf.zeros_like(logits)), -1)
-  other = tf.reduce_max(
-      tf.where(onehot, tf.fill(tf.shape(logits), -np.inf), logits), -1)
-  return true - other
+  return pgd.project(best + delta, images, epsilon)
 
 
 def attack(model, spec, images, labels, seeds):
@@ -280,14 +261,15 @@ def attack(model, spec, images, labels, seeds):
   first = tf.where(attacked)[:, 0]
   start = tf.gather(initial_point(images, eps, seeds), first)
   best = tf.tensor_scatter_nd_update(images, first[:, None], start)
-  clean_margin = _margin(clean_logits, labels)
+  # The margin loss z_y - max_{j != y} z_j (lines 76-78).
+  clean_margin = losses.margin(clean_logits, labels)
   # Convolutions fail on an empty batch: skip the query when there is
   # nothing to attack (the loop below only runs while some image is active).
   margin = tf.cond(
       tf.size(first) > 0,
       lambda: tf.tensor_scatter_nd_update(
           clean_margin, first[:, None],
-          _margin(predict(start), tf.gather(labels, first))),
+          losses.margin(predict(start), tf.gather(labels, first))),
       lambda: clean_margin)
   queries = tf.cast(attacked, tf.int32)
 
@@ -308,12 +290,12 @@ def attack(model, spec, images, labels, seeds):
     rows = tf.stack([index, tf.fill(tf.shape(index), tf.cast(i, tf.int64))],
                     axis=1)
     new = candidates(best_on, clean, eps, sizes[i], tf.gather_nd(draws, rows))
-    new_margin = _margin(predict(new), tf.gather(labels, index))
+    new_margin = losses.margin(predict(new), tf.gather(labels, index))
     # Lines 272-287: with the margin loss, keep the candidate if its margin
     # is lower or if it is misclassified.
     keep = (new_margin < margin_on) | (new_margin <= 0.0)
     best = tf.tensor_scatter_nd_update(
-        best, index[:, None], attacks.select(keep, new, best_on))
+        best, index[:, None], pgd.select(keep, new, best_on))
     margin = tf.tensor_scatter_nd_update(
         margin, index[:, None], tf.where(keep, new_margin, margin_on))
     return i + 1, best, margin, queries + tf.cast(on, tf.int32)
@@ -324,7 +306,7 @@ def attack(model, spec, images, labels, seeds):
   # misclassified.
   wrong = tf.not_equal(tf.argmax(predict(best), -1, output_type=tf.int32),
                        labels)
-  adversarial = attacks.select(attacked & wrong, best, images)
+  adversarial = pgd.select(attacked & wrong, best, images)
   return tf.stop_gradient(adversarial), queries
 
 
@@ -354,3 +336,30 @@ def compiled(model, spec, image_shape):
       input_signature=[tf.TensorSpec([None, *image_shape], tf.float32),
                        tf.TensorSpec([None], tf.int32),
                        tf.TensorSpec([None, 2], tf.int64)])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Square(base.Attack):
+  """The Square attack as an evaluation attack; ``spec`` is a ``SquareSpec``.
+
+  One run of ``attack`` (AutoAttack's one restart) with the margin loss.
+  """
+  kind = "black_box"
+
+  def run(self, model, images, labels, seeds):
+    return perturb(model, self.spec, images, labels, seeds)
+
+
+SETTINGS = (
+    base.Setting("square_queries", SquareSpec.queries, "Square attack "
+                 "queries per image.", lower_bound=1),
+    base.Setting("square_p_init", SquareSpec.p_init, "Square attack: the "
+                 "fraction of the image its first squares cover.",
+                 type=float, lower_bound=0.0),
+)
+
+
+def options(values):
+  """``Square`` fields from the evaluation values (``attacks.Registered``)."""
+  return {"spec": SquareSpec(values["epsilon"], values["square_queries"],
+                             values["square_p_init"])}

@@ -21,14 +21,12 @@ This follows fra31/auto-attack (commit a392200): ``autoattack/fab_base.py``
 n_target_classes=9 and keeps FAB's defaults alpha_max=0.1, eta=1.05,
 beta=0.9; its epsilon is the evaluation radius.
 
-Differences in form, not in result: the reference shrinks the batch to the
-points still robust; here every example runs in one fixed-shape batch and the
-points already broken (or misclassified) only have their results discarded,
-which gives the same per-example answer because the model runs in inference
-mode (``training=False``), where an example's logits do not depend on the rest
-of its batch. A target's loop is skipped when no example is left to attack.
-Random starts draw from per-example stateless seeds instead of one global
-generator.
+As the reference, each target (and restart) runs only on the points still
+robust, gathered into a smaller batch, and is skipped when none is left. The
+model runs in inference mode (``training=False``), where an example's logits
+do not depend on the rest of its batch. One difference in form, not in
+result: random starts draw from per-example stateless seeds instead of one
+global generator.
 """
 
 import dataclasses
@@ -36,7 +34,9 @@ import math
 
 import tensorflow as tf
 
-from rlfat_tf import attacks
+from rlfat_tf import errors
+from rlfat_tf.attacks import base
+from rlfat_tf.attacks import pgd
 
 # fab_base.py:126: the "no adversarial example yet" norm.
 _NO_ADV = 1e10
@@ -82,9 +82,12 @@ class FABSpec:
     if not self.eta >= 1:
       raise ValueError(f"FAB eta (overshoot) must be >= 1, got {self.eta}")
 
-  def settings(self):
-    """The attack's settings as recorded in results files (JSON-able)."""
-    return {"norm": "Linf", "targeted": True, **dataclasses.asdict(self)}
+
+STEPS = base.Setting("fab_steps", FABSpec.steps, "FAB-T iterations per "
+                     "target.", lower_bound=1)
+TARGETS = base.Setting("fab_targets", FABSpec.target_classes, "Target "
+                       "classes of FAB-T (the model needs more classes).",
+                       lower_bound=1)
 
 
 def projection_linf(points, w, b):
@@ -168,14 +171,6 @@ def _linf(x):
   return tf.reduce_max(tf.abs(tf.reshape(x, [tf.shape(x)[0], -1])), 1)
 
 
-def _start_seeds(seeds, value):
-  """Per-example seeds folded with one run's index."""
-  return tf.map_fn(
-      lambda s: tf.cast(tf.random.experimental.stateless_fold_in(s, value),
-                        tf.int64),
-      seeds, fn_output_signature=tf.int64)
-
-
 def random_start(images, epsilon, seeds):
   """FAB's random start: a uniform direction at L-infinity norm epsilon / 2.
 
@@ -191,13 +186,7 @@ def random_start(images, epsilon, seeds):
   Returns:
     [B, H, W, C] starting points.
   """
-  shape = tf.shape(images)[1:]
-  t = tf.map_fn(
-      lambda s: tf.random.stateless_uniform(shape, s, -1.0, 1.0,
-                                            dtype=images.dtype),
-      seeds, fn_output_signature=images.dtype)
-  norm = tf.reshape(_linf(t), [-1] + [1] * (len(images.shape) - 1))
-  return tf.clip_by_value(images + epsilon * t / norm * 0.5, 0.0, 1.0)
+  return pgd.sphere_start(images, seeds, 0.5 * epsilon)
 
 
 def _predict(model, x):
@@ -205,7 +194,7 @@ def _predict(model, x):
   return tf.argmax(model(x, training=False), -1, output_type=tf.int32)
 
 
-def _single_run(model, spec, images, labels, targets, start, attack):
+def _single_run(model, spec, images, labels, targets, start):
   """One FAB-T run towards ``targets`` (fab_base.py:83-263).
 
   Args:
@@ -215,7 +204,6 @@ def _single_run(model, spec, images, labels, targets, start, attack):
     labels: int32 [B] true labels.
     targets: int32 [B] target classes.
     start: [B, H, W, C] first iterate.
-    attack: scalar bool; False skips the loop (nothing left to attack).
 
   Returns:
     [B, H, W, C]: per example the adversarial iterate of smallest norm, or the
@@ -262,15 +250,15 @@ def _single_run(model, spec, images, labels, targets, start, attack):
     is_adv = tf.not_equal(_predict(model, x1), labels)
     norm = _linf(x1 - images)
     better = is_adv & (norm < res2)
-    adv = attacks.select(better, x1, adv)
+    adv = pgd.select(better, x1, adv)
     res2 = tf.where(better, norm, res2)
-    x1 = attacks.select(is_adv, images + (x1 - images) * spec.beta, x1)
+    x1 = pgd.select(is_adv, images + (x1 - images) * spec.beta, x1)
     return i + 1, x1, adv, res2
 
   _, _, adv, res2 = tf.while_loop(
-      lambda i, *_: attack & (i < spec.steps), body,
+      lambda i, *_: i < spec.steps, body,
       (tf.constant(0), start, images, tf.fill([batch], _NO_ADV)))
-  return attacks.select(res2 < _NO_ADV, adv, images)
+  return pgd.select(res2 < _NO_ADV, adv, images)
 
 
 def perturb(model, spec, images, labels, seeds):
@@ -280,8 +268,8 @@ def perturb(model, spec, images, labels, seeds):
   examples still robust towards their k-th most likely class on the clean
   image; an example counts as broken when the run's result is misclassified
   and within ``spec.epsilon`` (fab_base.py:312-323), and is not attacked
-  again. Call it inside a ``tf.function``: each target and restart is one
-  ``tf.while_loop``.
+  again. Call it inside a ``tf.function``: the targets are one loop, and
+  each target's restarts one ``tf.while_loop`` each.
 
   Args:
     model: a Keras model mapping images to logits (called with
@@ -299,37 +287,70 @@ def perturb(model, spec, images, labels, seeds):
     those misclassified already.
 
   Raises:
-    ValueError: the model has fewer than ``spec.target_classes + 1`` classes.
+    errors.UserError: the model has fewer than ``spec.target_classes + 1``
+      classes.
   """
   images = tf.stop_gradient(tf.cast(images, tf.float32))
   labels = tf.cast(labels, tf.int32)
   logits = tf.cast(model(images, training=False), tf.float32)
   classes = logits.shape[-1]
   if classes is not None and classes < spec.target_classes + 1:
-    raise ValueError(
+    raise errors.UserError(
         f"FAB-T with {spec.target_classes} target classes needs at least "
         f"{spec.target_classes + 1} classes, the model has {classes}; lower "
-        f"target_classes")
+        f"target_classes (--{TARGETS.flag})")
   # fab_base.py:270: only correctly classified points are attacked.
   robust = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels)
   # fab_base.py:113: the target is the k-th largest clean logit.
   ranked = tf.math.top_k(logits, spec.target_classes + 1).indices
   adv = images
-  for k in range(2, spec.target_classes + 2):
-    targets = ranked[:, k - 1]
+  for k in tf.range(spec.target_classes):
     for restart in range(spec.restarts):
-      # fab_base.py:305-310: restart 0 starts at the clean point.
-      if restart == 0:
-        start = images
-      else:
-        run = (k - 2) * spec.restarts + restart
-        start = random_start(images, spec.epsilon, _start_seeds(seeds, run))
-      result = _single_run(model, spec, images, labels, targets, start,
-                           tf.reduce_any(robust))
-      # fab_base.py:312-323: broken only if misclassified within epsilon.
-      broken = (robust &
-                tf.not_equal(_predict(model, result), labels) &
-                (_linf(result - images) <= spec.epsilon))
-      adv = attacks.select(broken, result, adv)
-      robust &= tf.logical_not(broken)
+
+      def attack(adv, robust, k=k, restart=restart):
+        todo = tf.where(robust)[:, 0]
+        pick = lambda t: tf.gather(t, todo)
+        clean, true = pick(images), pick(labels)
+        # fab_base.py:305-310: restart 0 starts at the clean point.
+        if restart == 0:
+          start = clean
+        else:
+          run = k * spec.restarts + restart
+          start = random_start(clean, spec.epsilon,
+                               pick(pgd.restart_seeds(seeds, run)))
+        result = _single_run(model, spec, clean, true, pick(ranked[:, k + 1]),
+                             start)
+        # fab_base.py:312-323: broken only if misclassified within epsilon.
+        broken = (tf.not_equal(_predict(model, result), true) &
+                  (_linf(result - clean) <= spec.epsilon))
+        rows = todo[:, None]
+        return (tf.tensor_scatter_nd_update(
+            adv, rows, pgd.select(broken, result, pick(adv))),
+                tf.tensor_scatter_nd_update(robust, rows,
+                                            tf.logical_not(broken)))
+
+      # The model cannot run on an empty batch (convolutions fail on it).
+      adv, robust = tf.cond(tf.reduce_any(robust),
+                            lambda: attack(adv, robust),
+                            lambda: (adv, robust))
   return tf.stop_gradient(adv)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FAB(base.Attack):
+  """FAB-T as an evaluation attack; ``spec`` is a ``FABSpec``.
+
+  Its restarts are the spec's (run 0 starts at the clean point, which would
+  make the evaluation's restarts of the whole attack repeat it), so the
+  attack itself runs once.
+  """
+  kind = "white_box"
+
+  def run(self, model, images, labels, seeds):
+    return perturb(model, self.spec, images, labels, seeds)
+
+
+def options(values):
+  """``FAB`` fields from the evaluation values (``attacks.Registered``)."""
+  return {"spec": FABSpec(values["epsilon"], values["fab_steps"],
+                          values["fab_targets"], values["restarts"])}
