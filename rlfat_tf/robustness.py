@@ -295,6 +295,17 @@ def _mean_cross_entropy(logits, labels):
       logits, np.asarray(labels, np.int32)).numpy()))
 
 
+def _logits_function(model, batch_size):
+  """Logits of float32 images in batches, through one compiled call."""
+  call = tf.function(lambda x: model(x, training=False))
+
+  def logits(images):
+    return np.concatenate([call(tf.constant(images[i:i + batch_size])).numpy()
+                           for i in range(0, len(images), batch_size)])
+
+  return logits
+
+
 def _integrity_checks(model, images, labels, config, logits, per_example,
                       stats, black, verbose):
   """Runs the attacks of the integrity checks; returns name -> result.
@@ -323,14 +334,20 @@ def _integrity_checks(model, images, labels, config, logits, per_example,
     return run(attack, f"PGD-{pgd_steps}, {restarts} restart(s), "
                f"eps={epsilon:g}, seed {seed}", seed=seed, keep=keep)
 
+  # The evaluation's own PGD run is the sweep's last point when it has one
+  # restart: same attack, seeds and images.
+  evaluated = stats.get("pgd", {})
+  adversarial_logits = _logits_function(model, config.batch_size)
   sweep = [("clean", _fraction(per_example["clean"][:num]))]
   mean_losses = [_mean_cross_entropy(logits[:num], subset_labels)]
   for divisor, label in ((4, "eps/4"), (2, "eps/2"), (1, "eps")):
-    out = pgd_run(epsilon=eps / divisor, keep=True)
+    if divisor == 1 and config.restarts == 1 and "adversarial" in evaluated:
+      out = {k: evaluated[k][:num] for k in ("robust", "adversarial")}
+    else:
+      out = pgd_run(epsilon=eps / divisor, keep=True)
     sweep.append((label, _fraction(out["robust"])))
     mean_losses.append(_mean_cross_entropy(
-        clean_logits(model, out["adversarial"], config.batch_size),
-        subset_labels))
+        adversarial_logits(out["adversarial"]), subset_labels))
   one = out["robust"]
   checks["epsilon_sweep_monotone"] = integrity.check_epsilon_sweep(
       sweep, mean_losses, num)
