@@ -76,15 +76,18 @@ def check_epsilon_sweep(accuracies, mean_losses, num_examples):
   """A larger ball must lower accuracy and raise the loss PGD reaches.
 
   Accuracy may rise by no more than ``noise_tolerance`` from one radius to
-  the next, and the mean cross-entropy of the adversarial examples must rise
-  strictly from the clean images (radius 0) on. The second condition holds
+  the next, and the mean cross-entropy of the adversarial examples of the
+  images classified correctly must rise strictly from the clean images
+  (radius 0) on. The second condition holds
   for any model with input gradients, robust or not, and fails for an attack
   that does not ascend the loss: one that minimises it (the loss falls below
   the clean loss) or returns the clean images (it stays equal).
 
   Args:
     accuracies: list of (radius label, accuracy), from "clean" on.
-    mean_losses: the mean cross-entropy at the same radii.
+    mean_losses: the mean cross-entropy at the same radii over the images
+      classified correctly, or None when there are none (the loss condition
+      then has nothing to test).
     num_examples: images the sweep ran on.
 
   Returns:
@@ -94,9 +97,12 @@ def check_epsilon_sweep(accuracies, mean_losses, num_examples):
   labels = [label for label, _ in accuracies]
   values = [value for _, value in accuracies]
   rises = [i for i in range(1, len(values)) if values[i] > values[i - 1] + tol]
-  flat = [i for i in range(1, len(mean_losses))
-          if not mean_losses[i] > mean_losses[i - 1]]
-  losses_trail = _trail(zip(labels, mean_losses))
+  if mean_losses is None:
+    flat, losses_trail = [], "not measured (no image classified correctly)"
+  else:
+    flat = [i for i in range(1, len(mean_losses))
+            if not mean_losses[i] > mean_losses[i - 1]]
+    losses_trail = _trail(zip(labels, mean_losses))
   if rises:
     i = rises[0]
     return result(False, f"accuracy rose with epsilon ({_trail(accuracies)}; "
@@ -108,7 +114,8 @@ def check_epsilon_sweep(accuracies, mean_losses, num_examples):
                   f"{labels[i - 1]} to {labels[i]} ({losses_trail}): it does "
                   f"not ascend the loss")
   return result(True, f"accuracy {_trail(accuracies)}; mean cross-entropy "
-                f"{losses_trail} on {num_examples} images")
+                f"of the correctly classified {losses_trail} on "
+                f"{num_examples} images")
 
 
 def check_more_steps(accuracies, num_examples):

@@ -290,9 +290,10 @@ def evaluate(model, images, labels, config, prefix="test", verbose=1,
           "per_example": per_example, "adversarial": adversarial}
 
 
-def _mean_cross_entropy(logits, labels):
-  return float(np.mean(losses.cross_entropy(
-      logits, np.asarray(labels, np.int32)).numpy()))
+def _mean_cross_entropy(logits, labels, mask):
+  """The mean cross-entropy over the examples where ``mask`` holds."""
+  per_example = losses.cross_entropy(logits, np.asarray(labels, np.int32))
+  return float(np.mean(per_example.numpy()[mask]))
 
 
 def _logits_function(model, batch_size):
@@ -338,8 +339,11 @@ def _integrity_checks(model, images, labels, config, logits, per_example,
   # restart: same attack, seeds and images.
   evaluated = stats.get("pgd", {})
   adversarial_logits = _logits_function(model, config.batch_size)
-  sweep = [("clean", _fraction(per_example["clean"][:num]))]
-  mean_losses = [_mean_cross_entropy(logits[:num], subset_labels)]
+  # The loss is measured where the attacks act: on the images classified
+  # correctly (the others keep their clean image).
+  correct = np.asarray(per_example["clean"][:num], bool)
+  sweep = [("clean", _fraction(correct))]
+  mean_losses = [_mean_cross_entropy(logits[:num], subset_labels, correct)]
   for divisor, label in ((4, "eps/4"), (2, "eps/2"), (1, "eps")):
     if divisor == 1 and config.restarts == 1 and "adversarial" in evaluated:
       out = {k: evaluated[k][:num] for k in ("robust", "adversarial")}
@@ -347,10 +351,10 @@ def _integrity_checks(model, images, labels, config, logits, per_example,
       out = pgd_run(epsilon=eps / divisor, keep=True)
     sweep.append((label, _fraction(out["robust"])))
     mean_losses.append(_mean_cross_entropy(
-        adversarial_logits(out["adversarial"]), subset_labels))
+        adversarial_logits(out["adversarial"]), subset_labels, correct))
   one = out["robust"]
   checks["epsilon_sweep_monotone"] = integrity.check_epsilon_sweep(
-      sweep, mean_losses, num)
+      sweep, mean_losses if correct.any() else None, num)
 
   # PGD with no steps: one uniform draw from the ball.
   noise = pgd.PGD(name="noise", display_name="uniform noise",

@@ -72,6 +72,10 @@ def test_epsilon_sweep_needs_falling_accuracy_and_rising_loss():
   # A fully robust model passes: its loss still rises.
   assert integrity.check_epsilon_sweep(flat, [0.1, 0.2, 0.3, 0.4],
                                        1000)["passed"]
+  # No image classified correctly: only the accuracies are compared.
+  zero = [("clean", 0.0), ("eps/4", 0.0), ("eps/2", 0.0), ("eps", 0.0)]
+  moot = integrity.check_epsilon_sweep(zero, None, 1000)
+  assert moot["passed"] and "not measured" in moot["detail"]
 
 
 def test_more_steps_check_allows_noise_only():
