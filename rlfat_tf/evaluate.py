@@ -51,6 +51,7 @@ from rlfat_tf import data
 from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import files
+from rlfat_tf import integrity
 from rlfat_tf import robustness
 from rlfat_tf import runs
 from rlfat_tf import saliency
@@ -135,9 +136,10 @@ def define_flags(flag_values=FLAGS):
 
   # Integrity checks.
   flags.DEFINE_bool("checks", True, "Run the integrity checks.", **fv)
-  flags.DEFINE_integer("check_examples", 500, "Images of the checks' extra "
-                       "PGD sweeps (eps 0, large eps, more steps, more "
-                       "restarts).", lower_bound=1, **fv)
+  flags.DEFINE_integer("check_examples", 500, "Images of the checks' own "
+                       "attacks (epsilon sweep, noise, input gradients, "
+                       "large eps, more steps, fresh restarts).",
+                       lower_bound=1, **fv)
   flags.DEFINE_float("large_epsilon", 0.5, "Radius at which accuracy must "
                      "collapse.", lower_bound=0.0, upper_bound=1.0, **fv)
 
@@ -272,7 +274,7 @@ def run(values):
   if os.path.dirname(output):
     tf.io.gfile.makedirs(os.path.dirname(output))
   config = eval_config(values)
-  before = robustness.snapshot_variables(model)
+  before = integrity.snapshot_variables(model)
 
   results = robustness.evaluate(model, images, labels, config, prefix=split,
                                 verbose=verbose)
@@ -305,8 +307,8 @@ def run(values):
                 "samples": values["smoothgrad_samples"],
                 "num_images": num_maps}
   if values["checks"]:
-    checks["variables_unchanged"] = robustness.check_variables_unchanged(
-        before, robustness.snapshot_variables(model))
+    checks["variables_unchanged"] = integrity.check_variables_unchanged(
+        before, integrity.snapshot_variables(model))
 
   examples_path = _sibling(output, "examples.npz")
   buffer = io.BytesIO()

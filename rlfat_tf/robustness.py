@@ -21,27 +21,28 @@ Every attack runs with the model in inference mode and is compiled into one
 example keeps the first adversarial example that broke it (or the last one
 tried), and its final verdict is a fresh forward pass on that example.
 
-The integrity checks catch the usual ways a robustness number is inflated;
-each returns ``{"passed": bool, "detail": one line}``. ``evaluate`` runs:
+The integrity checks catch the usual ways a robustness number is inflated
+(``rlfat_tf.integrity`` judges them; the checks' attacks run here, on the
+first ``check_examples`` images, with the evaluation's PGD):
 
-- outputs_are_logits: the model does not end in a softmax (which saturates
-  the CE and CW losses);
-- zero_epsilon_gives_clean: PGD with epsilon 0 changes no prediction;
-- large_epsilon_breaks_all: PGD with epsilon 0.5 leaves at most 1% accuracy
-  (otherwise the gradients lead nowhere: masking or a broken attack);
-- more_steps_no_gain: PGD with twice the steps from the same starts is not
-  more accurate beyond noise;
-- more_restarts_no_gain: one more restart does not raise accuracy; the runs
-  share their first restarts, so this fails only when predictions are not
-  repeatable (BatchNorm in training mode, a randomised model);
+- outputs_are_logits: the model does not end in a softmax;
+- epsilon_sweep_monotone: over eps/4, eps/2 and eps, accuracy does not rise
+  and the cross-entropy PGD reaches rises strictly from the clean images on;
+- pgd_beats_noise: PGD leaves clearly fewer images than uniform noise of the
+  same radius;
+- gradients_not_masked: few input-gradient entries are exactly zero;
+- large_epsilon_breaks_all: PGD with epsilon 0.5 leaves at most 1%;
+- more_steps_no_gain: twice the steps from the same starts do not raise
+  accuracy;
+- fresh_restarts_no_gain: one more restart, from seeds the evaluation did not
+  use, does not raise accuracy beyond a sign test's noise;
 - black_box_not_stronger: no black-box attack beats the white-box worst case
-  on the same images (a sign of gradient masking);
+  on its images;
 - perturbation_within_bounds: every adversarial example is within epsilon of
   its image and inside [0, 1].
 
-The sweeps run on the first ``check_examples`` images. A caller adds
-``check_variables_unchanged``, comparing snapshots of all model variables
-taken around the whole evaluation.
+A caller adds ``integrity.check_variables_unchanged``, comparing snapshots of
+all model variables taken around the whole evaluation.
 """
 
 import dataclasses
@@ -53,11 +54,9 @@ import tensorflow as tf
 
 from rlfat_tf import attacks
 from rlfat_tf import data
+from rlfat_tf import integrity
+from rlfat_tf.attacks import losses
 from rlfat_tf.attacks import pgd
-
-# Float32 slack allowed on the epsilon-ball and [0, 1] bounds.
-BOUND_TOLERANCE = 1e-6
-
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
@@ -280,145 +279,6 @@ def _fraction(flags):
   return float(np.mean(flags)) if len(flags) else 0.0
 
 
-def _result(passed, detail):
-  return {"passed": bool(passed), "detail": detail}
-
-
-def check_zero_epsilon(clean_correct, zero_epsilon_robust):
-  """An attack with epsilon 0 must leave every prediction as it was."""
-  clean = np.asarray(clean_correct, bool)
-  zero = np.asarray(zero_epsilon_robust, bool)
-  changed = int(np.sum(clean != zero))
-  return _result(
-      changed == 0,
-      f"PGD at eps=0: accuracy {_fraction(zero):.4f}, clean "
-      f"{_fraction(clean):.4f}, {changed} of {len(clean)} predictions "
-      f"changed")
-
-
-def check_large_epsilon(accuracy, epsilon, tolerance=0.01):
-  """An attack with a huge epsilon must drive accuracy to about zero."""
-  return _result(
-      accuracy <= tolerance,
-      f"PGD at eps={epsilon:g}: accuracy {accuracy:.4f} (must be <= "
-      f"{tolerance:g}; more means the gradients do not lead anywhere)")
-
-
-def noise_tolerance(num_examples):
-  """Slack of an accuracy comparison on the same images: 0.5%, >= 1 image."""
-  return max(0.005, 1.0 / max(num_examples, 1))
-
-
-def check_monotone(what, accuracies, num_examples):
-  """A stronger attack must never raise accuracy beyond noise.
-
-  Args:
-    what: the budget that grows, for the message ("steps", "restarts").
-    accuracies: list of (label, accuracy), from the weakest attack on.
-    num_examples: images the accuracies are measured on.
-
-  Returns:
-    The check result.
-  """
-  tol = noise_tolerance(num_examples)
-  worse = [(a, b) for a, b in zip(accuracies, accuracies[1:])
-           if b[1] > a[1] + tol]
-  trail = ", ".join(f"{label} {acc:.4f}" for label, acc in accuracies)
-  if worse:
-    (weak, _), (strong, _) = worse[0]
-    return _result(False, f"more {what} raised accuracy ({trail}; {strong} "
-                   f"beats {weak} by more than {tol:.4f})")
-  return _result(True, f"accuracy does not rise with more {what}: {trail} "
-                 f"on {num_examples} images")
-
-
-def check_black_box(black_box_accuracy, white_box_accuracy, num_examples,
-                    black_box="black box"):
-  """A black-box attack must not beat the white-box ones (gradient masking).
-
-  Args:
-    black_box_accuracy: accuracy under the black-box attacks (their
-      per-example worst case).
-    white_box_accuracy: the white-box worst case on the same images.
-    num_examples: how many images both are measured on.
-    black_box: the black-box attacks' names, for the message.
-
-  Returns:
-    The check result.
-  """
-  tol = max(0.01, 1.0 / max(num_examples, 1))
-  return _result(
-      black_box_accuracy >= white_box_accuracy - tol,
-      f"{black_box} accuracy {black_box_accuracy:.4f} vs white-box worst case "
-      f"{white_box_accuracy:.4f} on the same {num_examples} images (black "
-      f"box may be at most {tol:.4f} lower)")
-
-
-def check_bounds(stats, epsilon):
-  """Every adversarial example is within epsilon of its image and in [0, 1].
-
-  Args:
-    stats: dict mapping attack names to dicts with NumPy arrays ``linf``,
-      ``low`` and ``high`` over examples.
-    epsilon: the radius all attacks were given.
-
-  Returns:
-    The check result.
-  """
-  bad = []
-  parts = []
-  for name, s in stats.items():
-    if not len(s["linf"]):
-      continue
-    linf, low, high = (float(np.max(s["linf"])), float(np.min(s["low"])),
-                       float(np.max(s["high"])))
-    parts.append(f"{name} {linf:.6f}")
-    if (linf > epsilon + BOUND_TOLERANCE or low < -BOUND_TOLERANCE or
-        high > 1.0 + BOUND_TOLERANCE):
-      bad.append(f"{name} (max |delta| {linf:.6f}, pixels in [{low:.6f}, "
-                 f"{high:.6f}])")
-  if bad:
-    return _result(False, f"adversarial examples out of bounds (eps "
-                   f"{epsilon:g}, pixels [0, 1]): {'; '.join(bad)}")
-  return _result(True, f"every adversarial example within eps={epsilon:g} "
-                 f"and in [0, 1]; max |delta|: {', '.join(parts)}")
-
-
-def check_logits(logits):
-  """The model must output logits, not probabilities or log-probabilities."""
-  logits = np.asarray(logits, np.float64)
-  sums = logits.sum(axis=-1)
-  probabilities = (logits.min() >= 0.0 and logits.max() <= 1.0 and
-                   np.allclose(sums, 1.0, atol=1e-3))
-  top = logits.max(axis=-1)
-  log_sum_exp = top + np.log(np.exp(logits - top[:, None]).sum(axis=-1))
-  log_probabilities = logits.max() <= 0.0 and np.allclose(log_sum_exp, 0.0,
-                                                          atol=1e-3)
-  if probabilities or log_probabilities:
-    kind = "probabilities" if probabilities else "log-probabilities"
-    return _result(False, f"the model outputs {kind}, not logits: remove the "
-                   f"final softmax, or the CE and CW losses saturate")
-  return _result(True, f"outputs are logits (range [{logits.min():.3g}, "
-                 f"{logits.max():.3g}], row sums not 1)")
-
-
-def snapshot_variables(model):
-  """Copies of all model variables (weights and BatchNorm statistics)."""
-  return {v.path: np.array(v.numpy(), copy=True) for v in model.variables}
-
-
-def check_variables_unchanged(before, after):
-  """Evaluation must leave every weight and BatchNorm statistic bit-exact."""
-  changed = sorted(k for k in before
-                   if k not in after or not np.array_equal(before[k], after[k]))
-  if changed:
-    return _result(False, f"evaluation changed {len(changed)} model "
-                   f"variables, e.g. {changed[0]} (an attack ran with "
-                   f"training=True)")
-  return _result(True, f"all {len(before)} model variables (weights and "
-                 f"BatchNorm statistics) bit-identical after evaluation")
-
-
 def _say(verbose, message):
   if verbose:
     print(message, flush=True)
@@ -517,57 +377,114 @@ def evaluate(model, images, labels, config, prefix="test", verbose=1,
           "per_example": per_example, "adversarial": adversarial}
 
 
+def _mean_cross_entropy(logits, labels, mask):
+  """The mean cross-entropy over the examples where ``mask`` holds."""
+  per_example = losses.cross_entropy(logits, np.asarray(labels, np.int32))
+  return float(np.mean(per_example.numpy()[mask]))
+
+
+def _logits_function(model, batch_size):
+  """Logits of float32 images in batches, through one compiled call."""
+  call = tf.function(lambda x: model(x, training=False))
+
+  def logits(images):
+    return np.concatenate([call(tf.constant(images[i:i + batch_size])).numpy()
+                           for i in range(0, len(images), batch_size)])
+
+  return logits
+
+
 def _integrity_checks(model, images, labels, config, logits, per_example,
                       stats, black, verbose):
-  """Runs the sweeps of the integrity checks; returns name -> result.
+  """Runs the attacks of the integrity checks; returns name -> result.
 
-  ``black`` names the black-box attacks that ran.
+  ``black`` names the black-box attacks that ran. The sweeps run the
+  evaluation's PGD (``attacks.build("pgd", ...)``) with one restart unless
+  said otherwise.
   """
-  checks = {"outputs_are_logits": check_logits(logits[:config.batch_size])}
+  checks = {"outputs_are_logits": integrity.check_logits(
+      logits[:config.batch_size])}
   num = min(config.check_examples, len(images))
   subset_images, subset_labels = images[:num], labels[:num]
   steps, eps = config.values()["pgd_steps"], config.epsilon
 
-  def pgd_robust(epsilon, step_size, pgd_steps, restarts):
+  def run(attack, what, seed=config.seed, keep=False):
+    _say(verbose, f"check: {what} on {num} images")
+    return run_attack(model, attack, subset_images, subset_labels,
+                      batch_size=config.batch_size, seed=seed,
+                      verbose=verbose, keep_adversarial=keep)
+
+  def pgd_run(epsilon=eps, step_size=config.step_size, pgd_steps=steps,
+              restarts=1, seed=config.seed, keep=False):
     attack = attacks.build("pgd", config.values(
         epsilon=epsilon, step_size=step_size, pgd_steps=pgd_steps,
         restarts=restarts))
-    _say(verbose, f"check sweep: PGD-{pgd_steps}, {restarts} restart(s), "
-         f"eps={epsilon:g} on {num} images")
-    return run_attack(model, attack, subset_images, subset_labels,
-                      batch_size=config.batch_size, seed=config.seed,
-                      verbose=verbose)["robust"]
+    return run(attack, f"PGD-{pgd_steps}, {restarts} restart(s), "
+               f"eps={epsilon:g}, seed {seed}", seed=seed, keep=keep)
 
-  def base(restarts):
-    if "pgd" in per_example and config.restarts == restarts:
-      return per_example["pgd"][:num]
-    return pgd_robust(eps, config.step_size, steps, restarts)
+  # The evaluation's own PGD run is the sweep's last point when it has one
+  # restart: same attack, seeds and images.
+  evaluated = stats.get("pgd", {})
+  adversarial_logits = _logits_function(model, config.batch_size)
+  # The loss is measured where the attacks act: on the images classified
+  # correctly (the others keep their clean image).
+  correct = np.asarray(per_example["clean"][:num], bool)
+  sweep = [("clean", _fraction(correct))]
+  mean_losses = [_mean_cross_entropy(logits[:num], subset_labels, correct)]
+  for divisor, label in ((4, "eps/4"), (2, "eps/2"), (1, "eps")):
+    if divisor == 1 and config.restarts == 1 and "adversarial" in evaluated:
+      out = {k: evaluated[k][:num] for k in ("robust", "adversarial")}
+    else:
+      out = pgd_run(epsilon=eps / divisor, keep=True)
+    sweep.append((label, _fraction(out["robust"])))
+    mean_losses.append(_mean_cross_entropy(
+        adversarial_logits(out["adversarial"]), subset_labels, correct))
+  one = out["robust"]
+  checks["epsilon_sweep_monotone"] = integrity.check_epsilon_sweep(
+      sweep, mean_losses if correct.any() else None, num)
 
-  checks["zero_epsilon_gives_clean"] = check_zero_epsilon(
-      per_example["clean"][:num],
-      pgd_robust(0.0, config.step_size, steps, 1))
+  # PGD with no steps: one uniform draw from the ball.
+  noise = pgd.PGD(name="noise", display_name="uniform noise",
+                  spec=pgd.AttackSpec(eps, 0.0, 0, "ce", "uniform", "eval"))
+  checks["pgd_beats_noise"] = integrity.check_beats_noise(
+      _fraction(one), _fraction(run(noise, f"uniform noise, eps={eps:g}")[
+          "robust"]), num)
+
+  checks["gradients_not_masked"] = integrity.check_gradients(
+      integrity.zero_gradient_fraction(model, as_float(subset_images),
+                                       subset_labels, config.batch_size),
+      num)
+
   # A step of 2.5 eps / steps lets PGD cross the whole ball (Madry et al.).
   large = config.large_epsilon
-  checks["large_epsilon_breaks_all"] = check_large_epsilon(
-      _fraction(pgd_robust(large, 2.5 * large / steps, steps, 1)), large)
-  one = base(1)
-  current = one if config.restarts == 1 else base(config.restarts)
-  checks["more_steps_no_gain"] = check_monotone(
-      "steps", [(f"PGD-{steps}", _fraction(one)),
-                (f"PGD-{2 * steps}", _fraction(
-                    pgd_robust(eps, config.step_size, 2 * steps, 1)))], num)
-  more = config.restarts + 1
-  checks["more_restarts_no_gain"] = check_monotone(
-      "restarts", [(f"{config.restarts} restart(s)",
-                    _fraction(current)),
-                   (f"{more} restarts", _fraction(
-                       pgd_robust(eps, config.step_size, steps, more)))],
-      num)
+  checks["large_epsilon_breaks_all"] = integrity.check_large_epsilon(
+      _fraction(pgd_run(epsilon=large, step_size=2.5 * large / steps)[
+          "robust"]), large)
+
+  checks["more_steps_no_gain"] = integrity.check_more_steps(
+      [(f"PGD-{steps}", _fraction(one)),
+       (f"PGD-{2 * steps}", _fraction(pgd_run(pgd_steps=2 * steps)[
+           "robust"]))], num)
+
+  restarts = config.restarts
+  if "pgd" in per_example:
+    base = per_example["pgd"][:num]
+  elif restarts == 1:
+    base = one
+  else:
+    base = pgd_run(restarts=restarts)["robust"]
+  # Example seeds are split from (seed, position): another seed shares none.
+  fresh = pgd_run(restarts=restarts + 1, seed=config.seed + 1)["robust"]
+  checks["fresh_restarts_no_gain"] = integrity.check_fresh_restarts(
+      base, fresh, restarts)
+
   if black and "worst_case" in per_example:
-    num_black = min(len(per_example[name]) for name in black)
-    checks["black_box_not_stronger"] = check_black_box(
-        _fraction(worst_case({k: per_example[k][:num_black] for k in black})),
-        _fraction(per_example["worst_case"][:num_black]), num_black,
-        " + ".join(attacks.get(k).display_name for k in black))
-  checks["perturbation_within_bounds"] = check_bounds(stats, eps)
+    compared = []
+    for name in black:
+      count = len(per_example[name])
+      compared.append((attacks.get(name).display_name,
+                       _fraction(per_example[name]),
+                       _fraction(per_example["worst_case"][:count]), count))
+    checks["black_box_not_stronger"] = integrity.check_black_box(compared)
+  checks["perturbation_within_bounds"] = integrity.check_bounds(stats, eps)
   return checks

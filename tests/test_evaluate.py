@@ -95,7 +95,7 @@ def test_results_file_holds_every_number_and_passing_checks(smoke_run,
             metrics["test/clean_accuracy"])
   assert {"sensitivity/brightness_-0.15", "sensitivity/gamma_0.8",
           "sensitivity/gamma_1.2"} <= set(metrics)
-  assert len(written["checks"]) == 8
+  assert len(written["checks"]) == 10
   assert all(c["passed"] for c in written["checks"].values()), (
       written["checks"])
   assert written["checks"]["variables_unchanged"]["passed"]
@@ -169,6 +169,6 @@ def test_cli_exits_3_and_says_so_when_a_check_fails(smoke_run, tmp_path):
   with open(output) as f:
     written = json.load(f)
   assert not written["checks"]["large_epsilon_breaks_all"]["passed"]
-  assert written["checks"]["zero_epsilon_gives_clean"]["passed"]
+  assert written["checks"]["perturbation_within_bounds"]["passed"]
   assert set(written["attacks"]) == {"pgd"} and written["salience"] is None
   assert not any(k.startswith("sensitivity/") for k in written["metrics"])

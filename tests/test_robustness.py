@@ -10,10 +10,11 @@ import tensorflow as tf
 from rlfat_tf import attacks
 from rlfat_tf import data
 from rlfat_tf import errors
-from rlfat_tf import models
+from rlfat_tf import integrity
 from rlfat_tf import robustness
 from rlfat_tf.attacks import autoattack
 from rlfat_tf.attacks import base
+from rlfat_tf.attacks import losses
 from rlfat_tf.attacks import pgd
 
 EPS = 0.03
@@ -26,6 +27,12 @@ TINY = robustness.EvalConfig(
               "nattack_population": 20, "nattack_iterations": 30,
               "nattack_examples": 8},
     check_examples=16, batch_size=16)
+# The checks of every evaluation (black_box_not_stronger needs a black-box
+# attack).
+CHECKS = ("outputs_are_logits", "epsilon_sweep_monotone", "pgd_beats_noise",
+          "gradients_not_masked", "large_epsilon_breaks_all",
+          "more_steps_no_gain", "fresh_restarts_no_gain",
+          "perturbation_within_bounds")
 
 
 def _colour_model(scale=20.0, softmax=False):
@@ -68,75 +75,6 @@ def test_worst_case_needs_every_attack_to_fail():
                                 [True, False, False, False, False])
 
 
-def test_zero_epsilon_check():
-  assert robustness.check_zero_epsilon([True, False], [True, False])["passed"]
-  failed = robustness.check_zero_epsilon([True, False, True],
-                                         [True, True, True])
-  assert not failed["passed"] and "1 of 3" in failed["detail"]
-
-
-def test_large_epsilon_check():
-  assert robustness.check_large_epsilon(0.0, 0.5)["passed"]
-  assert robustness.check_large_epsilon(0.01, 0.5)["passed"]
-  assert not robustness.check_large_epsilon(0.02, 0.5)["passed"]
-
-
-def test_monotone_check_allows_noise_only():
-  # 1,000 images: the slack is 0.5%.
-  ok = robustness.check_monotone(
-      "steps", [("PGD-20", 0.40), ("PGD-40", 0.404), ("PGD-80", 0.39)], 1000)
-  assert ok["passed"]
-  bad = robustness.check_monotone(
-      "steps", [("PGD-20", 0.40), ("PGD-40", 0.39), ("PGD-80", 0.396)], 100)
-  assert bad["passed"]  # 100 images: one image (1%) is noise
-  bad = robustness.check_monotone(
-      "restarts", [("1", 0.40), ("2", 0.42)], 1000)
-  assert not bad["passed"] and "2 beats 1" in bad["detail"]
-
-
-def test_black_box_check():
-  assert robustness.check_black_box(0.50, 0.45, 1500)["passed"]
-  assert robustness.check_black_box(0.445, 0.45, 1500)["passed"]
-  failed = robustness.check_black_box(0.30, 0.45, 1500, "N attack")
-  assert not failed["passed"] and "0.3000" in failed["detail"]
-  assert failed["detail"].startswith("N attack accuracy")
-
-
-def test_bounds_check():
-  good = {"pgd": {"linf": np.array([0.03, 0.01]), "low": np.array([0.0, .2]),
-                  "high": np.array([1.0, 0.5])}}
-  assert robustness.check_bounds(good, EPS)["passed"]
-  far = {"cw": dict(good["pgd"], linf=np.array([0.0301, 0.0]))}
-  assert not robustness.check_bounds(far, EPS)["passed"]
-  low = {"cw": dict(good["pgd"], low=np.array([-0.01, 0.0]))}
-  failed = robustness.check_bounds({**good, **low}, EPS)
-  assert not failed["passed"] and "cw" in failed["detail"]
-
-
-def test_logits_check():
-  logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.3, -4.0]])
-  assert robustness.check_logits(logits)["passed"]
-  probs = tf.nn.softmax(logits).numpy()
-  assert "probabilities" in robustness.check_logits(probs)["detail"]
-  assert not robustness.check_logits(probs)["passed"]
-  log_probs = tf.nn.log_softmax(logits).numpy()
-  assert not robustness.check_logits(log_probs)["passed"]
-
-
-def test_variables_check_sees_a_moved_batchnorm_statistic():
-  model = models.wide_resnet(10, 1, 3, (8, 8, 3))
-  before = robustness.snapshot_variables(model)
-  assert robustness.check_variables_unchanged(
-      before, robustness.snapshot_variables(model))["passed"]
-  # A training-mode attack moves the BatchNorm averages: the check sees it.
-  images = tf.random.stateless_uniform([4, 8, 8, 3], [0, 1])
-  pgd.perturb(model, pgd.pgd(EPS, 0.0075, 1, "train"), images,
-              tf.zeros([4], tf.int32), tf.zeros([4, 2], tf.int64))
-  failed = robustness.check_variables_unchanged(
-      before, robustness.snapshot_variables(model))
-  assert not failed["passed"] and "moving" in failed["detail"]
-
-
 def test_restarts_keep_each_examples_worst_case(colour_model):
   # Gaps of 0.001 .. 0.01 against a random start alone (0 steps): each
   # restart flips a different subset.
@@ -166,9 +104,9 @@ def test_evaluate_reports_every_attack_and_passes_every_check(colour_model):
   out = robustness.evaluate(colour_model, images, labels, TINY, verbose=0)
   metrics, per_example = out["metrics"], out["per_example"]
   assert set(metrics) == {f"test/{k}_accuracy" for k in (
-      "clean", "pgd", "cw", "apgd_ce", "apgd_dlr", "worst_case", "nattack",
-      "overall_worst_case")}
+      "clean", "pgd", "cw", "apgd_ce", "apgd_dlr", "worst_case", "nattack")}
   assert metrics["test/clean_accuracy"] == 1.0
+  assert attacks.of_kind("white_box") == WHITE_BOX
   for name in WHITE_BOX:
     assert metrics[f"test/{name}_accuracy"] < 0.6
     assert metrics[f"test/{name}_accuracy"] >= metrics[
@@ -176,11 +114,6 @@ def test_evaluate_reports_every_attack_and_passes_every_check(colour_model):
   np.testing.assert_array_equal(
       per_example["worst_case"],
       np.logical_and.reduce([per_example[k] for k in WHITE_BOX]))
-  # The N attack ran on the first 8 images only: the overall worst case
-  # takes it there, and the white-box worst case elsewhere.
-  overall = per_example["worst_case"].copy()
-  overall[:8] &= per_example["nattack"]
-  np.testing.assert_array_equal(per_example["overall_worst_case"], overall)
   assert len(per_example["nattack"]) == 8
   assert metrics["test/nattack_accuracy"] == per_example["nattack"].mean()
   # The linear model's optimal attack breaks exactly the gaps below 0.06.
@@ -195,11 +128,7 @@ def test_evaluate_reports_every_attack_and_passes_every_check(colour_model):
     images_seen = 8 if name == "nattack" else 32
     assert entry["images_per_second"] == pytest.approx(
         images_seen / entry["seconds"])
-  assert set(out["checks"]) == {
-      "outputs_are_logits", "zero_epsilon_gives_clean",
-      "large_epsilon_breaks_all", "more_steps_no_gain",
-      "more_restarts_no_gain", "black_box_not_stronger",
-      "perturbation_within_bounds"}
+  assert set(out["checks"]) == set(CHECKS) | {"black_box_not_stronger"}
   assert all(c["passed"] for c in out["checks"].values()), out["checks"]
   assert out["adversarial"]["pgd"].shape == images.shape
 
@@ -210,7 +139,7 @@ def test_zero_epsilon_attack_gives_clean_accuracy_exactly(colour_model):
       colour_model, pgd.PGD(name="zero", display_name="zero",
                             spec=pgd.pgd(0.0, 0.0075, 3, "eval")),
       images, labels, batch_size=10, verbose=0)
-  np.testing.assert_array_equal(out["robust"], out["attacked"])
+  np.testing.assert_array_equal(out["robust"], out["clean_correct"])
   np.testing.assert_array_equal(out["linf"], 0.0)
 
 
@@ -225,6 +154,8 @@ def test_checks_catch_softmax_outputs_and_saturated_gradients():
   masked = robustness.evaluate(_colour_model(scale=1e4), images, labels,
                                config, verbose=0)["checks"]
   assert not masked["large_epsilon_breaks_all"]["passed"]
+  assert not masked["gradients_not_masked"]["passed"]
+  assert not masked["pgd_beats_noise"]["passed"]
 
 
 def test_evaluation_leaves_every_variable_bit_identical():
@@ -237,10 +168,10 @@ def test_evaluation_leaves_every_variable_bit_identical():
       keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(),
       keras.layers.Dense(3)])
   images, labels = _colour_data(12, seed=3)
-  before = robustness.snapshot_variables(model)
+  before = integrity.snapshot_variables(model)
   config = dataclasses.replace(TINY, check_examples=6, batch_size=6)
   robustness.evaluate(model, images, labels, config, verbose=0)
-  after = robustness.snapshot_variables(model)
+  after = integrity.snapshot_variables(model)
   assert before.keys() == after.keys()
   assert any("moving_variance" in k for k in before)
   for key in before:
@@ -257,6 +188,138 @@ def test_config_values_and_bad_names():
     robustness.EvalConfig(attacks=("pgd", "fgsm"))
   with pytest.raises(ValueError, match="pgd_step"):
     robustness.EvalConfig(settings={"pgd_step": 3})
+
+
+# Deliberately broken attacks. Each replaces the registered PGD, so the
+# evaluation and every check's sweep run it as "the evaluation's PGD".
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Descending(pgd.PGD):
+  """PGD with the sign of its step flipped: it minimises the loss."""
+
+  def run(self, model, images, labels, seeds):
+    spec = self.spec
+    adv = pgd.random_start(spec, images, seeds)
+    for _ in range(spec.steps):
+      with tf.GradientTape() as tape:
+        tape.watch(adv)
+        loss = tf.reduce_sum(losses.cross_entropy(model(adv, training=False),
+                                                  labels))
+      adv = pgd.project(adv - spec.step_size * tf.sign(
+          tape.gradient(loss, adv)), images, spec.epsilon)
+    return tf.stop_gradient(adv)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _ReturnsClean(pgd.PGD):
+  """An attack that returns the clean images."""
+
+  def run(self, model, images, labels, seeds):
+    return images
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Unprojected(pgd.PGD):
+  """PGD that doubles its perturbation and forgets to project it back."""
+
+  def run(self, model, images, labels, seeds):
+    adv = super().run(model, images, labels, seeds)
+    return tf.clip_by_value(2.0 * adv - images, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _TunedSeeds(pgd.PGD):
+  """PGD whose start is degenerate for every seed but the ones it knows.
+
+  From a known seed it runs PGD; from any other it returns the clean image,
+  as if its start never left it.
+  """
+  known: tuple = ()
+
+  def run(self, model, images, labels, seeds):
+    known = tf.constant(self.known, tf.int64)
+    tuned = tf.reduce_any(tf.reduce_all(
+        tf.equal(seeds[:, None, :], known[None]), axis=-1), axis=-1)
+    return pgd.select(tuned, super().run(model, images, labels, seeds),
+                      images)
+
+
+def _replace_pgd(monkeypatch, cls, **options):
+  entry = attacks.ATTACKS["pgd"]
+  monkeypatch.setitem(attacks.ATTACKS, "pgd", dataclasses.replace(
+      entry, cls=cls,
+      options=lambda values: {**entry.options(values), **options}))
+
+
+def _failed(checks):
+  return {name for name, check in checks.items() if not check["passed"]}
+
+
+# The N attack (against the descending PGD) is dear: it runs once.
+@pytest.mark.parametrize("broken,black_box", [(_Descending, ("nattack",)),
+                                              (_ReturnsClean, ())])
+def test_checks_catch_a_pgd_that_does_not_ascend(broken, black_box,
+                                                 colour_model, monkeypatch):
+  _replace_pgd(monkeypatch, broken)
+  images, labels = _colour_data(32)
+  config = dataclasses.replace(TINY, attacks=("pgd", *black_box))
+  out = robustness.evaluate(colour_model, images, labels, config, verbose=0)
+  assert out["metrics"]["test/pgd_accuracy"] == 1.0
+  # The model is healthy; every check of the attack's strength fails.
+  expected = {"epsilon_sweep_monotone", "pgd_beats_noise",
+              "large_epsilon_breaks_all"}
+  if black_box:
+    expected.add("black_box_not_stronger")
+  assert _failed(out["checks"]) == expected, out["checks"]
+  sweep = out["checks"]["epsilon_sweep_monotone"]["detail"]
+  assert "cross-entropy did not rise from clean to eps/4" in sweep
+
+
+def test_more_steps_check_catches_an_attack_weakened_by_steps(monkeypatch):
+  # One pixel per image, gaps 0.001 .. 0.02: the uniform start breaks many
+  # images, and each step of the descending PGD restores 0.008 of the gap to
+  # each other class, so PGD-2 leaves more images than PGD-1.
+  _replace_pgd(monkeypatch, _Descending)
+  inputs = keras.Input((1, 1, 3))
+  model = keras.Model(inputs, keras.layers.Dense(
+      3, kernel_initializer=keras.initializers.Constant(20 * np.eye(3)),
+      use_bias=False)(keras.layers.Flatten()(inputs)))
+  rng = np.random.default_rng(5)
+  labels = rng.integers(0, 3, 32).astype(np.int32)
+  colours = np.full((32, 3), 0.5, np.float32)
+  colours[np.arange(32), labels] += rng.uniform(0.001, 0.02, 32)
+  config = dataclasses.replace(
+      TINY, attacks=("pgd",), step_size=0.004, check_examples=32,
+      settings={"pgd_steps": 1})
+  checks = robustness.evaluate(model, colours[:, None, None, :], labels,
+                               config, verbose=0)["checks"]
+  assert not checks["more_steps_no_gain"]["passed"], checks
+  assert "PGD-2 beats PGD-1" in checks["more_steps_no_gain"]["detail"]
+
+
+def test_fresh_restarts_catch_starts_degenerate_for_other_seeds(
+    colour_model, monkeypatch):
+  images, labels = _colour_data(32)
+  known = np.concatenate([b["seed"].numpy() for b in data.eval_dataset(
+      images, labels, batch_size=32, seed=TINY.seed)])
+  _replace_pgd(monkeypatch, _TunedSeeds, known=tuple(map(tuple, known)))
+  config = dataclasses.replace(TINY, attacks=("pgd",), check_examples=32)
+  checks = robustness.evaluate(colour_model, images, labels, config,
+                               verbose=0)["checks"]
+  # Every run from the evaluation's seeds is healthy PGD.
+  assert _failed(checks) == {"fresh_restarts_no_gain"}, checks
+  assert "only the base run" in checks["fresh_restarts_no_gain"]["detail"]
+
+
+def test_bounds_check_catches_an_unprojected_attack(colour_model):
+  images, labels = _colour_data(16)
+  attack = _Unprojected(name="pgd", display_name="PGD",
+                        spec=pgd.pgd(EPS, 0.0075, 10, "eval"))
+  out = robustness.run_attack(colour_model, attack, images, labels,
+                              batch_size=16, verbose=0)
+  failed = integrity.check_bounds({"pgd": out}, EPS)
+  assert not failed["passed"] and "max |delta| 0.06" in failed["detail"]
 
 
 def _grey_data(num):
