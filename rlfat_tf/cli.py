@@ -31,6 +31,12 @@ def fail(message):
   sys.exit(BAD_INPUT)
 
 
+def warn(message):
+  """Prints ``message`` as one ``warning:`` line on stderr (not fatal)."""
+  text = " ".join(str(message).split())
+  print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
 def call(main, *args):
   """Runs ``main(*args)`` and exits with its status.
 

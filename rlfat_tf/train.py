@@ -41,6 +41,7 @@ from rlfat_tf import cli
 from rlfat_tf import data
 from rlfat_tf import datasets
 from rlfat_tf import errors
+from rlfat_tf import files
 from rlfat_tf import models
 from rlfat_tf import methods
 from rlfat_tf import runs
@@ -295,6 +296,10 @@ def build_trainer(model_dir, record):
     strategies.split_cpu(record.cpu_devices)
   strategy = strategies.create(record.strategy, record.tpu)
   strategies.check_batch_size(record.batch_size, strategy)
+  if strategies.on_cpu(strategy):
+    # Before the seed is set: the model built to measure is discarded.
+    runs.check_batch_memory(record, os.sysconf("SC_PAGE_SIZE") *
+                            os.sysconf("SC_PHYS_PAGES"))
   if record.deterministic:
     tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(record.seed)
@@ -332,12 +337,25 @@ def build_trainer(model_dir, record):
 
 
 def run(model_dir, record):
-  """Trains (or resumes) the run; returns the final metrics."""
+  """Trains (or resumes) the run; returns the final metrics.
+
+  Raises:
+    errors.UserError: bad input; an unwritable --model_dir; no intact
+      checkpoint to resume; running out of memory (named by --batch_size).
+  """
+  files.check_writable(model_dir, "--model_dir")
   runner = build_trainer(model_dir, record)
   restored = runner.restore()
   if restored:
     print(f"resuming from {restored} (step {runner.step})", flush=True)
-  metrics = runner.train()
+  try:
+    metrics = runner.train()
+  except (tf.errors.ResourceExhaustedError, MemoryError) as e:
+    raise errors.UserError(
+        f"{type(e).__name__}: TensorFlow ran out of memory at --batch_size="
+        f"{record.batch_size}: use a smaller --batch_size, or more devices "
+        f"with --strategy=mirrored; the checkpoints on disk are intact"
+    ) from None
   print(f"trained to step {runner.step}; last checkpoint: "
         f"{runs.checkpoint_path(model_dir)}", flush=True)
   return metrics

@@ -37,6 +37,7 @@ from rlfat_tf import errors
 from rlfat_tf import files
 from rlfat_tf import methods
 from rlfat_tf import rbs
+from rlfat_tf import runs
 from rlfat_tf import strategies
 from rlfat_tf.attacks import pgd
 
@@ -281,19 +282,20 @@ class Trainer:
                 and config.attack_bn_mode == "train"))
 
   def restore(self):
-    """Restores the latest checkpoint of the chief, if any.
+    """Restores the newest intact checkpoint of the chief, if any.
 
     Every worker restores the chief's checkpoint, so all of them resume from
-    the same state.
+    the same state. A damaged newer checkpoint is skipped with a warning
+    (``runs.checkpoint_path``).
 
     Returns:
       The checkpoint's path, or None when there is none.
 
     Raises:
-      errors.UserError: the checkpoint is past ``config.train_steps``.
+      errors.UserError: the checkpoint is past ``config.train_steps``, or
+        every checkpoint is damaged.
     """
-    path = tf.train.latest_checkpoint(
-        os.path.join(self.model_dir, "checkpoints"))
+    path = runs.checkpoint_path(self.model_dir, required=False)
     if path is None:
       return None
     # Checkpoints may also hold objects this trainer does not track (an input
