@@ -337,10 +337,10 @@ def run(model_dir, record):
   restored = runner.restore()
   if restored:
     print(f"resuming from {restored} (step {runner.step})", flush=True)
-  metrics = runner.train()
+  result = runner.train()
   print(f"trained to step {runner.step}; last checkpoint: "
         f"{runs.checkpoint_path(model_dir)}", flush=True)
-  return metrics
+  return result.metrics
 
 
 def main():

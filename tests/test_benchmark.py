@@ -137,7 +137,7 @@ def test_step_count_equals_the_count_of_its_passes(method):
       config, lambda: models.wide_resnet(10, 1, 10, (8, 8, 3)), input_fn,
       "/nonexistent", verbose=0)
   batch = next(iter(input_fn(None, 0)))
-  counted = benchmark.hlo_flops(runner.step_hlo(batch))
+  counted = benchmark.hlo_flops(benchmark.step_hlo(runner, batch))
   convs = [l for l in runner.model.layers
            if isinstance(l, keras.layers.Conv2D)]
   forward = [2 * batch_size * l.filters * l.input.shape[-1]
