@@ -153,6 +153,16 @@ def test_step_count_equals_the_count_of_its_passes(method):
   assert counted == expected
 
 
+def test_step_hlo_needs_the_default_strategy():
+  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  runner = trainer.Trainer(
+      trainer.TrainConfig(method="pgdat", batch_size=4),
+      lambda: models.wide_resnet(10, 1, 10, (8, 8, 3)), None, "/nonexistent",
+      strategy=strategy, verbose=0)
+  with pytest.raises(ValueError, match="needs a trainer on the default"):
+    benchmark.step_hlo(runner, {})
+
+
 def test_cli_writes_consistent_json_and_a_table(tmp_path):
   output = tmp_path / "bench.json"
   result = subprocess.run(
