@@ -324,8 +324,14 @@ class TrainStep:
     return {k: float(v) for k, v in totals.items()}, int(done)
 
   def validate(self, dataset):
-    """Clean and PGD correct counts on a distributed dataset (BN in eval
-    mode); returns the sums named by ``EVAL_KEYS``, as floats."""
+    """Counts correct clean and PGD predictions (BN in inference mode).
+
+    Args:
+      dataset: a distributed dataset of validation batches.
+
+    Returns:
+      The sums named by ``EVAL_KEYS`` over the dataset, as floats.
+    """
     return {k: float(v) for k, v in self._eval_loop(dataset).items()}
 
 
