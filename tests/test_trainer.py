@@ -358,3 +358,17 @@ def test_trainer_writes_nothing_until_it_trains_and_stops_when_asked(
   assert result.preempted and result.step == runner.step == 2
   assert _stems(model_dir / "checkpoints") == ["ckpt-2"]
   assert json.loads((model_dir / "metrics.json").read_text())["step"] == 2
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_adam_takes_the_official_tf1_epsilon(precision):
+  optimizer = trainer.build_optimizer(trainer.TrainConfig(
+      "pgdat", learning_rate=0.1, mixed_precision=precision))
+  inner = getattr(optimizer, "inner_optimizer", optimizer)
+  assert inner.epsilon == 1e-8
+  # TF1's first step: lr * sqrt(1 - b2) g / (sqrt(1 - b2) |g| + eps). With
+  # sqrt(1 - b2) |g| = 1e-8 the epsilon halves the step (1e-7: 1/11).
+  grad = 1e-8 / np.sqrt(0.001)
+  variable = keras.Variable([0.0])
+  inner.apply_gradients([(tf.constant([grad]), variable)])
+  np.testing.assert_allclose(variable.numpy(), [-0.1 * 0.5], rtol=1e-4)

@@ -12,6 +12,8 @@ from rlfat_tf import methods
 
 OPTIMIZERS = ("adam", "sgd")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# tf.compat.v1.train.AdamOptimizer's default, used by the official code.
+ADAM_EPSILON = 1e-8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +97,9 @@ def build_optimizer(config):
          for i in range(len(config.lr_boundaries) + 1)])
   wd = config.weight_decay or None
   if config.optimizer == "adam":
-    optimizer = keras.optimizers.Adam(lr, weight_decay=wd)
+    # Keras defaults to 1e-7.
+    optimizer = keras.optimizers.Adam(lr, epsilon=ADAM_EPSILON,
+                                      weight_decay=wd)
   elif config.optimizer == "sgd":
     optimizer = keras.optimizers.SGD(lr, momentum=config.momentum,
                                      weight_decay=wd)

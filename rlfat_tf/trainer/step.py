@@ -19,9 +19,9 @@ Speed options: ``jit_compile`` compiles the gradient computation of a step
 outside it because it synchronises replicas. ``mixed_precision`` runs the
 model in bfloat16 or float16 with float32 variables and logits; the attack's
 input, its gradient's sign and every loss stay in float32, and float16 adds
-dynamic loss scaling to the update. The attack needs no loss scale: it
-ascends a sum over examples, so its input gradients are a batch size larger
-than the training loss's and stay clear of float16's underflow.
+dynamic loss scaling to the update. Under float16 the attack rescales its
+gradient at the logits before the backward pass (``pgd.input_gradient``),
+which on a confident model would otherwise underflow to zero.
 """
 
 import contextlib
