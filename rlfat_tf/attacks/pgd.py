@@ -56,6 +56,16 @@ class AttackSpec:
     if self.bn_mode not in BN_MODES:
       raise ValueError(f"unknown BatchNorm mode {self.bn_mode!r}")
 
+  def record(self):
+    """The spec as results files record it (JSON values).
+
+    ``start_scale`` only when the start reads it.
+    """
+    out = dataclasses.asdict(self)
+    if self.start != "normal":
+      del out["start_scale"]
+    return out
+
 
 def pgd(epsilon, step_size, steps, bn_mode):
   """PGD on cross-entropy with a uniform random start (Madry et al.)."""
