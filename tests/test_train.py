@@ -79,7 +79,7 @@ def test_smoke_config_trains_every_method(method, tmp_path):
   expected = {"train/loss", "train/loss_ce", "train/clean_accuracy",
               "train/adv_accuracy", "train/learning_rate",
               "train/examples_per_second", "val/clean_accuracy",
-              "val/pgd_accuracy"}
+              "val/pgd_ce_accuracy"}
   if "kl" in methods.METHODS[method].terms:
     expected.add("train/loss_kl")
   if "transfer" in methods.METHODS[method].terms:
@@ -94,7 +94,12 @@ def test_smoke_config_trains_every_method(method, tmp_path):
     assert 0.0 <= metrics[key] < 10.0, key
   with open(os.path.join(model_dir, "best.json")) as f:
     best = json.load(f)
-  assert best["criterion"] == "val/pgd_accuracy" and best["step"] in (3, 6)
+  assert best["criterion"] == "val/pgd_ce_accuracy" and best["step"] in (3, 6)
+  # Every method is validated with PGD on CE at the training attack's size.
+  assert best["attack"] == {"epsilon": 0.03, "step_size": 0.0075, "steps": 2,
+                            "loss": "ce", "start": "uniform",
+                            "bn_mode": "eval"}
+  assert best["val/pgd_ce_accuracy"] <= best["val/clean_accuracy"]
 
 
 def test_rerun_with_more_steps_resumes(tmp_path, capsys, monkeypatch):

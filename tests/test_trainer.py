@@ -14,8 +14,10 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from rlfat_tf import data
 from rlfat_tf import errors
+from rlfat_tf import methods
 from rlfat_tf import models
 from rlfat_tf import trainer
+from rlfat_tf.attacks import pgd
 from rlfat_tf.trainer import actions
 from rlfat_tf.trainer import loop
 from rlfat_tf.trainer import step
@@ -72,7 +74,7 @@ class _Actions:
     return {"train/loss": totals["loss"]}
 
   def offer_best(self, step, val):
-    self.events.append(("best", step, val["val/pgd_accuracy"]))
+    self.events.append(("best", step, val["val/pgd_ce_accuracy"]))
 
   def save(self, step):
     self.events.append(("save", step))
@@ -104,7 +106,7 @@ class _Steps:
 def test_loop_runs_to_the_end_acting_at_each_stop():
   acts, steps = _Actions(), _Steps()
   result = loop.Loop(loop.Cadence(6, 2, 4, eval_every=3), steps, acts,
-                     validate=lambda: {"val/pgd_accuracy": 0.5}).run(0)
+                     validate=lambda: {"val/pgd_ce_accuracy": 0.5}).run(0)
   # Stops at 2, 3 (validate), 4 (checkpoint), 6 (validate, checkpoint).
   assert steps.calls == [2, 1, 1, 2]
   assert acts.events == [
@@ -115,7 +117,7 @@ def test_loop_runs_to_the_end_acting_at_each_stop():
   assert acts.elapsed[0] is None
   assert all(e >= 0.0 for e in acts.elapsed[1:])
   assert result == loop.Result(
-      6, {"train/loss": 6.0, "val/pgd_accuracy": 0.5}, preempted=False)
+      6, {"train/loss": 6.0, "val/pgd_ce_accuracy": 0.5}, preempted=False)
 
 
 def test_requested_stop_saves_and_returns_early():
@@ -199,7 +201,7 @@ def test_best_checkpoint_keeps_the_best_score_and_says_which(tmp_path):
 
   def offer(step, score):
     return checkpoints.offer_best(
-        step, {"val/clean_accuracy": 0.9, "val/pgd_accuracy": score})
+        step, {"val/clean_accuracy": 0.9, "val/pgd_ce_accuracy": score})
 
   assert offer(1, 0.5)
   assert not offer(2, 0.4) and not offer(3, 0.5)
@@ -207,8 +209,8 @@ def test_best_checkpoint_keeps_the_best_score_and_says_which(tmp_path):
   assert offer(4, 0.6)
   assert _stems(tmp_path / "best") == ["ckpt-4"]
   assert json.loads((tmp_path / "best.json").read_text()) == {
-      "step": 4, "criterion": "val/pgd_accuracy", "val/clean_accuracy": 0.9,
-      "val/pgd_accuracy": 0.6}
+      "step": 4, "criterion": "val/pgd_ce_accuracy", "val/clean_accuracy": 0.9,
+      "val/pgd_ce_accuracy": 0.6}
   # The hook ran once, before anything was written.
   assert saved_before == [[]]
   checkpoints.save(4)
@@ -217,7 +219,7 @@ def test_best_checkpoint_keeps_the_best_score_and_says_which(tmp_path):
   resumed = _checkpoints(tmp_path, _model())
   assert resumed.restore() == str(tmp_path / "checkpoints" / "ckpt-4")
   assert float(resumed.best_score.numpy()) == pytest.approx(0.6)
-  assert not resumed.offer_best(5, {"val/pgd_accuracy": 0.55})
+  assert not resumed.offer_best(5, {"val/pgd_ce_accuracy": 0.55})
 
 
 def test_only_the_last_checkpoints_are_kept(tmp_path):
@@ -293,26 +295,26 @@ def test_metrics_are_sums_over_examples_tagged_by_their_sum():
   assert actions.val_metrics({"clean_correct": 3.0, "adv_correct": 2.0,
                               "examples": 8.0}) == {
                                   "val/clean_accuracy": 0.375,
-                                  "val/pgd_accuracy": 0.25}
+                                  "val/pgd_ce_accuracy": 0.25}
   assert actions.bar_name("train/loss_ce") == "loss_ce"
-  assert actions.bar_name("val/pgd_accuracy") == "val_pgd_accuracy"
+  assert actions.bar_name("val/pgd_ce_accuracy") == "val_pgd_ce_accuracy"
 
 
 def test_one_dictionary_gives_the_tags_and_the_json_keys(tmp_path):
   acts = actions.Actions(str(tmp_path), tf.distribute.get_strategy(),
                          _checkpoints(tmp_path, _model()), 4, ["loss"],
                          lambda: 0.1, lambda: True, verbose=0)
-  acts.record(2, {"train/loss": 1.0, "val/pgd_accuracy": 0.5})
+  acts.record(2, {"train/loss": 1.0, "val/pgd_ce_accuracy": 0.5})
   acts.record(4, {"train/loss": 0.5})
   # metrics.json holds the latest value of every metric recorded.
   assert json.loads((tmp_path / "metrics.json").read_text()) == {
-      "step": 4, "train/loss": 0.5, "val/pgd_accuracy": 0.5}
-  assert acts.latest == {"train/loss": 0.5, "val/pgd_accuracy": 0.5}
+      "step": 4, "train/loss": 0.5, "val/pgd_ce_accuracy": 0.5}
+  assert acts.latest == {"train/loss": 0.5, "val/pgd_ce_accuracy": 0.5}
   events = event_accumulator.EventAccumulator(
       str(tmp_path / "summaries"),
       size_guidance={event_accumulator.TENSORS: 0})
   events.Reload()
-  assert set(events.Tags()["tensors"]) == {"train/loss", "val/pgd_accuracy"}
+  assert set(events.Tags()["tensors"]) == {"train/loss", "val/pgd_ce_accuracy"}
   assert [e.step for e in events.Tensors("train/loss")] == [2, 4]
 
 
@@ -358,3 +360,61 @@ def test_trainer_writes_nothing_until_it_trains_and_stops_when_asked(
   assert result.preempted and result.step == runner.step == 2
   assert _stems(model_dir / "checkpoints") == ["ckpt-2"]
   assert json.loads((model_dir / "metrics.json").read_text())["step"] == 2
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_adam_takes_the_official_tf1_epsilon(precision):
+  optimizer = trainer.build_optimizer(trainer.TrainConfig(
+      "pgdat", learning_rate=0.1, mixed_precision=precision))
+  inner = getattr(optimizer, "inner_optimizer", optimizer)
+  assert inner.epsilon == 1e-8
+  # TF1's first step: lr * sqrt(1 - b2) g / (sqrt(1 - b2) |g| + eps). With
+  # sqrt(1 - b2) |g| = 1e-8 the epsilon halves the step (1e-7: 1/11).
+  grad = 1e-8 / np.sqrt(0.001)
+  variable = keras.Variable([0.0])
+  inner.apply_gradients([(tf.constant([grad]), variable)])
+  np.testing.assert_allclose(variable.numpy(), [-0.1 * 0.5], rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", sorted(methods.METHODS))
+def test_validation_is_pgd_on_cross_entropy_for_every_method(method,
+                                                             monkeypatch,
+                                                             tmp_path):
+  rng = np.random.RandomState(0)
+  images = rng.randint(0, 256, (32, 8, 8, 3)).astype(np.uint8)
+  labels = rng.randint(0, 10, 32).astype(np.int32)
+  config = trainer.TrainConfig(method=method, epsilon=0.02, step_size=0.005,
+                               attack_steps=2, batch_size=16)
+  specs = []
+  perturb = pgd.perturb
+
+  def spy(model, spec, *args, **kwargs):
+    specs.append(spec)
+    return perturb(model, spec, *args, **kwargs)
+
+  monkeypatch.setattr(pgd, "perturb", spy)
+  keras.utils.set_random_seed(0)
+  runner = trainer.Trainer(
+      config, lambda: models.wide_resnet(10, 1, 10, (8, 8, 3)),
+      lambda ctx, step: data.train_dataset(
+          images, labels, batch_size=16, seed=0,
+          augmentation=data.Augmentation(), input_context=ctx),
+      str(tmp_path), verbose=0,
+      val_input_fn=lambda ctx: data.eval_dataset(
+          images, labels, batch_size=16, seed=0, input_context=ctx))
+  val = runner.validate()
+  expected_spec = pgd.AttackSpec(0.02, 0.005, 2, "ce", "uniform", "eval")
+  assert specs and set(specs) == {expected_spec}
+  # By hand: correct on the clean image and on its PGD example.
+  clean = robust = 0
+  for batch in data.eval_dataset(images, labels, batch_size=16, seed=0):
+    adv = perturb(runner.model, expected_spec, batch["image"], batch["label"],
+                  batch["seed"])
+    truth = batch["label"].numpy()
+    clean_ok = np.argmax(runner.model(batch["image"], training=False),
+                         -1) == truth
+    adv_ok = np.argmax(runner.model(adv, training=False), -1) == truth
+    clean += int(clean_ok.sum())
+    robust += int((clean_ok & adv_ok).sum())
+  assert val == {"val/clean_accuracy": clean / 32,
+                 trainer.VAL_PGD_KEY: robust / 32}

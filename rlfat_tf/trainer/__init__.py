@@ -26,6 +26,8 @@ OPTIMIZERS = config_lib.OPTIMIZERS
 PRECISIONS = config_lib.PRECISIONS
 TrainConfig = config_lib.TrainConfig
 build_optimizer = config_lib.build_optimizer
+validation_attack = config_lib.validation_attack
+VAL_PGD_KEY = actions.BEST_CRITERION
 
 
 class Trainer:
@@ -89,7 +91,8 @@ class Trainer:
         if val_input_fn else None)
     self.checkpoints = actions.Checkpoints(
         model_dir, self.strategy, self.train_step.state(),
-        config.keep_checkpoints, before_first_save)
+        config.keep_checkpoints, before_first_save,
+        criterion_attack=config.validation_attack_spec().record())
 
   @property
   def step(self):
@@ -128,7 +131,7 @@ class Trainer:
     return self.train_step.run(num_steps)
 
   def validate(self):
-    """Clean and PGD accuracy on the validation split (BN in eval mode)."""
+    """Clean accuracy and ``VAL_PGD_KEY`` on the validation split."""
     return actions.val_metrics(self.train_step.validate(self._val_dataset))
 
   def train(self):

@@ -3,8 +3,9 @@
 Files under the run folder, written by the chief worker only:
 - ``checkpoints/``: the last ``keep_checkpoints`` checkpoints of the whole
   training state (model, optimizer, step, best score);
-- ``best/``: the model with the best validation PGD accuracy, and
-  ``best.json`` with its step and scores (only with a validation split);
+- ``best/``: the model with the best ``BEST_CRITERION``, and ``best.json``
+  with its step, scores and the validation attack (only with a validation
+  split);
 - ``summaries/``: TensorBoard scalars, and ``metrics.json``: the latest value
   of each, written from one dictionary whose keys are both the tags and the
   JSON keys (``train_metrics``, ``val_metrics``).
@@ -28,7 +29,11 @@ from rlfat_tf import files
 from rlfat_tf import runs
 from rlfat_tf import strategies
 
-BEST_CRITERION = "val/pgd_accuracy"
+# Validation accuracy under ``config.validation_attack`` (PGD on
+# cross-entropy for every method): correct on the clean image and on its PGD
+# example. Metrics, TensorBoard, best.json and the sidecar of
+# ``rlfat_tf.evaluate`` all use this name.
+BEST_CRITERION = "val/pgd_ce_accuracy"
 # Metrics that no per-step sum names: the speed and the validation scores.
 OTHER_METRICS = ("train/examples_per_second", "val/clean_accuracy",
                  BEST_CRITERION)
@@ -46,7 +51,7 @@ def metric_key(total):
 
 def bar_name(key):
   """A metric's name on the progress bar: "train/loss" -> "loss",
-  "val/pgd_accuracy" -> "val_pgd_accuracy"."""
+  "val/pgd_ce_accuracy" -> "val_pgd_ce_accuracy"."""
   return key.removeprefix("train/").replace("/", "_")
 
 
@@ -90,7 +95,7 @@ class Checkpoints:
   """
 
   def __init__(self, model_dir, strategy, state, keep,
-               before_first_save=None):
+               before_first_save=None, criterion_attack=None):
     """Sets up the checkpoints; writes nothing.
 
     Args:
@@ -101,7 +106,10 @@ class Checkpoints:
       keep: most recent checkpoints kept.
       before_first_save: called on the chief just before the first save of
         either kind, or None.
+      criterion_attack: the validation attack behind ``BEST_CRITERION`` as
+        ``best.json`` records it (``pgd.AttackSpec.record``), or None.
     """
+    self._criterion_attack = criterion_attack
     self._model_dir = model_dir
     self._strategy = strategy
     self._before_first_save = (before_first_save
@@ -157,7 +165,8 @@ class Checkpoints:
 
     Returns:
       Whether it was the best: it was then saved under ``best/``, and the
-      chief wrote ``best.json`` with ``step``, the criterion and ``val``.
+      chief wrote ``best.json`` with ``step``, the criterion, its
+      ``attack`` (when given) and ``val``.
     """
     score = val[BEST_CRITERION]
     if score <= float(self.best_score.numpy()):
@@ -165,8 +174,11 @@ class Checkpoints:
     self.best_score.assign(score)
     self._save(self._best_manager, step)
     if strategies.is_chief(self._strategy):
+      attack = ({"attack": self._criterion_attack}
+                if self._criterion_attack else {})
       files.write_json(os.path.join(self._model_dir, "best.json"),
-                       {"step": step, "criterion": BEST_CRITERION, **val})
+                       {"step": step, "criterion": BEST_CRITERION,
+                        **attack, **val})
     return True
 
   def _save(self, manager, step):

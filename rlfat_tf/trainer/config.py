@@ -9,9 +9,12 @@ import dataclasses
 import keras
 
 from rlfat_tf import methods
+from rlfat_tf.attacks import pgd
 
 OPTIMIZERS = ("adam", "sgd")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# tf.compat.v1.train.AdamOptimizer's default, used by the official code.
+ADAM_EPSILON = 1e-8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +81,25 @@ class TrainConfig:
     return {name: default if given[name] is None else given[name]
             for name, default in self.method_spec.weights.items()}
 
-  def attack_spec(self, bn_mode=None):
-    """The method's training attack (or a copy in another BN mode)."""
+  def attack_spec(self):
+    """The method's training attack."""
     return self.method_spec.attack(self.epsilon, self.step_size,
-                                   self.attack_steps,
-                                   bn_mode or self.attack_bn_mode)
+                                   self.attack_steps, self.attack_bn_mode)
+
+  def validation_attack_spec(self):
+    """``validation_attack`` at the training attack's epsilon, step, steps."""
+    return validation_attack(self.epsilon, self.step_size, self.attack_steps)
+
+
+def validation_attack(epsilon, step_size, steps):
+  """The attack validation scores every method with.
+
+  PGD on cross-entropy from a uniform random start with BatchNorm in eval
+  mode, whatever the method trains against (TRADES, RLFAT_T and RBSAT_T
+  train against the TRADES KL attack), so that the best checkpoint is chosen
+  on the same criterion for every method.
+  """
+  return pgd.pgd(epsilon, step_size, steps, "eval")
 
 
 def build_optimizer(config):
@@ -95,7 +112,9 @@ def build_optimizer(config):
          for i in range(len(config.lr_boundaries) + 1)])
   wd = config.weight_decay or None
   if config.optimizer == "adam":
-    optimizer = keras.optimizers.Adam(lr, weight_decay=wd)
+    # Keras defaults to 1e-7.
+    optimizer = keras.optimizers.Adam(lr, epsilon=ADAM_EPSILON,
+                                      weight_decay=wd)
   elif config.optimizer == "sgd":
     optimizer = keras.optimizers.SGD(lr, momentum=config.momentum,
                                      weight_decay=wd)

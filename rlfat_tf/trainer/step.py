@@ -19,9 +19,9 @@ Speed options: ``jit_compile`` compiles the gradient computation of a step
 outside it because it synchronises replicas. ``mixed_precision`` runs the
 model in bfloat16 or float16 with float32 variables and logits; the attack's
 input, its gradient's sign and every loss stay in float32, and float16 adds
-dynamic loss scaling to the update. The attack needs no loss scale: it
-ascends a sum over examples, so its input gradients are a batch size larger
-than the training loss's and stay clear of float16's underflow.
+dynamic loss scaling to the update. Under float16 the attack rescales its
+gradient at the logits before the backward pass (``pgd.input_gradient``),
+which on a confident model would otherwise underflow to zero.
 """
 
 import contextlib
@@ -226,10 +226,14 @@ class TrainStep:
     images, labels = batch["image"], batch["label"]
 
     def count():
-      adv = pgd.perturb(self.model, self.config.attack_spec("eval"),
+      adv = pgd.perturb(self.model, self.config.validation_attack_spec(),
                         images, labels, batch["seed"])
-      return (_count_correct(self.model(images, training=False), labels),
-              _count_correct(self.model(adv, training=False), labels))
+      clean = _correct(self.model(images, training=False), labels)
+      # As in evaluation, an example is robust only if its clean image is
+      # classified correctly too.
+      robust = clean & _correct(self.model(adv, training=False), labels)
+      return (tf.reduce_sum(tf.cast(clean, tf.float32)),
+              tf.reduce_sum(tf.cast(robust, tf.float32)))
 
     # The last batch of a split can leave a replica with no examples, and
     # TensorFlow's CPU convolution gives an empty batch the wrong shape.
@@ -324,7 +328,10 @@ class TrainStep:
     return {k: float(v) for k, v in totals.items()}, int(done)
 
   def validate(self, dataset):
-    """Counts correct clean and PGD predictions (BN in inference mode).
+    """Counts correct clean and robust predictions (BN in inference mode).
+
+    Robust: correct on the clean image and on its example of the validation
+    attack (``config.validation_attack``).
 
     Args:
       dataset: a distributed dataset of validation batches.
@@ -335,6 +342,9 @@ class TrainStep:
     return {k: float(v) for k, v in self._eval_loop(dataset).items()}
 
 
+def _correct(logits, labels):
+  return tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels)
+
+
 def _count_correct(logits, labels):
-  predictions = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-  return tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.float32))
+  return tf.reduce_sum(tf.cast(_correct(logits, labels), tf.float32))
