@@ -268,6 +268,11 @@ def run(values):
         "--attacks has no pgd: add pgd, or pass --sensitivity_inputs=clean")
   output = values["output"] or os.path.join(
       model_dir, f"results_{which}_{split}.json")
+  # Every file the evaluation writes is checked before the model is even
+  # built, so an unusable --output fails in a second and leaves no file.
+  for path in (output, _sibling(output, "examples.npz"),
+               _sibling(output, "salience.npz")):
+    files.check_output_file(path, "--output")
   model, record, checkpoint = runs.restore_model(model_dir, which)
   images, labels = load_images(record, values, split)
   # Made before the long evaluation, so an unusable --output fails at once.

@@ -127,29 +127,6 @@ def remove_stale_exports(model_root):
   return removed
 
 
-def check_writable(folder):
-  """Fails at once if ``folder`` could not be made or written.
-
-  Runs before any expensive work and creates nothing: the nearest existing
-  ancestor of ``folder`` must be a folder that accepts a new file.
-
-  Raises:
-    errors.UserError: naming the folder and the reason.
-  """
-  existing = os.path.abspath(folder)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  try:
-    if not os.path.isdir(existing):
-      raise NotADirectoryError(20, "not a folder")
-    with tempfile.TemporaryFile(dir=existing):
-      pass
-  except OSError as e:
-    raise errors.UserError(
-        f"cannot write to {folder} ({existing}: {e.strerror}): pass an "
-        f"--export_dir you can write to") from None
-
-
 def publish(temp_dir, model_root):
   """Renames a finished export to the next free version folder.
 
@@ -290,7 +267,7 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
     raise errors.UserError(f"--export_dir={export_dir} is a file: pass a "
                            f"folder")
   model_root = os.path.join(export_dir, model_name)
-  check_writable(model_root)
+  files.check_writable(model_root, "--export_dir")
   epsilon = record.epsilon if epsilon is None else epsilon
   step_size = record.step_size if step_size is None else step_size
   data_dir = data_dir or record.data_dir

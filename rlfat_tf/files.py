@@ -10,12 +10,66 @@ TensorFlow's file systems, which this module imports only for them, so that
 
 import json
 import os
+import tempfile
+
+from rlfat_tf import errors
 
 TEMP_SUFFIX = ".tmp"
 
 
 def _is_remote(path):
   return "://" in str(path)
+
+
+def check_writable(folder, flag):
+  """Fails at once if ``folder`` could not be made or written.
+
+  Commands call it before any expensive work, so an unusable output path
+  costs a second, not an evaluation. It creates nothing: the nearest existing
+  ancestor of ``folder`` must be a folder that accepts a new file. Remote
+  paths (``gs://...``) are not checked; their file system reports a failed
+  write itself.
+
+  Args:
+    folder: the folder the command will write into.
+    flag: the flag that named it, for the message (``"--output_dir"``).
+
+  Raises:
+    errors.UserError: naming the folder, the reason and the flag.
+  """
+  if _is_remote(folder):
+    return
+  existing = os.path.abspath(folder)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  try:
+    if not os.path.isdir(existing):
+      raise NotADirectoryError(20, "not a folder")
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as e:
+    raise errors.UserError(
+        f"cannot write to {folder} ({existing}: {e.strerror}): pass an "
+        f"{flag} you can write to") from None
+
+
+def check_output_file(path, flag):
+  """Fails at once if the file ``path`` could not be written whole.
+
+  Args:
+    path: a file the command will write (its folder may not exist yet).
+    flag: the flag that named it, for the message (``"--output"``).
+
+  Raises:
+    errors.UserError: ``path`` is a folder, or its folder is not writable
+      (``check_writable``).
+  """
+  if _is_remote(path):
+    return
+  if os.path.isdir(path):
+    raise errors.UserError(f"{path} is a folder, and {flag} writes a file "
+                           f"there: pass another {flag}")
+  check_writable(os.path.dirname(os.path.abspath(path)), flag)
 
 
 def write_bytes(path, data):

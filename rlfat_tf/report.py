@@ -616,9 +616,10 @@ def runs_table(results):
 
 def run(values):
   """Writes the report; returns (report path, failed-check lines)."""
+  output_dir = values["output_dir"]
+  files.check_writable(output_dir, "--output_dir")
   results = load_results(values["results"])
   blocks = tuple(int(b) for b in values["rbs_blocks"])
-  output_dir = values["output_dir"]
   # The sample images are read before anything is written, so a bad
   # --sample_images_from leaves the output folder untouched.
   images = sample_images(values["sample_images_from"], values["data_dir"],

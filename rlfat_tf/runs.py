@@ -14,6 +14,7 @@ instead; it is converted when read.
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -21,6 +22,7 @@ import typing
 from absl import flags
 import tensorflow as tf
 
+from rlfat_tf import cli
 from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import files
@@ -183,6 +185,10 @@ def _read_json(path):
     raise errors.UserError(
         f"{path} is not valid JSON (line {e.lineno}: {e.msg}): restore it "
         f"from a copy, or train into a new --model_dir") from None
+  except UnicodeDecodeError:
+    raise errors.UserError(
+        f"{path} is not UTF-8 text: restore it from a copy, or train into a "
+        f"new --model_dir") from None
 
 
 def load_record(model_dir):
@@ -238,7 +244,7 @@ def check_resume(model_dir, record):
     errors.UserError: a setting that may not change differs; the message
       names it with its old and new value.
   """
-  if checkpoint_path(model_dir, required=False) is None:
+  if not has_checkpoint(model_dir):
     return
   previous = load_record(model_dir)
   fixed = RunRecord.may_change() | {"schema_version"}
@@ -253,30 +259,148 @@ def check_resume(model_dir, record):
 
 
 def build_model(record, sync_batch_norm=False):
-  """The (untrained) model of a run with this ``RunRecord``."""
+  """The (untrained) model of a run with this ``RunRecord``.
+
+  Raises:
+    errors.UserError: the record names no WideResNet (an edited record).
+  """
   info = datasets.get(record.dataset)
-  return models.wide_resnet(record.depth, record.width, info.num_classes,
-                            info.image_shape, sync_batch_norm=sync_batch_norm)
+  try:
+    return models.wide_resnet(record.depth, record.width, info.num_classes,
+                              info.image_shape,
+                              sync_batch_norm=sync_batch_norm)
+  except ValueError as e:
+    raise errors.UserError(
+        f"depth {record.depth} and width {record.width} make no WideResNet "
+        f"({errors.first_line(e)}): restore the run's {RECORD_FILE} from a "
+        f"copy, or pass --depth=6n+4 and --width of at least 1") from None
+
+
+def check_batch_memory(record, memory_bytes):
+  """Refuses a batch whose activations alone exceed the memory there is.
+
+  A training step holds at least the model's largest activation for the
+  whole (per-device) batch at once, in fact several; a batch past even that
+  bound would otherwise grow tf.data's buffers until TensorFlow reports
+  running out of memory, or the kernel kills the process with no message.
+
+  Args:
+    record: the run's ``RunRecord``.
+    memory_bytes: the memory the batch's replicas share (a CPU host's RAM).
+
+  Raises:
+    errors.UserError: naming --batch_size, the bound and the memory.
+  """
+  model = build_model(record)
+  per_image = max(math.prod(layer.output.shape[1:]) for layer in model.layers)
+  item = 4 if record.mixed_precision == "float32" else 2
+  need = per_image * item * record.batch_size
+  if need > memory_bytes:
+    raise errors.UserError(
+        f"--batch_size={record.batch_size} cannot fit in memory: the largest "
+        f"activation of WRN-{record.depth}-{record.width} alone takes "
+        f"{need / 2**30:,.1f} GiB for the batch, and there are "
+        f"{memory_bytes / 2**30:,.1f} GiB: use a smaller --batch_size (the "
+        f"paper's is 32)")
+
+
+_FOLDERS = {"last": "checkpoints", "best": "best"}
+
+
+def _checkpoint_number(prefix):
+  """The number that ends a checkpoint prefix (``ckpt-12``), or None."""
+  tail = prefix.rsplit("-", 1)[-1]
+  return int(tail) if tail.isdigit() else None
+
+
+def _listed_checkpoints(folder):
+  """Checkpoint prefixes in ``folder``, oldest first, intact or not.
+
+  Both the ``checkpoint`` state file and the files on disk name them, so a
+  checkpoint whose ``.index`` or data file was deleted, or a folder whose
+  state file was, still shows what it held.
+  """
+  prefixes = set()
+  state = None
+  try:
+    state = tf.train.get_checkpoint_state(folder)
+  except (tf.errors.OpError, ValueError):
+    # A damaged state file: the files on disk still name the checkpoints.
+    pass
+  if state is not None:
+    prefixes.update(
+        os.path.join(folder, os.path.basename(p))
+        for p in state.all_model_checkpoint_paths)
+  for pattern, marker in (("*.index", ".index"), ("*.data-*", ".data-")):
+    for name in tf.io.gfile.glob(os.path.join(folder, pattern)):
+      prefixes.add(name[:name.rindex(marker)])
+  return sorted((p for p in prefixes if _checkpoint_number(p) is not None),
+                key=_checkpoint_number)
+
+
+def checkpoint_damage(prefix):
+  """Why the checkpoint ``prefix`` cannot be restored, or None if intact.
+
+  Reads every tensor, which checks that the ``.index`` and data files exist,
+  hold every byte they list and match their checksums.
+  """
+  if not tf.io.gfile.exists(prefix + ".index"):
+    return "its .index file is missing"
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+    for name, dtype in reader.get_variable_to_dtype_map().items():
+      # An input iterator's state (older checkpoints) has no array form and
+      # is never restored.
+      if dtype != tf.variant:
+        reader.get_tensor(name)
+  except (tf.errors.OpError, IndexError, ValueError) as e:
+    return errors.first_line(e)
+  return None
+
+
+def has_checkpoint(model_dir):
+  """Whether ``model_dir`` holds a last checkpoint, intact or not."""
+  return bool(_listed_checkpoints(os.path.join(model_dir, "checkpoints")))
 
 
 def checkpoint_path(model_dir, which="last", required=True):
-  """Path of the run's last or best checkpoint.
+  """Path of the run's newest intact last or best checkpoint.
+
+  A newer checkpoint that is damaged (a file missing, truncated or failing
+  its checksum) is skipped with one ``warning:`` line on stderr naming it and
+  the checkpoint used instead, so training resumes, and evaluation and export
+  read, the newest checkpoint that can be restored.
 
   Args:
     model_dir: the run folder.
     which: "last" or "best".
-    required: raise when there is none (else return None).
+    required: raise when there is no checkpoint at all (else return None).
 
   Raises:
-    errors.UserError: there is no such checkpoint, and one is required.
+    errors.UserError: there is no such checkpoint and one is required, or
+      every checkpoint there is damaged.
   """
-  folder = {"last": "checkpoints", "best": "best"}[which]
-  path = tf.train.latest_checkpoint(os.path.join(model_dir, folder))
-  if path is None and required:
+  folder = os.path.join(model_dir, _FOLDERS[which])
+  listed = _listed_checkpoints(folder)
+  if not listed:
+    if not required:
+      return None
     hint = ("train with --val_size > 0 to keep a best checkpoint"
             if which == "best" else "train first, or check --model_dir")
     raise errors.UserError(f"{model_dir} has no {which} checkpoint: {hint}")
-  return path
+  damaged = []
+  for prefix in reversed(listed):
+    reason = checkpoint_damage(prefix)
+    if reason is None:
+      for bad, why in damaged:
+        cli.warn(f"{bad} is damaged ({why}); using {prefix} instead")
+      return prefix
+    damaged.append((prefix, reason))
+  bad, why = damaged[0]
+  raise errors.UserError(
+      f"every {which} checkpoint in {folder} is damaged (the newest, {bad}: "
+      f"{why}): restore the folder from a copy, or train into a new "
+      f"--model_dir")
 
 
 def restore_model(model_dir, which="last"):
@@ -284,15 +408,26 @@ def restore_model(model_dir, which="last"):
 
   Returns:
     ``(model, record, checkpoint_path)``: the model, its ``RunRecord`` and
-    the checkpoint restored.
+    the checkpoint restored (the newest intact one, see
+    ``checkpoint_path``).
+
+  Raises:
+    errors.UserError: no intact checkpoint, or one that holds another
+      architecture than the record describes.
   """
   record = load_record(model_dir)
   model = build_model(record)
   path = checkpoint_path(model_dir, which)
-  status = tf.train.Checkpoint(model=model).restore(path)
-  # Every model variable must come from the checkpoint; the optimizer and
-  # iterator it also holds are not needed here.
-  status.assert_existing_objects_matched().expect_partial()
+  try:
+    status = tf.train.Checkpoint(model=model).restore(path)
+    # Every model variable must come from the checkpoint; the optimizer and
+    # iterator it also holds are not needed here.
+    status.assert_existing_objects_matched().expect_partial()
+  except (AssertionError, ValueError) as e:
+    raise errors.UserError(
+        f"{path} does not hold the WRN-{record.depth}-{record.width} that "
+        f"the record of {model_dir} describes ({errors.first_line(e)}): "
+        f"restore its {RECORD_FILE} from a copy") from None
   return model, record, path
 
 

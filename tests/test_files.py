@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from rlfat_tf import errors
 from rlfat_tf import files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -67,3 +68,32 @@ def test_importing_it_loads_neither_tensorflow_nor_absl(tmp_path):
   result = subprocess.run([sys.executable, "-c", script], capture_output=True,
                           text=True, cwd=ROOT, check=True, timeout=60)
   assert result.stdout.strip() == "[]"
+
+
+def test_check_writable_accepts_a_folder_still_to_be_made(tmp_path):
+  files.check_writable(tmp_path / "a" / "b", "--output_dir")
+  assert os.listdir(tmp_path) == []
+
+
+# As root (the tests' user) chmod makes no folder unwritable: a path under a
+# regular file, or under /proc, is one.
+@pytest.mark.parametrize("under", ["file", "/proc"])
+def test_check_writable_refuses_a_path_no_file_can_be_made_in(tmp_path,
+                                                             under):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  base = blocker if under == "file" else pathlib.Path("/proc/rlfat_tf_test")
+  with pytest.raises(errors.UserError, match=r"cannot write to .*: pass an "
+                     r"--output_dir you can write to"):
+    files.check_writable(base / "report", "--output_dir")
+  assert os.listdir(tmp_path) == ["a_file"]
+
+
+def test_check_output_file_refuses_a_folder(tmp_path):
+  with pytest.raises(errors.UserError, match="is a folder, and --output "
+                     "writes a file there"):
+    files.check_output_file(tmp_path, "--output")
+  files.check_output_file(tmp_path / "new" / "r.json", "--output")
+  (tmp_path / "r.json").write_text("")
+  with pytest.raises(errors.UserError, match="not a folder"):
+    files.check_output_file(tmp_path / "r.json" / "x.json", "--output")
