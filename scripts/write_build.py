@@ -19,7 +19,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ("train", "evaluate", "export", "report", "benchmark",
-                "edge_eval")
+                "edge_eval", "evalbench_art")
 # Tests fast enough to run under `bazel test` in CI as well as under pytest.
 BAZEL_CI_TESTS = ("test_build", "test_flagfiles", "test_models",
                   "test_methods", "test_rbs")
