@@ -22,6 +22,10 @@ which the JSON records.
 
 Example (the README's table):
   python -m rlfat_tf.benchmark --output=benchmark.json
+
+With --mode=evaluation it instead times APGD-CE against IBM ART's on a trained
+run (``rlfat_tf.evalbench``; ART comes from scripts/install_art.sh):
+  python -m rlfat_tf.benchmark --mode=evaluation --model_dir=runs/c10
 """
 
 import os
@@ -44,13 +48,21 @@ from rlfat_tf import cli
 from rlfat_tf import data
 from rlfat_tf import datasets
 from rlfat_tf import errors
+from rlfat_tf import evalbench
 from rlfat_tf import files
 from rlfat_tf import models
 from rlfat_tf import methods
+from rlfat_tf import runs
 from rlfat_tf import trainer
 from rlfat_tf.attacks import losses
 
 XLA_SETTINGS = ("off", "on")
+MODES = ("training", "evaluation")
+# The flags of --mode=evaluation, as ``evalbench.run`` names its arguments.
+EVALUATION_FLAGS = {"model_dir": "model_dir", "data_dir": "data_dir",
+                    "num_examples": "num_examples", "epsilon": "epsilon",
+                    "apgd_steps": "steps", "eval_batch_size": "batch_size",
+                    "art_python": "art_python"}
 
 FLAGS = flags.FLAGS
 
@@ -94,6 +106,28 @@ def define_flags(flag_values=FLAGS):
                        "input pipeline.", lower_bound=1, **fv)
   flags.DEFINE_string("output", None, "Write the results to this JSON file.",
                       **fv)
+  flags.DEFINE_enum("mode", "training", MODES, "training: the cost of a "
+                    "training step; evaluation: APGD-CE against IBM ART's on "
+                    "a trained run.", **fv)
+  flags.DEFINE_string("model_dir", None, "evaluation: the training run whose "
+                      "last checkpoint is attacked.", **fv)
+  flags.DEFINE_integer("num_examples", 500, "evaluation: the first N test "
+                       "images.", lower_bound=1, **fv)
+  flags.DEFINE_float("epsilon", None, "evaluation: L-infinity radius; "
+                     "default the run's.", **fv)
+  flags.DEFINE_integer("apgd_steps", 100, "evaluation: APGD iterations.",
+                       lower_bound=1, **fv)
+  flags.DEFINE_integer("eval_batch_size", 500, "evaluation: images per "
+                       "batch, on both sides.", lower_bound=1, **fv)
+  flags.DEFINE_string("art_python", evalbench.DEFAULT_ART_PYTHON,
+                      "evaluation: the Python of the environment that has "
+                      "ART (scripts/install_art.sh).", **fv)
+  runs.register_radius_validators(flag_values, names=("epsilon",))
+  flags.register_multi_flags_validator(
+      ["mode", "model_dir"],
+      lambda v: v["mode"] != "evaluation" or bool(v["model_dir"]),
+      message="--mode=evaluation needs --model_dir: pass a training run",
+      **fv)
   flags.register_validator(
       "depth", lambda v: (v - 4) % 6 == 0,
       message="--depth must be a WideResNet depth 6n+4, e.g. 10, 16, 28 or "
@@ -275,6 +309,33 @@ def hlo_flops(hlo_text):
     return total
 
   return flops(entry)
+
+
+def step_hlo(runner, batch):
+  """XLA's optimised HLO of one training step of ``runner`` on ``batch``.
+
+  The step is compiled as on a single device; with the attack in a loop,
+  the loop body appears once, marked with its trip count. ``hlo_flops``
+  counts its floating-point operations.
+
+  Args:
+    runner: a ``trainer.Trainer``.
+    batch: one batch dict of ``data.train_dataset``.
+
+  Returns:
+    The HLO module as text.
+
+  Raises:
+    ValueError: the trainer runs under a strategy other than the default,
+      whose replicas synchronise outside what XLA can compile.
+  """
+  if runner.strategy is not tf.distribute.get_strategy():
+    raise ValueError("step_hlo needs a trainer on the default strategy")
+  step = tf.function(runner.train_step.replica_step, jit_compile=True)
+  # Compiled for the CPU whatever the devices: the arithmetic is the same,
+  # and accelerators turn convolutions into library calls.
+  return step.experimental_get_compiler_ir(batch)(
+      stage="optimized_hlo", platform_name="CPU")
 
 
 def forward_flops_by_hand(model):
@@ -497,8 +558,8 @@ def run(settings):
   per_method = {}
   for method in settings["methods"]:
     runner = runners[(method, settings["xla"][0])]
-    flops = hlo_flops(runner.step_hlo(
-        _first_batch(images, labels, batch_size, method)))
+    flops = hlo_flops(step_hlo(
+        runner, _first_batch(images, labels, batch_size, method)))
     counts = pass_counts(method, steps)
     entry = {"flops_per_step": flops,
              "hand_flops_per_step": counts["forward_units"] * hand_forward
@@ -645,10 +706,15 @@ def main():
       raise errors.UserError(
           f"--output={FLAGS.output}: folder {folder} does not exist: "
           f"create it or write elsewhere")
-  results = run(settings)
+  if FLAGS.mode == "evaluation":
+    results = evalbench.run(**{arg: FLAGS[name].value
+                               for name, arg in EVALUATION_FLAGS.items()})
+  else:
+    results = run(settings)
   if FLAGS.output:
     files.write_json(FLAGS.output, results)
-  print(format_table(results))
+  print(evalbench.format_table(results) if FLAGS.mode == "evaluation"
+        else format_table(results))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ so all of them end alike:
   and no traceback: an ``errors.UserError``, an unknown flag, a flag value a
   validator refuses, a missing required flag or a stray argument;
 - 3 (``CHECK_FAILED``): the results were written, but an integrity check
-  failed (``evaluate`` and ``report``; the command prints which).
+  failed (``evaluate`` and ``report``; the command prints which);
+- 143 (128 + SIGTERM): ``train`` was asked to stop, saved a checkpoint and
+  stopped; the same command resumes it (``preemption.Stopped``).
 
 Nothing here imports TensorFlow or absl at module level: ``edge_eval``, which
 runs where only numpy and LiteRT are installed, starts through it too.

@@ -21,12 +21,19 @@ written but at least one check failed (each failure is printed as an
 "INTEGRITY CHECK FAILED" line and recorded in the results file), 2 on bad
 input or a bad flag (see ``cli``).
 
+The loss sensitivity is measured, as in the official run_smooth_test.py, on
+the PGD output of every image (not only of those the model classifies
+correctly), with --epsilon, --step_size and the run's training attack steps
+(the official k for the paper's runs; --sensitivity_pgd_steps overrides).
+
 --watch turns the command into a sidecar of a training run: it evaluates
-every new checkpoint in RUN/checkpoints (clean and PGD accuracy on the run's
-validation split), writes TensorBoard scalars to RUN/summaries_eval and a line
-per checkpoint to RUN/eval_history.jsonl, and exits once the checkpoint of
-the run's last step is evaluated or no new checkpoint came for
---watch_timeout seconds.
+every new checkpoint in RUN/checkpoints on the run's validation split with
+the trainer's own validation (clean accuracy and ``trainer.VAL_PGD_KEY``: PGD
+on cross-entropy at the run's training epsilon, step and steps, with the
+run's seed), writes TensorBoard scalars to RUN/summaries_eval and a line per
+checkpoint to RUN/eval_history.jsonl, and exits once the checkpoint of the
+run's last step is evaluated or no new checkpoint came for --watch_timeout
+seconds.
 """
 
 import io
@@ -56,6 +63,8 @@ from rlfat_tf import robustness
 from rlfat_tf import runs
 from rlfat_tf import saliency
 from rlfat_tf import sensitivity
+from rlfat_tf import trainer
+from rlfat_tf.attacks import pgd
 
 SCHEMA_VERSION = 1
 WATCH_HISTORY = "eval_history.jsonl"
@@ -123,9 +132,15 @@ def define_flags(flag_values=FLAGS):
                     "sensitivity study; the paper's value is unverified (the "
                     "official code has no gamma mapping); empty: none.", **fv)
   flags.DEFINE_enum("sensitivity_inputs", "pgd", ("pgd", "clean"),
-                    "Images the sensitivity is measured on: the PGD "
-                    "adversarial examples (as the official code) or the "
-                    "clean images.", **fv)
+                    "Images the sensitivity is measured on: the PGD output "
+                    "for every image (as the official code; --epsilon, "
+                    "--step_size, --sensitivity_pgd_steps) or the clean "
+                    "images.", **fv)
+  flags.DEFINE_integer("sensitivity_pgd_steps", None, "Steps of the PGD "
+                       "that makes the sensitivity inputs (default: the "
+                       "run's training --attack_steps, for the paper's runs "
+                       "the official k: 10 on CIFAR-10, 7 on CIFAR-100 and "
+                       "STL-10).", lower_bound=1, **fv)
   flags.DEFINE_integer("salience_images", 8, "SmoothGrad maps of the first N "
                        "images (0: none).", lower_bound=0, **fv)
   flags.DEFINE_float("smoothgrad_noise", 0.1, "SmoothGrad noise level "
@@ -145,8 +160,10 @@ def define_flags(flag_values=FLAGS):
 
   # Sidecar mode.
   flags.DEFINE_bool("watch", False, "Evaluate each new checkpoint of a "
-                    "training run (clean + PGD on its validation split).",
-                    **fv)
+                    "training run on its validation split as the trainer "
+                    "validates (clean, and PGD on CE at the run's training "
+                    "epsilon, step, steps and seed; the attack flags do "
+                    "not apply).", **fv)
   flags.DEFINE_integer("watch_timeout", 3600, "Stop watching after this many "
                        "seconds without a new checkpoint.", lower_bound=1,
                        **fv)
@@ -261,11 +278,6 @@ def run(values):
                              values["split"])
   brightness = tuple(float(v) for v in values["brightness"])
   gamma = tuple(float(v) for v in values["gamma"])
-  if (brightness or gamma) and values["sensitivity_inputs"] == "pgd" and (
-      "pgd" not in values["attacks"]):
-    raise errors.UserError(
-        "the loss sensitivity is measured on PGD adversarial examples but "
-        "--attacks has no pgd: add pgd, or pass --sensitivity_inputs=clean")
   output = values["output"] or os.path.join(
       model_dir, f"results_{which}_{split}.json")
   # Every file the evaluation writes is checked before the model is even
@@ -282,15 +294,24 @@ def run(values):
   before = integrity.snapshot_variables(model)
 
   results = robustness.evaluate(model, images, labels, config, prefix=split,
-                                verbose=verbose)
+                                verbose=verbose, keep_adversarial=())
   metrics, checks = results["metrics"], results["checks"]
   float_images = robustness.as_float(images)
+  sensitivity_attack = None
   if brightness or gamma:
-    inputs = (results["adversarial"]["pgd"]
-              if values["sensitivity_inputs"] == "pgd" else float_images)
+    inputs, described = float_images, "the clean images"
+    if values["sensitivity_inputs"] == "pgd":
+      spec = pgd.pgd(values["epsilon"], values["step_size"],
+                     values["sensitivity_pgd_steps"]
+                     or record.attack_steps, "eval")
+      sensitivity_attack = spec.record()
+      described = f"the PGD-{spec.steps} output of every image"
+      inputs = sensitivity.attacked_inputs(
+          model, images, labels, spec, batch_size=values["batch_size"],
+          seed=values["seed"], verbose=verbose)
     if verbose:
-      print(f"loss sensitivity on {values['sensitivity_inputs']} images: "
-            f"brightness {brightness}, gamma {gamma}", flush=True)
+      print(f"loss sensitivity on {described}: brightness {brightness}, "
+            f"gamma {gamma}", flush=True)
     metrics.update(sensitivity.loss_sensitivity(
         model, inputs, labels, brightness=brightness, gamma=gamma,
         batch_size=values["batch_size"], verbose=verbose))
@@ -330,7 +351,8 @@ def run(values):
       "eval": {"split": split, "num_examples": len(images),
                "epsilon": values["epsilon"],
                "batch_size": values["batch_size"], "seed": values["seed"],
-               "sensitivity_inputs": values["sensitivity_inputs"]},
+               "sensitivity_inputs": values["sensitivity_inputs"],
+               "sensitivity_attack": sensitivity_attack},
       "attacks": results["attacks"],
       "metrics": metrics,
       "checks": checks,
@@ -384,8 +406,11 @@ def watch(values):
   """Sidecar mode: evaluates each new checkpoint of a training run.
 
   Every checkpoint still on disk that is not yet in RUN/eval_history.jsonl is
-  evaluated in step order (clean and PGD accuracy on the validation split),
-  so a restarted sidecar resumes where it stopped.
+  evaluated in step order, so a restarted sidecar resumes where it stopped.
+  Each is scored as the trainer validates: clean accuracy and
+  ``trainer.VAL_PGD_KEY`` (``trainer.validation_attack`` at the run's
+  training epsilon, step and steps, from the run's seed) on the validation
+  split, so the sidecar's numbers are the trainer's.
 
   Args:
     values: dict of this module's flag values.
@@ -408,17 +433,19 @@ def watch(values):
   images, labels = load_images(record, values, "val")
   model = runs.build_model(record)
   checkpoint = tf.train.Checkpoint(model=model)
-  steps = values["pgd_steps"]
-  attack = attacks.build("pgd", eval_config(values).values())
-  pgd_key = f"val/pgd{steps}_accuracy"
+  spec = trainer.validation_attack(record.epsilon, record.step_size,
+                                   record.attack_steps)
+  attack = pgd.PGD(name="pgd", display_name="PGD", spec=spec)
+  pgd_key = trainer.VAL_PGD_KEY
   history_path = os.path.join(model_dir, WATCH_HISTORY)
   history = _read_history(history_path)
   done = {entry["step"] for entry in history}
   writer = tf.summary.create_file_writer(
       os.path.join(model_dir, WATCH_SUMMARIES))
   if verbose:
-    print(f"watching {folder} (PGD-{steps} on {len(images)} validation "
-          f"images)", flush=True)
+    print(f"watching {folder} (PGD-{spec.steps} on cross-entropy, eps "
+          f"{spec.epsilon:g}, on {len(images)} validation images)",
+          flush=True)
   for _ in tf.train.checkpoints_iterator(folder, timeout=values[
       "watch_timeout"]):
     state = tf.train.get_checkpoint_state(folder)
@@ -440,7 +467,7 @@ def watch(values):
       clean = robustness.correct(model, images, labels, values["batch_size"])
       out = robustness.run_attack(model, attack, images, labels,
                                   batch_size=values["batch_size"],
-                                  seed=values["seed"], verbose=verbose,
+                                  seed=record.seed, verbose=verbose,
                                   robust=clean)
       metrics = {"val/clean_accuracy": float(np.mean(clean)),
                  pgd_key: float(np.mean(out["robust"]))}
@@ -449,13 +476,14 @@ def watch(values):
           tf.summary.scalar(key, value)
       writer.flush()
       entry = {"step": step, "checkpoint": path, **metrics,
+               "attack": spec.record(),
                "time_seconds": time.perf_counter() - start}
       history.append(entry)
       done.add(step)
       files.write_text(history_path, "".join(
           json.dumps(e, sort_keys=True) + "\n" for e in history))
       print(f"step {step}: clean {metrics['val/clean_accuracy']:.4f}, "
-            f"PGD-{steps} {metrics[pgd_key]:.4f}", flush=True)
+            f"PGD-{spec.steps} {metrics[pgd_key]:.4f}", flush=True)
     # Training may have been resumed with more steps: read them each time.
     if max(done, default=-1) >= runs.load_record(model_dir).train_steps:
       break

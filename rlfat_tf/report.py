@@ -429,17 +429,33 @@ def table2(results):
                "after the transformation (lower: a smoother loss); "
                "brightness v: HSV value shifted by v; gamma v: x -> x^v; "
                f"{MISSING}: not evaluated.")
-  inputs = {f"{dataset_name(r.dataset)} {r.label}":
-                r.data["eval"].get("sensitivity_inputs", "unrecorded")
+  inputs = {f"{dataset_name(r.dataset)} {r.label}": sensitivity_inputs(r)
             for r in ordered(results) if r.dataset in by_dataset}
   if len(set(inputs.values())) == 1:
-    described = f"{next(iter(inputs.values()))} images for every model"
+    described = f"{next(iter(inputs.values()))}, for every model"
   else:
-    described = "; ".join(f"{k}: {v} images" for k, v in inputs.items())
+    described = "; ".join(f"{k}: {v}" for k, v in inputs.items())
   lines.append("")
-  lines.append(f"Inputs: {described} (pgd: the PGD adversarial examples, "
-               "as in the official code; clean: the test images).")
+  lines.append(f"Inputs: {described}. The official code measures on the "
+               "PGD output of every test image, with its training k.")
   return lines
+
+
+def sensitivity_inputs(result):
+  """The images a result's loss sensitivity was measured on, in words."""
+  ev = result.data["eval"]
+  inputs, attack = ev.get("sensitivity_inputs"), ev.get("sensitivity_attack")
+  if inputs == "pgd" and attack:
+    return (f"the PGD-{attack['steps']} output of every image (ε "
+            f"{attack['epsilon']:g}, step {attack['step_size']:g})")
+  if inputs == "pgd":
+    # Evaluations before the attack was recorded measured on the evaluation
+    # PGD's results, which keep the clean image of a misclassified example.
+    return ("PGD examples that keep the clean image of every misclassified "
+            "example (an older evaluation: re-evaluate)")
+  if inputs == "clean":
+    return "the clean images"
+  return "unrecorded images"
 
 
 def integrity(results):

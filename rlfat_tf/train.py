@@ -23,9 +23,11 @@ must be a folder every worker reads (e.g. a bucket or a network file system):
 the chief writes there and every worker resumes from the chief's checkpoint.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
 import warnings
 
@@ -44,6 +46,8 @@ from rlfat_tf import errors
 from rlfat_tf import files
 from rlfat_tf import models
 from rlfat_tf import methods
+from rlfat_tf import preemption
+from rlfat_tf import runlock
 from rlfat_tf import runs
 from rlfat_tf import strategies
 from rlfat_tf import trainer
@@ -273,7 +277,7 @@ def train_config(record):
       for f in dataclasses.fields(trainer.TrainConfig)})
 
 
-def build_trainer(model_dir, record):
+def build_trainer(model_dir, record, watcher=None):
   """Sets up devices, data and the trainer of a run.
 
   The chief writes the record (``run.json``) just before the run's first
@@ -282,6 +286,8 @@ def build_trainer(model_dir, record):
   Args:
     model_dir: the run folder.
     record: the run's ``runs.RunRecord`` (``resolve_flags``).
+    watcher: a ``preemption.PreemptionWatcher`` whose request, agreed across
+      workers, stops training at the next loop boundary; None never stops.
 
   Returns:
     A ``trainer.Trainer``, not yet restored.
@@ -333,32 +339,52 @@ def build_trainer(model_dir, record):
       train_input_fn, model_dir, strategy=strategy,
       val_input_fn=val_input_fn if len(val_images) else None,
       verbose=int(record.progress),
-      before_first_save=lambda: runs.save_record(model_dir, record))
+      before_first_save=lambda: runs.save_record(model_dir, record),
+      **({"stop_requested": lambda: preemption.any_requested(
+          strategy, watcher.requested)} if watcher else {}))
 
 
 def run(model_dir, record):
   """Trains (or resumes) the run; returns the final metrics.
 
+  The chief holds the run folder's lock (``runlock``) from before it reads
+  the folder to resume until training ends, so a second trainer on the same
+  folder is refused. SIGTERM saves a checkpoint at the next loop boundary.
+
   Raises:
-    errors.UserError: bad input; an unwritable --model_dir; no intact
-      checkpoint to resume; running out of memory (named by --batch_size).
+    errors.UserError: bad input; an unwritable --model_dir; a folder another
+      trainer holds; no intact checkpoint to resume; running out of memory
+      (named by --batch_size).
+    preemption.Stopped: SIGTERM stopped training after a checkpoint.
   """
   files.check_writable(model_dir, "--model_dir")
-  runner = build_trainer(model_dir, record)
-  restored = runner.restore()
-  if restored:
-    print(f"resuming from {restored} (step {runner.step})", flush=True)
-  try:
-    metrics = runner.train()
-  except (tf.errors.ResourceExhaustedError, MemoryError) as e:
-    raise errors.UserError(
-        f"{type(e).__name__}: TensorFlow ran out of memory at --batch_size="
-        f"{record.batch_size}: use a smaller --batch_size, or more devices "
-        f"with --strategy=mirrored; the checkpoints on disk are intact"
-    ) from None
-  print(f"trained to step {runner.step}; last checkpoint: "
-        f"{runs.checkpoint_path(model_dir)}", flush=True)
-  return metrics
+  with preemption.PreemptionWatcher() as watcher:
+    runner = build_trainer(model_dir, record, watcher)
+    lock = (runlock.RunLock(model_dir) if runner.is_chief
+            else contextlib.nullcontext())
+    with lock:
+      # Again under the lock: another trainer may have written the folder
+      # since the first look.
+      runs.check_resume(model_dir, record)
+      restored = runner.restore()
+      if restored:
+        print(f"resuming from {restored} (step {runner.step})", flush=True)
+      try:
+        result = runner.train()
+      except (tf.errors.ResourceExhaustedError, MemoryError) as e:
+        raise errors.UserError(
+            f"{type(e).__name__}: TensorFlow ran out of memory at "
+            f"--batch_size={record.batch_size}: use a smaller --batch_size, "
+            f"or more devices with --strategy=mirrored; the checkpoints on "
+            f"disk are intact") from None
+  checkpoint = runs.checkpoint_path(model_dir)
+  if result.preempted:
+    # A worker that was not signalled itself stops because another was.
+    raise preemption.Stopped(watcher.received or signal.SIGTERM, result.step,
+                             checkpoint)
+  print(f"trained to step {runner.step}; last checkpoint: {checkpoint}",
+        flush=True)
+  return result.metrics
 
 
 def main():
@@ -369,7 +395,11 @@ def main():
     warnings.filterwarnings(
         "ignore", message="To make it possible to preserve tf.data options")
   values = parsed_values()
-  run(values["model_dir"], resolve_flags(values))
+  try:
+    run(values["model_dir"], resolve_flags(values))
+  except preemption.Stopped as e:
+    print(e, file=sys.stderr, flush=True)
+    return e.status
 
 
 if __name__ == "__main__":

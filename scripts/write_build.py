@@ -21,7 +21,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ("train", "evaluate", "export", "report", "benchmark",
-                "edge_eval")
+                "edge_eval", "evalbench_art")
 # The pytest marker of a test module fast and self-contained enough to run
 # under `bazel test` in CI as well as under pytest (registered in pytest.ini).
 BAZEL_CI = "bazel_ci"

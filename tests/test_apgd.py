@@ -1,6 +1,7 @@
 """Tests of APGD and APGD-T: the reference's checkpoint schedule, step rule
-and start, the optimum of linear models, and the strength against PGD on a
-small trained model."""
+and start, the optimum of linear models, stopping broken examples against the
+reference's run of every example, and the strength against PGD on a small
+trained model."""
 
 import dataclasses
 
@@ -14,6 +15,7 @@ from rlfat_tf import errors
 from rlfat_tf import models
 from rlfat_tf import robustness
 from rlfat_tf.attacks import apgd
+from rlfat_tf.attacks import losses
 from rlfat_tf.attacks import pgd
 
 EPS = 0.03
@@ -135,15 +137,18 @@ def _linear_model():
 
 def test_apgd_reaches_the_loss_maximiser_of_a_linear_model():
   model, w = _linear_model()
-  images = tf.constant(np.full((3, 4, 4, 1), 0.5, np.float32))
   labels = tf.constant([0, 1, 0])
+  # Class 0 loses by raising w . x, class 1 by lowering it. Each image lies
+  # 0.35 from grey against that direction, so no point of its ball is
+  # misclassified (sum(w) = -6: |w . x| >= 1 there) and APGD climbs to the
+  # end: each pixel sits on the corner the label's gradient sign points to.
+  direction = np.where(labels.numpy() == 0, 1.0, -1.0)[:, None, None, None]
+  images = tf.constant((0.5 - 0.35 * direction * w).astype(np.float32))
   seeds = tf.constant([[1, 0], [1, 1], [1, 2]], tf.int64)
   adv = apgd.perturb(model, apgd.APGDSpec(0.1, 10, "ce"), images, labels,
                      seeds).numpy()
-  # Class 0 loses by raising w . x, class 1 by lowering it: each pixel sits
-  # on the corner of the ball that the label's gradient sign points to.
-  direction = np.where(labels.numpy() == 0, 1.0, -1.0)[:, None, None, None]
-  np.testing.assert_allclose(adv, 0.5 + 0.1 * direction * w, atol=1e-6)
+  assert np.argmax(model(adv).numpy(), -1).tolist() == [0, 1, 0]
+  np.testing.assert_allclose(adv, images + 0.1 * direction * w, atol=1e-6)
 
 
 def _third_class_model(classes=5):
@@ -217,6 +222,99 @@ def test_graph_and_eager_runs_agree(loss):
   delta = eager.numpy() - images
   assert np.abs(delta).max() <= EPS + 1e-6
   assert eager.numpy().min() >= 0.0 and eager.numpy().max() <= 1.0
+
+
+def _reference_run(model, spec, images, labels, seeds):
+  """APGD-CE as the reference runs it: every example, every iteration.
+
+  Returns the highest-loss point, and per example the iteration (0 for the
+  start) of its first misclassified iterate (-1 if none) with that iterate.
+  """
+  eps = spec.epsilon
+  is_checkpoint, stretch = apgd.schedule(spec.steps)
+
+  def evaluate(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      logits = model(x, training=False)
+      loss = losses.cross_entropy(logits, labels)
+      total = tf.reduce_sum(loss)
+    wrong = np.argmax(logits.numpy(), -1) != labels.numpy()
+    return loss, tape.gradient(total, x), wrong
+
+  x_cur = x_prev = x_max = pgd.sphere_start(images, seeds, eps)
+  f, g_cur, wrong = evaluate(x_cur)
+  g_max, progress = g_cur, apgd.start_progress(f)
+  first = np.where(wrong, 0, -1)
+  first_adv = x_cur.numpy()
+  eta = tf.fill(tf.shape(labels), 2.0 * eps)
+  for i in range(spec.steps):
+    alpha = spec.momentum if i > 0 else 1.0
+    z = pgd.project(x_cur + eta[:, None, None, None] * tf.sign(g_cur),
+                    images, eps)
+    x_next = pgd.project(
+        x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev),
+        images, eps)
+    f, g_next, wrong = evaluate(x_next)
+    new = wrong & (first < 0)
+    first[new] = i + 1
+    first_adv[new] = x_next.numpy()[new]
+    better = f > progress.best
+    x_max = pgd.select(better, x_next, x_max)
+    g_max = pgd.select(better, g_next, g_max)
+    progress, halve = apgd.advance(progress, f, is_checkpoint[i + 1],
+                                   stretch[i + 1], spec.rho)
+    eta = tf.where(halve, eta / 2.0, eta)
+    x_prev, x_cur = x_cur, pgd.select(halve, x_max, x_next)
+    g_cur = pgd.select(halve, g_max, g_next)
+  return x_max.numpy(), first, first_adv
+
+
+def test_stopping_broken_examples_changes_no_verdict_and_no_other_path(
+    trained):
+  images, labels = _pattern_data(24, 7)
+  labels[:2] = (labels[:2] + 1) % 4  # misclassified from the start on
+  images, labels = tf.constant(images), tf.constant(labels)
+  seeds = tf.constant([[4, i] for i in range(24)], tf.int64)
+  spec = apgd.APGDSpec(EPS, 12, "ce")
+  x_max, first, first_adv = _reference_run(trained, spec, images, labels,
+                                           seeds)
+  # Examples broken at the start, at later iterations, and never.
+  assert (first == 0).any() and (first > 1).any() and (first < 0).any()
+  survived = first < 0
+  compiled = tf.function(
+      lambda x, y, s: apgd.perturb(trained, spec, x, y, s),
+      input_signature=[tf.TensorSpec([None, 8, 8, 3]),
+                       tf.TensorSpec([None], tf.int32),
+                       tf.TensorSpec([None, 2], tf.int64)])
+  for run in (apgd.perturb, lambda *a: compiled(*a[2:])):
+    adv = run(trained, spec, images, labels, seeds).numpy()
+    # The survivors get the reference's highest-loss point, each broken
+    # example its first misclassified iterate, which is misclassified.
+    np.testing.assert_allclose(adv[survived], x_max[survived], atol=1e-6)
+    np.testing.assert_allclose(adv[~survived], first_adv[~survived],
+                               atol=1e-6)
+    wrong = (np.argmax(trained(adv, training=False).numpy(), -1)
+             != labels.numpy())
+    assert wrong.tolist() == (~survived).tolist()
+
+
+def test_a_batch_broken_at_the_start_never_reaches_the_model_again():
+  # Class 0 always wins; every example is labelled 1.
+  inputs = keras.Input((4, 4, 1))
+  features = keras.layers.Flatten()(keras.layers.Conv2D(2, 3)(inputs))
+  logits = keras.layers.Dense(
+      2, kernel_initializer="zeros",
+      bias_initializer=keras.initializers.Constant([5.0, 0.0]))(features)
+  model = keras.Model(inputs, logits)
+  images, labels = tf.fill([3, 4, 4, 1], 0.5), tf.ones([3], tf.int32)
+  seeds = tf.constant([[6, i] for i in range(3)], tf.int64)
+  spec = apgd.APGDSpec(0.1, 5, "ce")
+  start = pgd.sphere_start(images, seeds, 0.1).numpy()
+  graph = tf.function(lambda x, y, s: apgd.perturb(model, spec, x, y, s))
+  for run in (apgd.perturb, lambda *a: graph(*a[2:])):
+    np.testing.assert_array_equal(run(model, spec, images, labels, seeds),
+                                  start)
 
 
 def _accuracy(model, name, images, labels):

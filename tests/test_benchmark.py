@@ -135,7 +135,7 @@ def test_step_count_equals_the_count_of_its_passes(method):
       config, lambda: models.wide_resnet(10, 1, 10, (8, 8, 3)), input_fn,
       "/nonexistent", verbose=0)
   batch = next(iter(input_fn(None, 0)))
-  counted = benchmark.hlo_flops(runner.step_hlo(batch))
+  counted = benchmark.hlo_flops(benchmark.step_hlo(runner, batch))
   convs = [l for l in runner.model.layers
            if isinstance(l, keras.layers.Conv2D)]
   forward = [2 * batch_size * l.filters * l.input.shape[-1]
@@ -149,6 +149,16 @@ def test_step_count_equals_the_count_of_its_passes(method):
               + train_passes * (3 * sum(forward) - forward[0])
               + sum(forward) + dense * (2 * steps + 3 * train_passes + 1))
   assert counted == expected
+
+
+def test_step_hlo_needs_the_default_strategy():
+  strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+  runner = trainer.Trainer(
+      trainer.TrainConfig(method="pgdat", batch_size=4),
+      lambda: models.wide_resnet(10, 1, 10, (8, 8, 3)), None, "/nonexistent",
+      strategy=strategy, verbose=0)
+  with pytest.raises(ValueError, match="needs a trainer on the default"):
+    benchmark.step_hlo(runner, {})
 
 
 def test_cli_writes_consistent_json_and_a_table(tmp_path):

@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+from rlfat_tf import data
 from rlfat_tf import errors
 from rlfat_tf import evaluate
+from rlfat_tf import runs
 from rlfat_tf import saliency
+from rlfat_tf import sensitivity
+from rlfat_tf import trainer
+from rlfat_tf.attacks import pgd
 
 from helpers import ENV
 from helpers import ROOT
@@ -58,9 +63,14 @@ def test_results_file_holds_every_number_and_passing_checks(smoke_run,
   assert (run["dataset"], run["method"], run["architecture"]) == (
       "cifar10_sample", "rlfat_p", "WRN-10-1")
   assert run["train_flags"]["train_steps"] == 6
+  # The sensitivity inputs: PGD with the run's training steps (2 in the
+  # smoke run), not the evaluation's --pgd_steps=3.
+  pgd_2 = {"epsilon": 0.03, "step_size": 0.0075, "steps": 2, "loss": "ce",
+           "start": "uniform", "bn_mode": "eval"}
   assert written["eval"] == {"split": "test", "num_examples": 40,
                              "epsilon": 0.03, "batch_size": 20, "seed": 0,
-                             "sensitivity_inputs": "pgd"}
+                             "sensitivity_inputs": "pgd",
+                             "sensitivity_attack": pgd_2}
   assert set(written["attacks"]) == {"pgd", "cw", "apgd_ce", "apgd_dlr",
                                      "nattack", "autoattack"}
   assert written["attacks"]["cw"]["steps"] == 3  # --cw_steps follows PGD
@@ -90,8 +100,9 @@ def test_results_file_holds_every_number_and_passing_checks(smoke_run,
     assert (metrics["test/worst_case_accuracy"] <=
             metrics[f"test/{name}_accuracy"] <=
             metrics["test/clean_accuracy"])
-  assert {"sensitivity/brightness_-0.15", "sensitivity/gamma_0.8",
-          "sensitivity/gamma_1.2"} <= set(metrics)
+  expected = _sensitivity_by_hand(smoke_run, 40, 20, 2, gamma=(0.8, 1.2))
+  assert {k: v for k, v in metrics.items()
+          if k.startswith("sensitivity/")} == pytest.approx(expected, rel=1e-5)
   assert len(written["checks"]) == 10
   assert all(c["passed"] for c in written["checks"].values()), (
       written["checks"])
@@ -113,17 +124,56 @@ def test_results_file_holds_every_number_and_passing_checks(smoke_run,
   assert not [f for f in os.listdir(folder) if f.endswith(".tmp")]
 
 
+def _sensitivity_by_hand(model_dir, num, batch_size, steps, gamma,
+                         inputs="pgd"):
+  """Table 2 as the official code measures it: on the PGD output of every
+  image (eps 0.03, step 0.0075, uniform start, BN eval), by eager calls."""
+  model, _, _ = runs.restore_model(model_dir)
+  images, labels = [], []
+  for batch in data.eval_dataset(
+      *evaluate.load_images(runs.load_record(model_dir), _values(
+          f"--model_dir={model_dir}", f"--num_examples={num}"), "test"),
+      batch_size=batch_size):
+    labels.append(batch["label"].numpy())
+    if inputs == "clean":
+      images.append(batch["image"].numpy())
+      continue
+    images.append(pgd.perturb(model, pgd.pgd(0.03, 0.0075, steps, "eval"),
+                              batch["image"], batch["label"],
+                              batch["seed"]).numpy())
+  return sensitivity.loss_sensitivity(
+      model, np.concatenate(images), np.concatenate(labels),
+      brightness=(-0.15,), gamma=gamma, verbose=0)
+
+
+def test_sensitivity_pgd_steps_override_and_clean_inputs(smoke_run, tmp_path):
+  common = (f"--model_dir={smoke_run}", "--num_examples=20",
+            "--batch_size=10", "--attacks=pgd", "--pgd_steps=1",
+            "--nochecks", "--salience_images=0", "--gamma=", "--noprogress")
+  payload = evaluate.run(_values(*common, f"--output={tmp_path / 'a.json'}",
+                                 "--sensitivity_pgd_steps=1"))
+  assert payload["eval"]["sensitivity_attack"]["steps"] == 1
+  assert payload["metrics"]["sensitivity/brightness_-0.15"] == pytest.approx(
+      _sensitivity_by_hand(smoke_run, 20, 10, 1, gamma=())[
+          "sensitivity/brightness_-0.15"], rel=1e-5)
+  payload = evaluate.run(_values(*common, f"--output={tmp_path / 'b.json'}",
+                                 "--sensitivity_inputs=clean"))
+  assert payload["eval"]["sensitivity_attack"] is None
+  assert payload["metrics"]["sensitivity/brightness_-0.15"] == pytest.approx(
+      _sensitivity_by_hand(smoke_run, 20, 10, None, gamma=(),
+                           inputs="clean")["sensitivity/brightness_-0.15"],
+      rel=1e-5)
+
+
 def test_bad_inputs_name_the_fix(smoke_run, tmp_path):
   common = (f"--model_dir={smoke_run}", f"--output={tmp_path / 'r.json'}")
   with pytest.raises(errors.UserError, match="at most 100"):
     evaluate.run(_values(*common, "--split=val", "--num_examples=101"))
-  with pytest.raises(errors.UserError, match="sensitivity_inputs=clean"):
-    evaluate.run(_values(*common, "--attacks=cw"))
   with pytest.raises(errors.UserError, match="holds no training run"):
     evaluate.run(_values(f"--model_dir={tmp_path}", "--which=best"))
   assert not os.path.exists(tmp_path / "r.json")
   for bad in ("--epsilon=0", "--attacks=pgd,fgsm", "--gamma=-1",
-              "--brightness=dark"):
+              "--brightness=dark", "--sensitivity_pgd_steps=0"):
     with pytest.raises(flags.IllegalFlagValueError):
       _values(*common, bad)
 
@@ -136,18 +186,28 @@ def _tags(folder):
           for tag in acc.Tags()["tensors"]}
 
 
-def test_watch_evaluates_each_checkpoint_once(smoke_run):
-  values = _values(f"--model_dir={smoke_run}", "--watch", "--pgd_steps=2",
-                   "--num_examples=20", "--batch_size=20",
-                   "--watch_timeout=1", "--noprogress")
+def test_watch_evaluates_each_checkpoint_once_as_the_trainer_does(smoke_run):
+  # The attack flags do not apply: the sidecar validates as the trainer.
+  values = _values(f"--model_dir={smoke_run}", "--watch", "--pgd_steps=7",
+                   "--epsilon=0.1", "--batch_size=32", "--watch_timeout=1",
+                   "--noprogress")
   history = evaluate.watch(values)
   assert [e["step"] for e in history] == [3, 6]
   for entry in history:
-    assert 0.0 <= entry["val/pgd2_accuracy"] <= entry["val/clean_accuracy"]
+    assert entry["attack"] == {"epsilon": 0.03, "step_size": 0.0075,
+                               "steps": 2, "loss": "ce", "start": "uniform",
+                               "bn_mode": "eval"}
+    assert 0.0 <= entry["val/pgd_ce_accuracy"] <= entry["val/clean_accuracy"]
+  # The same number, under the same name, as the trainer's last validation.
+  with open(os.path.join(smoke_run, "metrics.json")) as f:
+    trained = json.load(f)
+  assert trained["step"] == 6
+  for key in ("val/clean_accuracy", trainer.VAL_PGD_KEY):
+    assert history[-1][key] == trained[key], key
   with open(os.path.join(smoke_run, "eval_history.jsonl")) as f:
     assert [json.loads(line) for line in f] == history
   assert _tags(os.path.join(smoke_run, "summaries_eval")) == {
-      "val/clean_accuracy": [3, 6], "val/pgd2_accuracy": [3, 6]}
+      "val/clean_accuracy": [3, 6], "val/pgd_ce_accuracy": [3, 6]}
   # The last step is done: a second sidecar evaluates nothing and stops.
   assert evaluate.watch(values) == history
 

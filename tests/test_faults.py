@@ -11,6 +11,10 @@ import filecmp
 import json
 import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import tensorflow as tf
@@ -20,6 +24,8 @@ from rlfat_tf import train
 from rlfat_tf import trainer
 
 import helpers
+from helpers import ENV
+from helpers import ROOT
 from helpers import SMOKE
 
 # The cheapest evaluation that still attacks: 20 images, PGD-2, nothing else.
@@ -212,3 +218,32 @@ def test_running_out_of_memory_is_one_line_and_locks_nothing(tmp_path,
          "--noprogress"]))
   # No record, checkpoint or metrics: the folder is free for other flags.
   assert _listing(model_dir) == {}
+
+
+def test_a_second_trainer_on_a_folder_is_refused_with_one_line(tmp_path):
+  run = tmp_path / "run"
+  common = [f"--flagfile={SMOKE}", "--method=pgdat", "--val_size=0",
+            "--train_steps=400", "--steps_per_loop=1", "--checkpoint_every=2",
+            "--noprogress", f"--model_dir={run}"]
+  first = subprocess.Popen(
+      [sys.executable, "-m", "rlfat_tf.train", *common], env=ENV, cwd=ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    index = run / "checkpoints" / "ckpt-2.index"
+    deadline = time.time() + 240
+    while (not index.exists() and time.time() < deadline and
+           first.poll() is None):
+      time.sleep(0.01)
+    record = (run / "run.json").read_bytes()
+    second = _cli("train", *common)
+    assert second.returncode == 2
+    line = _error_line(second)
+    assert line.startswith(f"error: {run} is in use by pid {first.pid} on "
+                           f"host "), line
+    assert (run / "run.json").read_bytes() == record
+  finally:
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=240)
+  assert first.returncode == 143, err
+  # The stop released the lock: the same command resumes.
+  assert not (run / ".lock").exists()

@@ -6,6 +6,7 @@ a training run would use. Parsing only: no model, no graph.
 """
 
 import itertools
+import dataclasses
 import pathlib
 import shutil
 
@@ -44,7 +45,7 @@ METHODS = {
 }
 COMMON = {
     "optimizer": "adam", "learning_rate": 1e-3, "weight_decay": 0.0,
-    "lr_boundaries": [], "batch_size": 32, "epsilon": 0.03,
+    "lr_boundaries": (), "batch_size": 32, "epsilon": 0.03,
     "step_size": 0.0075, "attack_bn_mode": "train", "flip": True,
     "pad_crop": 0, "val_size": 0, "checkpoint_every": 300,
     "keep_checkpoints": 3,
@@ -85,8 +86,10 @@ def _at_root(monkeypatch):
 
 
 def _parse(path):
-  return train.values_from_argv(
+  """The resolved settings of a flagfile, by flag name (the run record)."""
+  _, record = train.values_from_argv(
       ["train", f"--flagfile={path}", "--model_dir=/tmp/x"])
+  return dataclasses.asdict(record)
 
 
 def _mismatches(path, expected):

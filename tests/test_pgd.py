@@ -230,3 +230,104 @@ def test_evaluation_attacks_must_keep_batchnorm_in_eval_mode():
   with pytest.raises(ValueError, match="restarts"):
     pgd.PGD(name="pgd", display_name="PGD",
             spec=pgd.pgd(EPS, 0.0075, 3, "eval"), restarts=0)
+
+
+def _reference_perturb(model, spec, images, labels, seeds):
+  """The attack as plain code: sign steps on the summed loss's gradient."""
+  training = spec.bn_mode == "train"
+  loss_fn = losses.LOSSES[spec.loss]
+  clean = model(images, training=training) if spec.loss == "kl" else None
+  adv = pgd.random_start(spec, images, seeds)
+  for _ in range(spec.steps):
+    with tf.GradientTape() as tape:
+      tape.watch(adv)
+      loss = tf.reduce_sum(loss_fn(model(adv, training=training), labels,
+                                   clean))
+    adv = pgd.project(adv + spec.step_size * tf.sign(tape.gradient(loss, adv)),
+                      images, spec.epsilon)
+  return adv
+
+
+@pytest.mark.parametrize("loss", ["ce", "kl"])
+def test_float32_attack_is_the_plain_sign_gradient_bit_for_bit(model, batch,
+                                                               loss):
+  images, labels, seeds = batch
+  spec = pgd.AttackSpec(EPS, 0.0075, 3, loss, "uniform", "eval")
+  np.testing.assert_array_equal(
+      pgd.perturb(model, spec, images, labels, seeds),
+      _reference_perturb(model, spec, images, labels, seeds))
+
+
+def _confident_float16_model(factor=40.0, training=False):
+  """A float16 WRN-10-1, its float32 twin, and images it is sure about.
+
+  The logits layer's kernel is scaled by ``factor``; 40 drives the mean
+  cross-entropy of its eval-mode predictions to about 2e-7. In train mode
+  BatchNorm standardises each batch, which takes a larger factor.
+  """
+  twins = []
+  for policy in ("mixed_float16", "float32"):
+    keras.config.set_dtype_policy(policy)
+    try:
+      keras.utils.set_random_seed(0)
+      twins.append(models.wide_resnet(10, 1, 10, (8, 8, 3)))
+    finally:
+      keras.config.set_dtype_policy("float32")
+  half, full = twins
+  kernel = half.get_layer("logits").kernel
+  kernel.assign(kernel * factor)
+  full.set_weights(half.get_weights())
+  images = tf.random.stateless_uniform([16, 8, 8, 3], [1, 2])
+  labels = tf.argmax(half(images, training=training), -1,
+                     output_type=tf.int32)
+  return half, full, images, labels
+
+
+def _zero_fraction(x):
+  return float(tf.reduce_mean(tf.cast(tf.equal(x, 0.0), tf.float32)))
+
+
+def test_float16_input_gradients_keep_their_sign_on_a_confident_model():
+  half, full, images, labels = _confident_float16_model()
+  assert half.compute_dtype == "float16"
+  assert float(tf.reduce_mean(losses.cross_entropy(
+      half(images, training=False), labels))) < 1e-5
+  ce = losses.LOSSES["ce"]
+  with tf.GradientTape() as tape:
+    tape.watch(images)
+    loss = tf.reduce_sum(ce(half(images, training=False), labels, None))
+  # The unscaled float16 backward pass loses most of the gradient.
+  assert _zero_fraction(tape.gradient(loss, images)) > 0.5
+  grad = pgd.input_gradient(half, ce, images, labels, None, False)
+  exact = pgd.input_gradient(full, ce, images, labels, None, False)
+  assert _zero_fraction(grad) < 0.01
+  assert np.mean(np.sign(grad) == np.sign(exact)) > 0.9
+  # One FGSM step moves nearly every pixel (only those the [0, 1] clip
+  # holds stay).
+  spec = pgd.AttackSpec(EPS, EPS, 1, "ce", "none", "eval")
+  adv = pgd.perturb(half, spec, images, labels, tf.zeros([16, 2], tf.int64))
+  assert _zero_fraction(adv - images) < 0.01
+
+
+def test_float16_train_mode_gradient_scales_the_whole_batch_alike():
+  half, _, images, labels = _confident_float16_model(3200.0, training=True)
+  ce = losses.LOSSES["ce"]
+  grad = pgd.input_gradient(half, ce, images, labels, None, True)
+  with tf.GradientTape() as tape:
+    tape.watch(images)
+    loss = tf.reduce_sum(ce(half(images, training=True), labels, None))
+  assert _zero_fraction(tape.gradient(loss, images)) > 0.5
+  assert _zero_fraction(grad) < 0.01
+  # Batch statistics couple the examples, so only one factor for the whole
+  # batch keeps every sign: the gradient of the summed loss, times 1 / the
+  # largest entry of its gradient at the logits.
+  with tf.GradientTape() as tape:
+    tape.watch(images)
+    logits = half(images, training=True)
+  with tf.GradientTape() as inner:
+    inner.watch(logits)
+    loss = tf.reduce_sum(ce(logits, labels, None))
+  logits_grad = inner.gradient(loss, logits)
+  scale = 1.0 / tf.reduce_max(tf.abs(logits_grad))
+  expected = tape.gradient(logits, images, output_gradients=logits_grad * scale)
+  np.testing.assert_array_equal(grad, expected)

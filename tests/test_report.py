@@ -65,7 +65,10 @@ def _write_result(folder, dataset, method, metrics, attacks, checks,
               "architecture": "WRN-10-1", "depth": 10, "width": 1,
               "train_flags": {}},
       "eval": {"split": "test", "num_examples": 1000, "epsilon": 0.03,
-               "batch_size": 100, "seed": 0, "sensitivity_inputs": "pgd"},
+               "batch_size": 100, "seed": 0, "sensitivity_inputs": "pgd",
+               "sensitivity_attack": {
+                   "epsilon": 0.03, "step_size": 0.0075, "steps": 10,
+                   "loss": "ce", "start": "uniform", "bn_mode": "eval"}},
       "attacks": attacks, "metrics": metrics, "checks": checks,
       "salience": salience, "time_seconds": 12.5,
       "hardware": {"platform": "Linux", "cpu_count": 2,
@@ -179,7 +182,26 @@ def test_table2_rows_are_methods_and_columns_settings(cli_run):
       "| RLFAT_P | 0.5000 | — |",
       "| RBSAT_P | — | — |",
   ]
-  assert lines[start + 8].startswith("Inputs: pgd images for every model")
+  assert lines[start + 8] == (
+      "Inputs: the PGD-10 output of every image (ε 0.03, step 0.0075), for "
+      "every model. The official code measures on the PGD output of every "
+      "test image, with its training k.")
+
+
+@pytest.mark.parametrize("recorded, words", [
+    ({"sensitivity_inputs": "pgd", "sensitivity_attack": {
+        "epsilon": 0.03, "step_size": 0.0075, "steps": 7}},
+     "the PGD-7 output of every image (ε 0.03, step 0.0075)"),
+    ({"sensitivity_inputs": "pgd"},
+     "PGD examples that keep the clean image of every misclassified example "
+     "(an older evaluation: re-evaluate)"),
+    ({"sensitivity_inputs": "clean", "sensitivity_attack": None},
+     "the clean images"),
+    ({}, "unrecorded images"),
+])
+def test_sensitivity_inputs_say_how_they_were_made(recorded, words):
+  result = report.Result("r.json", {"eval": {"epsilon": 0.03, **recorded}})
+  assert report.sensitivity_inputs(result) == words
 
 
 def test_failed_check_is_loud_in_report_and_stderr(cli_run, results_files):

@@ -120,7 +120,7 @@ def test_zero_epsilon_attack_gives_clean_accuracy_exactly(colour_model):
       colour_model, pgd.PGD(name="zero", display_name="zero",
                             spec=pgd.pgd(0.0, 0.0075, 3, "eval")),
       images, labels, batch_size=10, verbose=0)
-  np.testing.assert_array_equal(out["robust"], out["clean_correct"])
+  np.testing.assert_array_equal(out["robust"], out["attacked"])
   np.testing.assert_array_equal(out["linf"], 0.0)
 
 

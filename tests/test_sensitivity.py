@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from rlfat_tf import sensitivity
+from rlfat_tf.attacks import pgd
 
 SHAPE = (4, 3, 3)
 NUM_CLASSES = 5
@@ -137,3 +138,28 @@ def test_no_settings_give_no_metrics(linear_model):
   assert sensitivity.loss_sensitivity(model, images, np.zeros(2, np.int32),
                                       brightness=(), gamma=(),
                                       verbose=0) == {}
+
+
+def test_attacked_inputs_attack_every_image_misclassified_or_not(
+    linear_model):
+  model, kernel, bias = linear_model
+  rng = np.random.default_rng(6)
+  images = rng.random((7,) + SHAPE).astype(np.float32)
+  labels = rng.integers(0, NUM_CLASSES, 7).astype(np.int32)
+  flat = images.reshape(7, -1).astype(np.float64)
+  logits = flat @ kernel + bias
+  correct = logits.argmax(axis=1) == labels
+  assert correct.any() and not correct.all()
+  # One step of size epsilon from the clean image (FGSM), by hand.
+  eps = 0.05
+  spec = pgd.AttackSpec(eps, eps, 1, "ce", "none", "eval")
+  probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+  probs /= probs.sum(axis=1, keepdims=True)
+  grads = (probs - np.eye(NUM_CLASSES)[labels]) @ kernel.T
+  expected = np.clip(flat + eps * np.sign(grads), 0.0, 1.0).reshape(
+      images.shape)
+  got = sensitivity.attacked_inputs(model, images, labels, spec,
+                                    batch_size=3, verbose=0)
+  np.testing.assert_allclose(got, expected, atol=1e-6)
+  # Misclassified images are attacked too, not kept clean.
+  assert np.all(np.abs(got - images).reshape(7, -1).max(axis=1) > eps / 2)

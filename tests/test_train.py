@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -68,7 +69,7 @@ def test_smoke_config_trains_every_method(method, tmp_path):
   expected = {"train/loss", "train/loss_ce", "train/clean_accuracy",
               "train/adv_accuracy", "train/learning_rate",
               "train/examples_per_second", "val/clean_accuracy",
-              "val/pgd_accuracy"}
+              "val/pgd_ce_accuracy"}
   if "kl" in methods.METHODS[method].terms:
     expected.add("train/loss_kl")
   if "transfer" in methods.METHODS[method].terms:
@@ -83,7 +84,12 @@ def test_smoke_config_trains_every_method(method, tmp_path):
     assert 0.0 <= metrics[key] < 10.0, key
   with open(os.path.join(model_dir, "best.json")) as f:
     best = json.load(f)
-  assert best["criterion"] == "val/pgd_accuracy" and best["step"] in (3, 6)
+  assert best["criterion"] == "val/pgd_ce_accuracy" and best["step"] in (3, 6)
+  # Every method is validated with PGD on CE at the training attack's size.
+  assert best["attack"] == {"epsilon": 0.03, "step_size": 0.0075, "steps": 2,
+                            "loss": "ce", "start": "uniform",
+                            "bn_mode": "eval"}
+  assert best["val/pgd_ce_accuracy"] <= best["val/clean_accuracy"]
 
 
 def test_rerun_with_more_steps_resumes(tmp_path, capsys, monkeypatch):
@@ -162,39 +168,71 @@ def test_learning_rate_must_be_finite(value):
     _parse("--model_dir=unused", f"--learning_rate={value}")
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
-  common = [f"--flagfile={SMOKE}", "--method=rlfat_t", "--deterministic",
-            "--val_size=0", "--train_steps=24", "--steps_per_loop=2",
-            "--checkpoint_every=2", "--keep_checkpoints=30", "--noprogress"]
-  straight = tmp_path / "straight"
-  result = _cli(*common, f"--model_dir={straight}")
-  assert result.returncode == 0, result.stderr
+def _start_training(*argv):
+  return subprocess.Popen(
+      [sys.executable, "-m", "rlfat_tf.train", *argv], env=ENV, cwd=ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-  killed = tmp_path / "killed"
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "rlfat_tf.train", *common,
-       f"--model_dir={killed}"], env=ENV, cwd=ROOT,
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  index = killed / "checkpoints" / "ckpt-4.index"
+
+def _wait_for(path, proc):
   deadline = time.time() + 240
-  while not index.exists() and time.time() < deadline and proc.poll() is None:
+  while not path.exists() and time.time() < deadline and proc.poll() is None:
     time.sleep(0.01)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL
-  final = killed / "checkpoints" / "ckpt-24.index"
-  assert not final.exists(), "the run finished before it could be killed"
 
-  result = _cli(*common, f"--model_dir={killed}")
-  assert result.returncode == 0, result.stderr
-  assert "resuming from" in result.stdout
-  a = _checkpoint_values(str(straight / "checkpoints" / "ckpt-24"), prefix="")
-  b = _checkpoint_values(str(killed / "checkpoints" / "ckpt-24"), prefix="")
+
+def _assert_same_weights(a_dir, b_dir, step):
+  a = _checkpoint_values(str(a_dir / "checkpoints" / f"ckpt-{step}"),
+                         prefix="")
+  b = _checkpoint_values(str(b_dir / "checkpoints" / f"ckpt-{step}"),
+                         prefix="")
   assert set(a) == set(b)
   for key in a:
     if "save_counter" in key:
       continue
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_killed_or_preempted_run_resumes_to_the_same_weights(tmp_path):
+  common = [f"--flagfile={SMOKE}", "--method=rlfat_t", "--deterministic",
+            "--val_size=0", "--train_steps=24", "--steps_per_loop=2",
+            "--checkpoint_every=8", "--keep_checkpoints=30", "--noprogress"]
+  straight = tmp_path / "straight"
+  result = _cli(*common, f"--model_dir={straight}")
+  assert result.returncode == 0, result.stderr
+
+  # SIGKILL at a random moment after the first checkpoint.
+  killed = tmp_path / "killed"
+  proc = _start_training(*common, f"--model_dir={killed}")
+  _wait_for(killed / "checkpoints" / "ckpt-8.index", proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (killed / "checkpoints" / "ckpt-24.index").exists(), (
+      "the run finished before it could be killed")
+  result = _cli(*common, f"--model_dir={killed}")
+  assert result.returncode == 0, result.stderr
+  assert "resuming from" in result.stdout
+  _assert_same_weights(straight, killed, 24)
+
+  # SIGTERM (what schedulers send): a checkpoint at the next loop boundary,
+  # off the checkpoint cadence, then exit 143; the rerun resumes from it.
+  stopped = tmp_path / "stopped"
+  proc = _start_training(*common, f"--model_dir={stopped}")
+  _wait_for(stopped / "checkpoints" / "ckpt-8.index", proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=240)
+  assert proc.returncode == 143, err
+  assert "received SIGTERM" in err
+  step = int(re.search(r"stopped at step (\d+) on SIGTERM", err).group(1))
+  assert 8 <= step < 24
+  assert (stopped / "checkpoints" / f"ckpt-{step}.index").exists()
+  with open(stopped / "metrics.json") as f:
+    assert json.load(f)["step"] == step
+  assert not (stopped / ".lock").exists()
+  result = _cli(*common, f"--model_dir={stopped}")
+  assert result.returncode == 0, result.stderr
+  assert f"(step {step})" in result.stdout
+  _assert_same_weights(straight, stopped, 24)
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -20,9 +20,12 @@ targets have not broken.
 Each attack run on a batch is one ``tf.while_loop`` and the model always runs
 in inference mode (``training=False``): evaluation attacks never touch the
 BatchNorm statistics. Besides the highest-loss point the algorithm tracks,
-the attack remembers the last iterate that was misclassified, and returns it
-for every example it broke: with cross-entropy, the highest-loss point need not
-be the misclassified one.
+the attack keeps the first iterate that was misclassified, and returns it for
+every example it broke: with cross-entropy, the highest-loss point need not
+be the misclassified one. An example stops there: the reference iterates on
+it to the end and returns the last misclassified iterate, but each example's
+path depends on that example alone, so stopping it changes no other example's
+path and no verdict, and the model runs only on the examples still unbroken.
 """
 
 import dataclasses
@@ -184,8 +187,51 @@ def advance(progress, loss, at_checkpoint, stretch, rho):
       best_then=tf.where(at_checkpoint, best, progress.best_then)), halve
 
 
+class _Iterating(NamedTuple):
+  """The examples an APGD run still iterates on, and their state, all [A, ...].
+
+  Attributes:
+    rows: each example's row in the batch.
+    images, labels, targets: its clean image, label and target class (the
+      untargeted losses ignore the target).
+    x_prev, x_cur, g_cur: the previous and current iterate and the gradient
+      at the current one.
+    x_max, g_max: the highest-loss point and the gradient there.
+    eta: the step size.
+    progress: the ``Progress`` of the step-size rule.
+  """
+  rows: tf.Tensor
+  images: tf.Tensor
+  labels: tf.Tensor
+  targets: tf.Tensor
+  x_prev: tf.Tensor
+  x_cur: tf.Tensor
+  g_cur: tf.Tensor
+  x_max: tf.Tensor
+  g_max: tf.Tensor
+  eta: tf.Tensor
+  progress: Progress
+
+
+def _keep(state, keep):
+  """The examples of ``state`` where ``keep`` holds.
+
+  In a graph the result's batch size is unknown, so the loop that shrinks the
+  state keeps one shape from its first iteration on.
+  """
+  return tf.nest.map_structure(lambda t: tf.boolean_mask(t, keep), state)
+
+
 def _run(model, spec, images, labels, seeds, targets):
   """One APGD run from one random start.
+
+  An example stops at its first misclassified iterate, which is its result:
+  the reference iterates on it to the end and returns its last misclassified
+  iterate instead, but every per-example quantity (iterate, gradient, step
+  size, the step-size rule's bookkeeping) depends on that example alone, so
+  the others follow the same path either way, and an example is broken in
+  both or in neither. The model runs only on the examples not yet broken, and
+  not at all once none is left.
 
   Args:
     model: a Keras model mapping images to logits.
@@ -196,22 +242,23 @@ def _run(model, spec, images, labels, seeds, targets):
     targets: int [B] target classes for "dlr_targeted", else None.
 
   Returns:
-    The highest-loss point [B, H, W, C], its loss [B], whether some
-    iterate was misclassified [B], and the last such iterate [B, H, W, C].
+    Per example, its first misclassified iterate if some iterate was
+    misclassified, else the highest-loss point [B, H, W, C]; the highest
+    loss up to that point [B]; and whether some iterate was misclassified
+    [B].
   """
   eps = spec.epsilon
-  if spec.loss == "dlr_targeted":
-    loss_fn = lambda logits: losses.dlr_targeted_loss(logits, labels,
-                                                       targets)
-  else:
-    loss_fn = lambda logits: losses.LOSSES[spec.loss](logits, labels, None)
+  loss_fn = (losses.dlr_targeted_loss if spec.loss == "dlr_targeted"
+             else losses.LOSSES[spec.loss])
+  if targets is None:
+    targets = tf.zeros_like(labels)
   is_checkpoint, stretch = schedule(spec.steps)
 
-  def evaluate(x):
+  def evaluate(x, labels, targets):
     with tf.GradientTape() as tape:
       tape.watch(x)
       logits = model(x, training=False)
-      loss = loss_fn(logits)
+      loss = loss_fn(logits, labels, targets)
       total = tf.reduce_sum(loss)
     grad = tape.gradient(total, x)
     wrong = tf.not_equal(tf.argmax(logits, -1, output_type=labels.dtype),
@@ -219,34 +266,51 @@ def _run(model, spec, images, labels, seeds, targets):
     return loss, grad, wrong
 
   x0 = pgd.sphere_start(images, seeds, eps)
-  f0, g0, found = evaluate(x0)
+  f0, g0, found = evaluate(x0, labels, targets)
+  adv, best = x0, f0
   eta = tf.fill(tf.shape(labels), tf.cast(spec.initial_step * eps,
                                           images.dtype))
-  progress = start_progress(f0)
-  x_max, g_max, x_found = x0, g0, x0
-  x_prev, x_cur, g_cur = x0, x0, g0
+  state = _keep(_Iterating(
+      rows=tf.range(tf.shape(labels)[0]), images=images, labels=labels,
+      targets=targets, x_prev=x0, x_cur=x0, g_cur=g0, x_max=x0, g_max=g0,
+      eta=eta, progress=start_progress(f0)), tf.logical_not(found))
 
   for i in tf.range(spec.steps):
+    # The model cannot run on an empty batch (convolutions fail on it).
+    if tf.equal(tf.size(state.rows), 0):
+      break
     # The first step has no momentum (the reference's a = 1 at i = 0).
     alpha = tf.where(i > 0, spec.momentum, 1.0)
-    z = pgd.project(x_cur + eta[:, None, None, None] * tf.sign(g_cur),
-                        images, eps)
+    x_cur, x_prev = state.x_cur, state.x_prev
+    z = pgd.project(
+        x_cur + state.eta[:, None, None, None] * tf.sign(state.g_cur),
+        state.images, eps)
     x_next = pgd.project(
         x_cur + alpha * (z - x_cur) + (1.0 - alpha) * (x_cur - x_prev),
-        images, eps)
-    f_next, g_next, wrong = evaluate(x_next)
-    x_found = pgd.select(wrong, x_next, x_found)
-    found |= wrong
-    better = f_next > progress.best
-    x_max = pgd.select(better, x_next, x_max)
-    g_max = pgd.select(better, g_next, g_max)
-    progress, halve = advance(progress, f_next, is_checkpoint[i + 1],
+        state.images, eps)
+    f_next, g_next, wrong = evaluate(x_next, state.labels, state.targets)
+    better = f_next > state.progress.best
+    x_max = pgd.select(better, x_next, state.x_max)
+    g_max = pgd.select(better, g_next, state.g_max)
+    progress, halve = advance(state.progress, f_next, is_checkpoint[i + 1],
                               stretch[i + 1], spec.rho)
-    eta = tf.where(halve, eta / 2.0, eta)
-    x_prev, x_cur = x_cur, pgd.select(halve, x_max, x_next)
-    g_cur = pgd.select(halve, g_max, g_next)
+    rows = tf.boolean_mask(state.rows, wrong)[:, None]
+    adv = tf.tensor_scatter_nd_update(adv, rows,
+                                      tf.boolean_mask(x_next, wrong))
+    best = tf.tensor_scatter_nd_update(best, rows,
+                                       tf.boolean_mask(progress.best, wrong))
+    found = tf.tensor_scatter_nd_update(found, rows,
+                                        tf.ones_like(rows[:, 0], tf.bool))
+    state = _keep(state._replace(
+        x_prev=x_cur, x_cur=pgd.select(halve, x_max, x_next),
+        g_cur=pgd.select(halve, g_max, g_next), x_max=x_max, g_max=g_max,
+        eta=tf.where(halve, state.eta / 2.0, state.eta), progress=progress),
+                  tf.logical_not(wrong))
 
-  return x_max, progress.best, found, x_found
+  rows = state.rows[:, None]
+  adv = tf.tensor_scatter_nd_update(adv, rows, state.x_max)
+  best = tf.tensor_scatter_nd_update(best, rows, state.progress.best)
+  return adv, best, found
 
 
 def _targeted(model, spec, images, labels, seeds):
@@ -273,13 +337,11 @@ def _targeted(model, spec, images, labels, seeds):
     def attack(adv, best, broken):
       todo = tf.where(tf.logical_not(broken))
       pick = lambda t: tf.gather_nd(t, todo)
-      x_max, f_max, found, x_found = _run(
+      x, f_max, found = _run(
           model, spec, pick(images), pick(labels),
           pick(pgd.restart_seeds(seeds, j)), pick(ranked[:, j + 1]))
       # Unbroken examples keep the highest-loss point over all targets.
-      better = f_max > pick(best)
-      kept = pgd.select(found, x_found,
-                        pgd.select(better, x_max, pick(adv)))
+      kept = pgd.select(found | (f_max > pick(best)), x, pick(adv))
       return (tf.tensor_scatter_nd_update(adv, todo, kept),
               tf.tensor_scatter_nd_update(best, todo,
                                           tf.maximum(f_max, pick(best))),
@@ -306,10 +368,11 @@ def perturb(model, spec, images, labels, seeds):
 
   Returns:
     [B, H, W, C] adversarial examples within ``spec.epsilon`` of ``images``
-    and inside [0, 1], gradients stopped: for each example the last
+    and inside [0, 1], gradients stopped: for each example the first
     misclassified iterate if there was one, otherwise the highest-loss point.
     APGD-T returns the clean image where the model already misclassifies it,
-    and otherwise the highest-loss point over all targets.
+    else the first misclassified iterate of the target that broke it, else
+    the highest-loss point over all targets.
 
   Raises:
     errors.UserError: APGD-T on a model with fewer than 4 classes, or with
@@ -318,8 +381,8 @@ def perturb(model, spec, images, labels, seeds):
   images = tf.stop_gradient(images)
   if spec.loss == "dlr_targeted":
     return tf.stop_gradient(_targeted(model, spec, images, labels, seeds))
-  x_max, _, found, x_found = _run(model, spec, images, labels, seeds, None)
-  return tf.stop_gradient(pgd.select(found, x_found, x_max))
+  adv, _, _ = _run(model, spec, images, labels, seeds, None)
+  return tf.stop_gradient(adv)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

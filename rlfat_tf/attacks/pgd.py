@@ -14,6 +14,7 @@ how a batch is split across replicas, and a resumed run repeats it exactly.
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 from rlfat_tf.attacks import base
@@ -54,6 +55,16 @@ class AttackSpec:
       raise ValueError(f"unknown attack start {self.start!r}")
     if self.bn_mode not in BN_MODES:
       raise ValueError(f"unknown BatchNorm mode {self.bn_mode!r}")
+
+  def record(self):
+    """The spec as results files record it (JSON values).
+
+    ``start_scale`` only when the start reads it.
+    """
+    out = dataclasses.asdict(self)
+    if self.start != "normal":
+      del out["start_scale"]
+    return out
 
 
 def pgd(epsilon, step_size, steps, bn_mode):
@@ -213,13 +224,58 @@ def perturb(model, spec, images, labels, seeds, unroll=False):
     clean_logits = tf.stop_gradient(model(images, training=training))
   adv = random_start(spec, images, seeds)
   for _ in range(spec.steps) if unroll else tf.range(spec.steps):
+    grad = input_gradient(model, loss_fn, adv, labels, clean_logits,
+                          training)
+    adv = project(adv + spec.step_size * tf.sign(grad), images, spec.epsilon)
+  return tf.stop_gradient(adv)
+
+
+def input_gradient(model, loss_fn, adv, labels, clean_logits, training):
+  """The input gradient of an attack's loss, summed over the batch.
+
+  Under a float16 model (``mixed_float16``) the backward pass runs in
+  float16, whose smallest positive value is 6e-8: on a confident model the
+  gradient of the loss at the logits is about as small, and most of the
+  input gradient underflows to exactly zero, so ``sign`` stops the attack.
+  There the gradient at the (float32) logits is rescaled before it enters
+  the float16 layers, so that its largest entry is 1 (each example's own in
+  BatchNorm eval mode, where an example's input gradient depends on its loss
+  alone; the batch's in train mode, where batch statistics couple the
+  examples and only a common factor keeps every sign). A positive factor
+  leaves the sign of the gradient unchanged. Other models take the plain
+  gradient of the summed loss.
+
+  Args:
+    model: a Keras model mapping images to float32 logits.
+    loss_fn: a value of ``losses.LOSSES``.
+    adv: [B, H, W, C] float32 points to differentiate at.
+    labels: int [B] true labels.
+    clean_logits: logits of the clean images, or None (see ``loss_fn``).
+    training: the model's ``training`` argument (the BatchNorm mode).
+
+  Returns:
+    [B, H, W, C] float32 gradient, or a positive multiple of it.
+  """
+  if getattr(model, "compute_dtype", None) != "float16":
     with tf.GradientTape() as tape:
       tape.watch(adv)
       loss = tf.reduce_sum(loss_fn(model(adv, training=training), labels,
                                    clean_logits))
-    grad = tape.gradient(loss, adv)
-    adv = project(adv + spec.step_size * tf.sign(grad), images, spec.epsilon)
-  return tf.stop_gradient(adv)
+    return tape.gradient(loss, adv)
+  with tf.GradientTape() as tape:
+    tape.watch(adv)
+    logits = model(adv, training=training)
+  with tf.GradientTape() as logits_tape:
+    logits_tape.watch(logits)
+    loss = tf.reduce_sum(loss_fn(logits, labels, clean_logits))
+  logits_grad = logits_tape.gradient(loss, logits)
+  axis = None if training else list(range(1, len(logits_grad.shape)))
+  largest = tf.reduce_max(tf.abs(logits_grad), axis=axis, keepdims=True)
+  # A gradient at the logits below float32's smallest normal number (or
+  # exactly zero) is left as it is: its reciprocal would overflow.
+  tiny = np.finfo(logits_grad.dtype.as_numpy_dtype).tiny
+  scale = tf.where(largest > tiny, 1.0 / tf.maximum(largest, tiny), 1.0)
+  return tape.gradient(logits, adv, output_gradients=logits_grad * scale)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
