@@ -3,10 +3,12 @@
 One py_library per module of rlfat_tf/ and one per package in it (e.g.
 rlfat_tf/datasets/, a glob of its files; deps: the project modules and
 packages it imports), one py_binary per command-line entry point, one py_test per test
-module. Third-party packages (TensorFlow, Keras, ...) come from the Python
+module, tagged with the bare markers of the module's ``pytestmark`` (those
+tagged bazel_ci run under `bazel test` in CI). Third-party packages (TensorFlow, Keras, ...) come from the Python
 environment that requirements.txt sets up, not from Bazel.
 
-Run after adding a module, an import between modules or a test:
+Run after adding a module, an import between modules, a test or a test
+module's marker:
 
   python scripts/write_build.py
 
@@ -20,18 +22,18 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ("train", "evaluate", "export", "report", "benchmark",
                 "edge_eval", "evalbench_art")
-# Tests fast enough to run under `bazel test` in CI as well as under pytest.
-BAZEL_CI_TESTS = ("test_build", "test_flagfiles", "test_models",
-                  "test_methods", "test_rbs")
+# The pytest marker of a test module fast and self-contained enough to run
+# under `bazel test` in CI as well as under pytest (registered in pytest.ini).
+BAZEL_CI = "bazel_ci"
 # Extra runtime files a module reads.
 LIBRARY_DATA = {"datasets": 'glob(["rlfat_tf/assets/**"])'}
 TEST_DATA = {
-    "test_build": ('["BUILD"] + glob(["rlfat_tf/*.py", "rlfat_tf/*/*.py", '
-                   '"tests/*.py", "scripts/*.py"])'),
+    "test_build": ('["BUILD", "pytest.ini"] + glob(["rlfat_tf/*.py", '
+                   '"rlfat_tf/*/*.py", "tests/*.py", "scripts/*.py"])'),
 }
-DEFAULT_TEST_DATA = ('["tests/conftest.py", "tests/pytest_main.py"] + '
-                     'glob(["flags/**/*.cfg", "tests/*_worker.py", '
-                     '"scripts/*.sh"])')
+DEFAULT_TEST_DATA = ('["pytest.ini", "tests/conftest.py", "tests/helpers.py", '
+                     '"tests/pytest_main.py"] + glob(["flags/**/*.cfg", '
+                     '"tests/*_worker.py", "scripts/*.sh"])')
 
 
 def project_imports(path):
@@ -46,6 +48,47 @@ def project_imports(path):
     elif isinstance(node, ast.Import):
       found.update(a.name.split(".")[1] for a in node.names
                    if a.name.startswith("rlfat_tf."))
+  return sorted(found)
+
+
+def _marker_name(node):
+  """NAME of a bare ``pytest.mark.NAME`` expression, else None."""
+  if (isinstance(node, ast.Attribute)
+      and isinstance(node.value, ast.Attribute) and node.value.attr == "mark"
+      and isinstance(node.value.value, ast.Name)
+      and node.value.value.id == "pytest"):
+    return node.attr
+  return None
+
+
+def module_markers(path):
+  """Sorted names of the bare markers in a test module's ``pytestmark``.
+
+  ``pytestmark = pytest.mark.NAME`` or a list or tuple of them; a marker with
+  arguments (``pytest.mark.skipif(...)``) is no Bazel tag and is left out.
+
+  Raises:
+    ValueError: ``pytest.mark.bazel_ci`` on a test function or class: Bazel
+      runs whole modules, so it belongs in the module's ``pytestmark``.
+  """
+  tree = ast.parse(path.read_text())
+  found = set()
+  for node in tree.body:
+    if (isinstance(node, ast.Assign) and
+        any(isinstance(t, ast.Name) and t.id == "pytestmark"
+            for t in node.targets)):
+      values = (node.value.elts
+                if isinstance(node.value, (ast.List, ast.Tuple))
+                else [node.value])
+      found.update(filter(None, map(_marker_name, values)))
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+      for decorator in node.decorator_list:
+        if _marker_name(decorator) == BAZEL_CI:
+          raise ValueError(
+              f"{path.name}:{decorator.lineno}: pytest.mark.{BAZEL_CI} on "
+              f"{node.name}: Bazel runs whole modules; set pytestmark = "
+              f"pytest.mark.{BAZEL_CI} at the module's top instead")
   return sorted(found)
 
 
@@ -106,7 +149,8 @@ def render():
                    f'    deps = {_deps([name])},\n)')]
   for path in sorted((ROOT / "tests").glob("test_*.py")):
     name = path.stem
-    tags = '\n    tags = ["bazel_ci"],' if name in BAZEL_CI_TESTS else ""
+    markers = module_markers(path)
+    tags = f"\n    tags = {_list(markers)}," if markers else ""
     out += ["", (f'py_test(\n    name = "{name}",\n'
                  f'    size = "large",\n'
                  f'    srcs = ["tests/pytest_main.py", "tests/{name}.py"],\n'

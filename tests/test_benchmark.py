@@ -1,8 +1,6 @@
 """Tests of the benchmark's counting and of its output (not of any speed)."""
 
 import json
-import os
-import pathlib
 import subprocess
 import sys
 
@@ -17,9 +15,9 @@ from rlfat_tf import data
 from rlfat_tf import models
 from rlfat_tf import trainer
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-           PYTHONPATH=str(ROOT))
+from helpers import ENV
+from helpers import ROOT
+
 
 # A loop running a 3x3 convolution of a [2,8,8,4] input to 5 features 7
 # times, then a [2,4] x [4,3] product, and a conditional with one free and

@@ -2,12 +2,15 @@
 test has a target, and every target depends on the project modules it
 imports."""
 
+import configparser
 import importlib.util
-import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
+pytestmark = pytest.mark.bazel_ci
+
 _SPEC = importlib.util.spec_from_file_location(
     "write_build", ROOT / "scripts" / "write_build.py")
 write_build = importlib.util.module_from_spec(_SPEC)
@@ -83,6 +86,45 @@ def test_every_test_module_has_a_py_test(targets):
     assert _deps(target) == set(write_build.project_imports(path))
 
 
-def test_fast_tests_are_tagged_for_bazel_in_ci(targets):
+def test_fast_tests_are_tagged_for_bazel_in_ci_by_their_marker(targets):
   tagged = {n for n, t in targets.items() if "bazel_ci" in t.get("tags", [])}
-  assert tagged == set(write_build.BAZEL_CI_TESTS)
+  # Read from each module's text, apart from write_build's parser.
+  marked = {p.stem for p in (ROOT / "tests").glob("test_*.py")
+            if "\npytestmark = pytest.mark.bazel_ci\n" in p.read_text()}
+  assert tagged == marked and "test_build" in tagged
+
+
+def test_every_module_marker_is_registered_in_pytest_ini():
+  parser = configparser.ConfigParser()
+  parser.read(ROOT / "pytest.ini")
+  registered = {line.split(":")[0].strip()
+                for line in parser["pytest"]["markers"].splitlines()
+                if line.strip()}
+  used = {m for p in (ROOT / "tests").glob("test_*.py")
+          for m in write_build.module_markers(p)}
+  assert write_build.BAZEL_CI in used and used <= registered
+  assert "--strict-markers" in parser["pytest"]["addopts"]
+
+
+@pytest.mark.parametrize("source, markers", [
+    ("pytestmark = pytest.mark.bazel_ci\n", ["bazel_ci"]),
+    ("pytestmark = [pytest.mark.slow, pytest.mark.bazel_ci]\n",
+     ["bazel_ci", "slow"]),
+    ("pytestmark = (pytest.mark.skipif(True, reason='x'),)\n", []),
+    ("def f():\n  pytestmark = pytest.mark.bazel_ci\n", []),
+    ("@pytest.mark.slow\ndef test_a():\n  pass\n", []),
+])
+def test_module_markers_are_the_bare_ones_of_pytestmark(source, markers,
+                                                        tmp_path):
+  path = tmp_path / "test_x.py"
+  path.write_text(source)
+  assert write_build.module_markers(path) == markers
+
+
+def test_bazel_ci_on_a_test_function_is_refused(tmp_path):
+  path = tmp_path / "test_x.py"
+  path.write_text("import pytest\n\n\n@pytest.mark.bazel_ci\n"
+                  "def test_a():\n  pass\n")
+  with pytest.raises(ValueError, match=r"test_x.py:4: pytest.mark.bazel_ci "
+                     r"on test_a: Bazel runs whole modules"):
+    write_build.module_markers(path)

@@ -1,7 +1,6 @@
 """Tests of rlfat_tf.cli: every command's exit status and error line."""
 
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -10,10 +9,8 @@ import pytest
 from rlfat_tf import cli
 from rlfat_tf import errors
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = dict({k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
-           TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-           PYTHONPATH=str(ROOT))
+from helpers import ENV
+from helpers import ROOT
 
 
 def _exit(capsys, main, *args):

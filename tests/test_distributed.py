@@ -8,8 +8,6 @@ multi-worker tests, one process per worker on 127.0.0.1.
 
 import json
 import os
-import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -18,11 +16,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "flags" / "smoke.cfg")
+import helpers
+from helpers import ENV
+from helpers import ROOT
+from helpers import SMOKE
+
 WORKER = str(ROOT / "tests" / "train_worker.py")
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-           PYTHONPATH=str(ROOT))
 TIMEOUT = 240
 
 # A few steps of rlfat_p, whose per-batch RBS must be the same on every
@@ -34,27 +33,10 @@ MULTI_WORKER_FLAGS = [
     "--noprogress"]
 
 
-def _model_values(path):
-  """Model variables of a checkpoint, by name."""
-  reader = tf.train.load_checkpoint(path)
-  return {k: reader.get_tensor(k)
-          for k, dtype in reader.get_variable_to_dtype_map().items()
-          if k.startswith("model/") and dtype != tf.variant}
-
-
-def _free_ports(n):
-  sockets = [socket.socket() for _ in range(n)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 def _start_workers(model_dir, out_dir, extra=()):
   """Starts a two-worker cluster; returns the processes and their logs."""
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+  ports = helpers.free_ports(2)
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   procs = []
   for index in range(2):
     env = dict(ENV, TF_CONFIG=json.dumps(
@@ -121,9 +103,8 @@ def test_sync_batch_norm_step_matches_the_single_device_step(tmp_path):
       assert proc.returncode == 0, f"{name}: {err}"
   finally:
     _kill(procs.values())
-  values = {name: _model_values(str(tmp_path / name / "checkpoints" /
-                                    "ckpt-1"))
-            for name in runs}
+  values = {name: helpers.checkpoint_values(
+      str(tmp_path / name / "checkpoints" / "ckpt-1")) for name in runs}
   single, sync, split = values["single"], values["sync"], values["split"]
   assert set(single) == set(sync) == set(split)
   # Weights and BatchNorm moving statistics, which only agree when the
@@ -199,7 +180,9 @@ def test_killed_worker_resumes_from_the_chiefs_checkpoint(uninterrupted,
     for key in reference:
       np.testing.assert_array_equal(weights[key], reference[key],
                                     err_msg=key)
-  final = _model_values(str(model_dir / "checkpoints" / "ckpt-12"))
-  expected = _model_values(str(reference_run / "checkpoints" / "ckpt-12"))
+  final = helpers.checkpoint_values(
+      str(model_dir / "checkpoints" / "ckpt-12"))
+  expected = helpers.checkpoint_values(
+      str(reference_run / "checkpoints" / "ckpt-12"))
   for key in expected:
     np.testing.assert_array_equal(final[key], expected[key], err_msg=key)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,8 @@ from rlfat_tf import edge_eval
 from rlfat_tf import models
 from rlfat_tf import tflite
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 SIZE, CLASSES, EXAMPLES = 16, 10, 40
 
 

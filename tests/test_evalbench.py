@@ -9,7 +9,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import pathlib
 import sys
 
 from absl import flags
@@ -28,9 +27,9 @@ from rlfat_tf import runs
 from rlfat_tf import serving
 from rlfat_tf import train
 
+from helpers import SMOKE
+
 EPS = 0.03
-SMOKE = str(pathlib.Path(__file__).resolve().parents[1] / "flags"
-            / "smoke.cfg")
 STEPS = 5
 ART_PYTHON = os.environ.get("RLFAT_ART_PYTHON", evalbench.DEFAULT_ART_PYTHON)
 needs_art = pytest.mark.skipif(

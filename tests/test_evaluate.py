@@ -2,7 +2,7 @@
 
 import json
 import os
-import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -17,14 +17,12 @@ from rlfat_tf import evaluate
 from rlfat_tf import runs
 from rlfat_tf import saliency
 from rlfat_tf import sensitivity
-from rlfat_tf import train
 from rlfat_tf import trainer
 from rlfat_tf.attacks import pgd
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "flags" / "smoke.cfg")
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-           PYTHONPATH=str(ROOT))
+from helpers import ENV
+from helpers import ROOT
+
 # Every stage, at a size that runs in seconds.
 SMALL = ("--num_examples=40", "--batch_size=20", "--pgd_steps=3",
          "--apgd_steps=4", "--apgd_targets=2", "--fab_steps=2",
@@ -35,13 +33,12 @@ SMALL = ("--num_examples=40", "--batch_size=20", "--pgd_steps=3",
 AUTOATTACK = ("apgd_ce", "apgd_t", "fab_t", "square")
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-  """A WRN-10-1 trained for 6 steps, checkpoints at steps 3 and 6."""
-  model_dir = str(tmp_path_factory.mktemp("smoke"))
-  train.run(*train.values_from_argv(
-      ["train", f"--flagfile={SMOKE}", f"--model_dir={model_dir}",
-       "--noprogress"]))
+@pytest.fixture(scope="module", name="smoke_run")
+def _smoke_run_copy(smoke_run, tmp_path_factory):
+  """The session's smoke run (checkpoints at steps 3 and 6), copied: --watch
+  writes its history into the run folder."""
+  model_dir = str(tmp_path_factory.mktemp("evaluate") / "smoke")
+  shutil.copytree(smoke_run, model_dir)
   return model_dir
 
 

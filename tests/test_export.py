@@ -25,10 +25,8 @@ from rlfat_tf import export
 from rlfat_tf import runs
 from rlfat_tf import tflite
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "flags" / "smoke.cfg")
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-           PYTHONPATH=str(ROOT))
+import helpers
+
 MODEL_NAME = "cifar10_sample_rlfat_p"
 EVAL_EXAMPLES = 200
 EPSILON = 0.03
@@ -46,19 +44,10 @@ EPSILON = 0.03
 INT8_MIN_AGREEMENT = 0.9
 
 
-def _cli(module, *argv):
-  return subprocess.run([sys.executable, "-m", module, *argv],
-                        capture_output=True, text=True, env=ENV, cwd=ROOT,
-                        timeout=600, check=False)
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("run"))
-  result = _cli("rlfat_tf.train", f"--flagfile={SMOKE}",
-                f"--model_dir={path}", "--noprogress")
-  assert result.returncode == 0, result.stderr[-2000:]
-  return path
+def run_dir(smoke_run):
+  """The session's smoke run, which exporting only reads."""
+  return str(smoke_run)
 
 
 def _parse(*argv):
@@ -171,11 +160,11 @@ def test_saved_model_cli_runs_the_version_folder_with_extra_files(
       str(exported["version"] / export.EDGE_DIR / export.EVAL_SET_FILE))
   np.save(tmp_path / "images.npy",
           eval_set["clean_images"][:20].astype(np.float32) / 255)
-  result = _cli("tensorflow.python.tools.saved_model_cli", "run", "--dir",
-                str(exported["version"]), "--tag_set", "serve",
-                "--signature_def", "serving_default", "--inputs",
-                f"images={tmp_path / 'images.npy'}", "--outdir",
-                str(tmp_path / "out"))
+  result = helpers.run_module(
+      "tensorflow.python.tools.saved_model_cli", "run", "--dir",
+      str(exported["version"]), "--tag_set", "serve", "--signature_def",
+      "serving_default", "--inputs", f"images={tmp_path / 'images.npy'}",
+      "--outdir", str(tmp_path / "out"))
   assert result.returncode == 0, result.stderr[-2000:]
   np.testing.assert_allclose(np.load(tmp_path / "out" / "logits.npy"),
                              eval_set["clean_logits"][:20], atol=1e-5)
@@ -252,8 +241,8 @@ def test_bad_arguments_are_user_errors(run_dir, tmp_path):
 
 
 def test_cli_error_is_one_line_and_exit_2(tmp_path):
-  result = _cli("rlfat_tf.export", f"--model_dir={tmp_path}",
-                f"--export_dir={tmp_path / 'out'}")
+  result = helpers.run_module("rlfat_tf.export", f"--model_dir={tmp_path}",
+                              f"--export_dir={tmp_path / 'out'}")
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and "holds no training run" in last

@@ -1,17 +1,16 @@
 """Fault injection: each command, run as a user would, on a damaged run
 folder or an unusable path, ends in one line and loses or half-writes nothing.
 
-One smoke run (checkpoints at steps 3 and 6) is trained once; each test damages
-a copy of it. Running as root, chmod cannot make a folder unwritable, so an
-unwritable path is one under a regular file (NotADirectoryError) or under
-/proc, where no file can be made.
+The session's smoke run (conftest.py; checkpoints at steps 3 and 6) is trained
+once; each test damages a copy of it (``run_copy``). Running as root, chmod
+cannot make a folder unwritable, so an unwritable path is one under a regular
+file (NotADirectoryError) or under /proc, where no file can be made.
 """
 
 import filecmp
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,11 +23,11 @@ from rlfat_tf import errors
 from rlfat_tf import train
 from rlfat_tf import trainer
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "flags" / "smoke.cfg")
-ENV = dict({k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
-           TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-           PYTHONPATH=str(ROOT))
+import helpers
+from helpers import ENV
+from helpers import ROOT
+from helpers import SMOKE
+
 # The cheapest evaluation that still attacks: 20 images, PGD-2, nothing else.
 EVAL = ("--num_examples=20", "--batch_size=20", "--attacks=pgd",
         "--pgd_steps=2", "--nochecks", "--brightness=", "--gamma=",
@@ -39,10 +38,8 @@ PREVIOUS = "checkpoints/ckpt-3"
 DATA = ".data-00000-of-00001"
 
 
-def _cli(command, *argv, **kwargs):
-  return subprocess.run([sys.executable, "-m", f"rlfat_tf.{command}", *argv],
-                        capture_output=True, text=True, env=ENV, cwd=ROOT,
-                        timeout=900, check=False, **kwargs)
+def _cli(command, *argv):
+  return helpers.run_module(f"rlfat_tf.{command}", *argv, timeout=900)
 
 
 def _error_line(proc):
@@ -63,24 +60,6 @@ def _listing(folder):
   """Every file under ``folder`` with its size, to compare before and after."""
   return {str(p.relative_to(folder)): p.stat().st_size
           for p in pathlib.Path(folder).rglob("*") if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-  """A WRN-10-1 trained for 6 steps: checkpoints at steps 3 and 6."""
-  path = tmp_path_factory.mktemp("faults") / "smoke"
-  proc = _cli("train", f"--flagfile={SMOKE}", f"--model_dir={path}",
-              "--noprogress")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return path
-
-
-@pytest.fixture
-def run_copy(smoke_run, tmp_path):
-  """A fresh copy of the smoke run that a test may damage."""
-  path = tmp_path / "run"
-  shutil.copytree(smoke_run, path)
-  return path
 
 
 def _truncate(path):

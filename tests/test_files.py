@@ -11,7 +11,7 @@ import pytest
 from rlfat_tf import errors
 from rlfat_tf import files
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 def test_writes_replace_the_file_and_leave_no_temporary(tmp_path):

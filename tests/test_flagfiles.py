@@ -15,7 +15,10 @@ import pytest
 
 from rlfat_tf import train
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
+pytestmark = pytest.mark.bazel_ci
+
 FLAGS_DIR = ROOT / "flags"
 
 # The official recipe, from /work/shared/notes/rlfat-facts.md (sections 1 and

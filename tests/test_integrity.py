@@ -4,7 +4,6 @@ The checks' attacks run in ``robustness.evaluate``; tests/test_robustness.py
 breaks those attacks and sees the checks fail end to end.
 """
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -12,28 +11,9 @@ from rlfat_tf import integrity
 from rlfat_tf import models
 from rlfat_tf.attacks import pgd
 
+import helpers
+
 EPS = 0.03
-
-
-def _colour_model(scale=20.0, stage=None):
-  """Logit c is ``scale`` times channel c's mean, after an input ``stage``."""
-  inputs = keras.Input((4, 4, 3))
-  x = inputs if stage is None else keras.layers.Lambda(stage)(inputs)
-  mean = keras.layers.GlobalAveragePooling2D()(x)
-  logits = keras.layers.Dense(
-      3, kernel_initializer=keras.initializers.Constant(scale * np.eye(3)),
-      use_bias=False)(mean)
-  return keras.Model(inputs, logits)
-
-
-def _colour_data(num):
-  """Grey images with the true class's channel raised by 0.005 .. 0.08."""
-  rng = np.random.default_rng(0)
-  labels = rng.integers(0, 3, num).astype(np.int32)
-  colours = np.full((num, 3), 0.5, np.float32)
-  colours[np.arange(num), labels] += rng.uniform(0.005, 0.08, num)
-  return np.broadcast_to(colours[:, None, None, :], (num, 4, 4, 3)).copy(), \
-      labels
 
 
 def test_noise_tolerance_is_half_a_percent_or_one_image():
@@ -157,9 +137,9 @@ def test_logits_check():
 
 
 def test_healthy_models_have_no_zero_gradient_entries():
-  images, labels = _colour_data(8)
-  assert integrity.zero_gradient_fraction(_colour_model(), images, labels,
-                                          batch_size=8) == 0.0
+  images, labels = helpers.colour_data(8)
+  assert integrity.zero_gradient_fraction(
+      helpers.colour_model(), images, labels, batch_size=8) == 0.0
   model = models.wide_resnet(10, 1, 3, (8, 8, 3))
   images = tf.random.stateless_uniform([6, 8, 8, 3], [0, 1]).numpy()
   fraction = integrity.zero_gradient_fraction(
@@ -170,9 +150,9 @@ def test_healthy_models_have_no_zero_gradient_entries():
 
 
 def test_masked_gradients_fail_the_check():
-  images, labels = _colour_data(16)
+  images, labels = helpers.colour_data(16)
   # An 8-bit rounding stage behind stop_gradient: no gradient at all.
-  rounding = _colour_model(
+  rounding = helpers.colour_model(
       stage=lambda x: tf.stop_gradient(tf.round(x * 255.0) / 255.0))
   assert integrity.zero_gradient_fraction(rounding, images, labels, 16) == 1.0
   # Logits 1e4 times larger: margins of 50 .. 800 saturate the softmax. The
@@ -180,8 +160,8 @@ def test_masked_gradients_fail_the_check():
   # (p_y rounds to 1 in float32) and for every class once exp(-margin)
   # underflows (gaps above about 0.01): at least 1/3 of each image, all of
   # most images.
-  saturated = integrity.zero_gradient_fraction(_colour_model(scale=1e4),
-                                               images, labels, 16)
+  saturated = integrity.zero_gradient_fraction(
+      helpers.colour_model(scale=1e4), images, labels, 16)
   gaps = images[:, 0, 0, :].max(-1) - 0.5
   assert saturated >= np.mean(gaps > 0.011) > 0.8
   failed = integrity.check_gradients(saturated, 16)

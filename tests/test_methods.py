@@ -8,6 +8,8 @@ from rlfat_tf import errors
 from rlfat_tf import methods
 from rlfat_tf.attacks import pgd
 
+pytestmark = pytest.mark.bazel_ci
+
 LABELS = np.array([0, 2, 1])
 CLEAN = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [-0.5, 1.5, 0.0]])
 ADV = np.array([[0.5, 1.0, 0.0], [1.0, 0.0, 0.5], [0.3, 0.2, 0.1]])

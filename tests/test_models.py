@@ -7,6 +7,8 @@ import tensorflow as tf
 
 from rlfat_tf import models
 
+pytestmark = pytest.mark.bazel_ci
+
 
 def _expected_params(depth, width, num_classes, channels=3):
   """Parameter count of the Madry WRN, from its structure alone.

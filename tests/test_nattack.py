@@ -1,6 +1,5 @@
 """Tests of the N attack on a hand-built colour classifier."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,6 +8,8 @@ from rlfat_tf import attacks
 from rlfat_tf import robustness
 from rlfat_tf.attacks import nattack
 
+import helpers
+
 EPS = 0.03
 SMALL = nattack.NAttackSpec(epsilon=EPS, population=20, iterations=60)
 
@@ -16,12 +17,7 @@ SMALL = nattack.NAttackSpec(epsilon=EPS, population=20, iterations=60)
 @pytest.fixture(scope="module")
 def colour_model():
   """An undefended classifier: logit c is 20 times the mean of channel c."""
-  inputs = keras.Input((4, 4, 3))
-  mean = keras.layers.GlobalAveragePooling2D()(inputs)
-  logits = keras.layers.Dense(
-      3, kernel_initializer=keras.initializers.Constant(20.0 * np.eye(3)),
-      use_bias=False)(mean)
-  return keras.Model(inputs, logits)
+  return helpers.colour_model()
 
 
 def _flat(colours):

@@ -2,9 +2,7 @@
 
 import json
 import os
-import pathlib
 import signal
-import socket
 import subprocess
 import sys
 
@@ -13,10 +11,10 @@ import tensorflow as tf
 
 from rlfat_tf import preemption
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = dict({k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
-           TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-           PYTHONPATH=str(ROOT))
+import helpers
+from helpers import ENV
+from helpers import ROOT
+
 TIMEOUT = 240
 FIRST = "received SIGTERM: saving a checkpoint at the next step boundary\n"
 
@@ -129,16 +127,6 @@ def test_two_replicas_agree_with_their_process():
   assert result.stdout.split() == ["2", "False", "True"]
 
 
-def _free_ports(n):
-  sockets = [socket.socket() for _ in range(n)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 def test_every_worker_stops_when_one_asks():
   # Two workers: the first asks to stop, then neither does.
   script = (
@@ -148,7 +136,8 @@ def test_every_worker_stops_when_one_asks():
       "first = sys.argv[1] == '1'\n"
       "print(preemption.any_requested(s, first),"
       " preemption.any_requested(s, False), flush=True)\n")
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+  ports = helpers.free_ports(2)
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   procs = []
   try:
     for index in range(2):

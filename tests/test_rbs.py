@@ -6,6 +6,8 @@ import tensorflow as tf
 
 from rlfat_tf import rbs
 
+pytestmark = pytest.mark.bazel_ci
+
 
 def _images(batch=3, height=12, width=10, channels=2):
   return np.arange(batch * height * width * channels, dtype=np.float32).reshape(

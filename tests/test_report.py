@@ -1,7 +1,6 @@
 """Tests of `python -m rlfat_tf.report` on synthetic results files."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -15,9 +14,9 @@ from rlfat_tf import figures
 from rlfat_tf import report
 from rlfat_tf import saliency
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-           PYTHONPATH=str(ROOT))
+from helpers import ENV
+from helpers import ROOT
+
 
 ALL_ATTACKS = {
     "pgd": {"steps": 20, "step_size": 0.0075, "restarts": 1, "loss": "ce"},

@@ -6,7 +6,6 @@ the results file an evaluation would write, and fails when told to.
 """
 
 import os
-import pathlib
 import re
 import shlex
 import shutil
@@ -14,7 +13,8 @@ import subprocess
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from helpers import ROOT
+
 SCRIPT = ROOT / "scripts" / "reproduce_paper.sh"
 # Written out rather than read from the script: the paper's order, datasets
 # first, the RBSAT ablations after the four methods of Table 1.

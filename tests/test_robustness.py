@@ -17,6 +17,8 @@ from rlfat_tf.attacks import base
 from rlfat_tf.attacks import losses
 from rlfat_tf.attacks import pgd
 
+import helpers
+
 EPS = 0.03
 WHITE_BOX = ("pgd", "cw", "apgd_ce", "apgd_dlr")
 # Ten PGD steps of 0.0075 reach the far side of the ball from any start.
@@ -35,35 +37,9 @@ CHECKS = ("outputs_are_logits", "epsilon_sweep_monotone", "pgd_beats_noise",
           "perturbation_within_bounds")
 
 
-def _colour_model(scale=20.0, softmax=False):
-  """An undefended classifier: logit c is ``scale`` times channel c's mean."""
-  inputs = keras.Input((4, 4, 3))
-  mean = keras.layers.GlobalAveragePooling2D()(inputs)
-  logits = keras.layers.Dense(
-      3, kernel_initializer=keras.initializers.Constant(scale * np.eye(3)),
-      use_bias=False)(mean)
-  if softmax:
-    logits = keras.layers.Softmax()(logits)
-  return keras.Model(inputs, logits)
-
-
-def _colour_data(num, seed=0):
-  """Grey images with the true class's channel raised by 0.005 .. 0.08.
-
-  Lowering that channel and raising another by eps = 0.03 closes a gap of
-  0.06, so an optimal attack breaks about three quarters of them.
-  """
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 3, num).astype(np.int32)
-  colours = np.full((num, 3), 0.5, np.float32)
-  colours[np.arange(num), labels] += rng.uniform(0.005, 0.08, num)
-  images = np.broadcast_to(colours[:, None, None, :], (num, 4, 4, 3)).copy()
-  return images, labels
-
-
 @pytest.fixture(scope="module")
 def colour_model():
-  return _colour_model()
+  return helpers.colour_model()
 
 
 def test_worst_case_needs_every_attack_to_fail():
@@ -100,7 +76,7 @@ def test_restarts_keep_each_examples_worst_case(colour_model):
 
 
 def test_evaluate_reports_every_attack_and_passes_every_check(colour_model):
-  images, labels = _colour_data(32)
+  images, labels = helpers.colour_data(32)
   out = robustness.evaluate(colour_model, images, labels, TINY, verbose=0)
   metrics, per_example = out["metrics"], out["per_example"]
   assert set(metrics) == {f"test/{k}_accuracy" for k in (
@@ -139,7 +115,7 @@ def test_evaluate_reports_every_attack_and_passes_every_check(colour_model):
 
 
 def test_zero_epsilon_attack_gives_clean_accuracy_exactly(colour_model):
-  images, labels = _colour_data(32, seed=1)
+  images, labels = helpers.colour_data(32, seed=1)
   out = robustness.run_attack(
       colour_model, pgd.PGD(name="zero", display_name="zero",
                             spec=pgd.pgd(0.0, 0.0075, 3, "eval")),
@@ -149,14 +125,14 @@ def test_zero_epsilon_attack_gives_clean_accuracy_exactly(colour_model):
 
 
 def test_checks_catch_softmax_outputs_and_saturated_gradients():
-  images, labels = _colour_data(16, seed=2)
+  images, labels = helpers.colour_data(16, seed=2)
   config = dataclasses.replace(TINY, attacks=("pgd",))
-  softmax = robustness.evaluate(_colour_model(softmax=True), images, labels,
-                                config, verbose=0)["checks"]
+  softmax = robustness.evaluate(helpers.colour_model(softmax=True), images,
+                                labels, config, verbose=0)["checks"]
   assert not softmax["outputs_are_logits"]["passed"]
   # Logits 1e4 times larger: the softmax saturates, cross-entropy gradients
   # vanish in float32, and PGD cannot move even with eps = 0.5.
-  masked = robustness.evaluate(_colour_model(scale=1e4), images, labels,
+  masked = robustness.evaluate(helpers.colour_model(scale=1e4), images, labels,
                                config, verbose=0)["checks"]
   assert not masked["large_epsilon_breaks_all"]["passed"]
   assert not masked["gradients_not_masked"]["passed"]
@@ -172,7 +148,7 @@ def test_evaluation_leaves_every_variable_bit_identical():
       keras.layers.BatchNormalization(momentum=0.5),
       keras.layers.ReLU(), keras.layers.GlobalAveragePooling2D(),
       keras.layers.Dense(3)])
-  images, labels = _colour_data(12, seed=3)
+  images, labels = helpers.colour_data(12, seed=3)
   before = integrity.snapshot_variables(model)
   config = dataclasses.replace(TINY, check_examples=6, batch_size=6)
   robustness.evaluate(model, images, labels, config, verbose=0)
@@ -267,7 +243,7 @@ def _failed(checks):
 def test_checks_catch_a_pgd_that_does_not_ascend(broken, black_box,
                                                  colour_model, monkeypatch):
   _replace_pgd(monkeypatch, broken)
-  images, labels = _colour_data(32)
+  images, labels = helpers.colour_data(32)
   config = dataclasses.replace(TINY, attacks=("pgd", *black_box))
   out = robustness.evaluate(colour_model, images, labels, config, verbose=0)
   assert out["metrics"]["test/pgd_accuracy"] == 1.0
@@ -305,7 +281,7 @@ def test_more_steps_check_catches_an_attack_weakened_by_steps(monkeypatch):
 
 def test_fresh_restarts_catch_starts_degenerate_for_other_seeds(
     colour_model, monkeypatch):
-  images, labels = _colour_data(32)
+  images, labels = helpers.colour_data(32)
   known = np.concatenate([b["seed"].numpy() for b in data.eval_dataset(
       images, labels, batch_size=32, seed=TINY.seed)])
   _replace_pgd(monkeypatch, _TunedSeeds, known=tuple(map(tuple, known)))
@@ -318,7 +294,7 @@ def test_fresh_restarts_catch_starts_degenerate_for_other_seeds(
 
 
 def test_bounds_check_catches_an_unprojected_attack(colour_model):
-  images, labels = _colour_data(16)
+  images, labels = helpers.colour_data(16)
   attack = _Unprojected(name="pgd", display_name="PGD",
                         spec=pgd.pgd(EPS, 0.0075, 10, "eval"))
   out = robustness.run_attack(colour_model, attack, images, labels,

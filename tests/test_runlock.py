@@ -4,7 +4,6 @@ import errno
 import fcntl
 import json
 import os
-import pathlib
 import signal
 import socket
 import subprocess
@@ -15,8 +14,9 @@ import pytest
 from rlfat_tf import errors
 from rlfat_tf import runlock
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+from helpers import ENV
+from helpers import ROOT
+
 
 # Takes the lock of the folder in argv[1], says so, and sleeps until killed.
 HOLDER = (

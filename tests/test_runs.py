@@ -4,7 +4,6 @@ flags.json, and which settings a resumed run may change."""
 import dataclasses
 import json
 import os
-import pathlib
 import shutil
 
 import pytest
@@ -14,8 +13,7 @@ from rlfat_tf import errors
 from rlfat_tf import runs
 from rlfat_tf import train
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "flags" / "smoke.cfg")
+from helpers import SMOKE
 
 
 @pytest.fixture(scope="module")

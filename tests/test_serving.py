@@ -1,7 +1,6 @@
 """Tests of the servable SavedModel: signatures, parity, input checks."""
 
 import io
-import os
 import pathlib
 import re
 import shutil
@@ -18,9 +17,10 @@ import tensorflow as tf
 from rlfat_tf import models
 from rlfat_tf import serving
 
+from helpers import ENV
+
 HEIGHT, WIDTH, CLASSES = 16, 16, 4
 CLASS_NAMES = ("cat", "dog", "ship", "truck")
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 
 
 def _saved_model_cli(*args):

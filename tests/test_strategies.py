@@ -2,7 +2,6 @@
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import tensorflow as tf
 from rlfat_tf import errors
 from rlfat_tf import strategies
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from helpers import ROOT
 
 
 class _Worker:

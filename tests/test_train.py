@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import pathlib
 import shutil
 import signal
 import subprocess
@@ -22,12 +21,12 @@ from rlfat_tf import methods
 from rlfat_tf import train
 from rlfat_tf import trainer
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "flags" / "smoke.cfg")
+import helpers
+from helpers import ENV
+from helpers import ROOT
+from helpers import SMOKE
+
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar-10-batches-bin"
-ENV = dict({k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
-           TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-           PYTHONPATH=str(ROOT))
 
 
 def _parse(*argv):
@@ -36,19 +35,10 @@ def _parse(*argv):
 
 
 def _cli(*argv, timeout=300):
-  return subprocess.run([sys.executable, "-m", "rlfat_tf.train", *argv],
-                        capture_output=True, text=True, env=ENV, cwd=ROOT,
-                        timeout=timeout, check=False)
+  return helpers.run_module("rlfat_tf.train", *argv, timeout=timeout)
 
 
-def _checkpoint_values(path, prefix="model/"):
-  reader = tf.train.load_checkpoint(path)
-  # The iterator's state is a variant tensor with no numpy form; the weights
-  # and optimizer slots are what must agree.
-  return {k: reader.get_tensor(k)
-          for k, dtype in reader.get_variable_to_dtype_map().items()
-          if k.startswith(prefix) and dtype != tf.variant
-          and "OBJECT_GRAPH" not in k}
+_checkpoint_values = helpers.checkpoint_values
 
 
 def _summary_tags(model_dir):
