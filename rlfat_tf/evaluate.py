@@ -427,7 +427,7 @@ def watch(values):
   folder = os.path.join(model_dir, "checkpoints")
   # Training writes its record with its first checkpoint, so a sidecar
   # started beside it waits for that.
-  if runs.checkpoint_path(model_dir, required=False) is None:
+  if not runs.has_checkpoint(model_dir):
     tf.train.wait_for_new_checkpoint(folder, timeout=values["watch_timeout"])
   record = runs.load_record(model_dir)
   images, labels = load_images(record, values, "val")

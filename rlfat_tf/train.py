@@ -377,7 +377,8 @@ def run(model_dir, record):
             f"--batch_size={record.batch_size}: use a smaller --batch_size, "
             f"or more devices with --strategy=mirrored; the checkpoints on "
             f"disk are intact") from None
-  checkpoint = runs.checkpoint_path(model_dir)
+  # The checkpoint this run just wrote: no need to read it back to check it.
+  checkpoint = runner.checkpoints.latest
   if result.preempted:
     # A worker that was not signalled itself stops because another was.
     raise preemption.Stopped(watcher.received or signal.SIGTERM, result.step,
