@@ -1,4 +1,4 @@
-"""PNG figures of the paper: RBS examples, the ablation, salience maps.
+"""PNG figures: RBS examples, the ablation, salience maps, study curves.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects, which render with
 the Agg backend without touching pyplot's global state, so the module is safe
@@ -22,7 +22,8 @@ DPI = 100
 # holds the column titles, in inches.
 CELL_INCHES = 1.6
 TITLE_INCHES = 0.4
-# Size of one dataset panel of the ablation chart, in inches.
+# Size of one dataset panel of the ablation chart, and of a study's curve
+# and bar charts, in inches.
 PANEL_INCHES = (6.0, 4.0)
 # Maps are scaled to their 99th percentile so that a few extreme gradients do
 # not turn the rest of the map black (the SmoothGrad paper's visualisation).
@@ -198,4 +199,77 @@ def ablation_bars(rows, path):
   handles = [mpl_patches.Patch(color=colours[m], label=m) for m in methods]
   fig.legend(handles=handles, loc="outside lower center",
              ncols=min(len(methods), 6), fontsize=8)
+  _save(fig, path)
+
+
+def _chart():
+  width, height = PANEL_INCHES
+  fig = mpl_figure.Figure(figsize=(width, height), dpi=DPI,
+                          layout="constrained")
+  return fig, fig.subplots()
+
+
+def study_curves(series, path, ylabel):
+  """Curves over training steps, each a mean with a band of one std.
+
+  Args:
+    series: sequence of dicts with ``label``, ``group`` (curves of one group
+      share a colour), ``dashed``, ``steps``, and ``mean`` and ``std`` as
+      fractions (drawn in percent, or points for a difference).
+    path: PNG file to write.
+    ylabel: the y axis' label.
+
+  Raises:
+    ValueError: ``series`` is empty.
+  """
+  if not series:
+    raise ValueError("a curve chart needs at least one curve")
+  fig, ax = _chart()
+  groups = list(dict.fromkeys(s["group"] for s in series))
+  for curve in series:
+    colour = f"C{groups.index(curve['group']) % 10}"
+    steps = np.asarray(curve["steps"])
+    mean = 100.0 * np.asarray(curve["mean"])
+    std = 100.0 * np.asarray(curve["std"])
+    ax.plot(steps, mean, color=colour, label=curve["label"],
+            linestyle="--" if curve["dashed"] else "-")
+    ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.15,
+                    linewidth=0)
+  ax.set_xlabel("training step")
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  _save(fig, path)
+
+
+def error_bars(rows, path):
+  """Grouped bars with error bars of one std, one group per accuracy.
+
+  Args:
+    rows: sequence of dicts with ``label`` (one bar colour each) and
+      ``values``: accuracy name -> ``{"mean", "std"}`` as fractions (std
+      None for one seed: no error bar).
+    path: PNG file to write.
+
+  Raises:
+    ValueError: ``rows`` is empty.
+  """
+  if not rows:
+    raise ValueError("a bar chart needs at least one row")
+  fig, ax = _chart()
+  names = list(dict.fromkeys(n for row in rows for n in row["values"]))
+  bar_width = 0.8 / len(rows)
+  for i, row in enumerate(rows):
+    stats = [row["values"].get(n) for n in names]
+    means = [100.0 * s["mean"] if s else np.nan for s in stats]
+    stds = [100.0 * s["std"] if s and s["std"] is not None else 0.0
+            for s in stats]
+    x = np.arange(len(names)) + (i - (len(rows) - 1) / 2) * bar_width
+    bars = ax.bar(x, means, bar_width, yerr=stds, capsize=3,
+                  color=f"C{i % 10}", label=row["label"])
+    ax.bar_label(bars, [f"{m:.1f}" if np.isfinite(m) else "" for m in means],
+                 fontsize=6, padding=2)
+  ax.set_xticks(np.arange(len(names)), names)
+  ax.set_ylabel("accuracy (%)")
+  ax.legend(fontsize=7)
   _save(fig, path)

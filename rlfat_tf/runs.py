@@ -28,13 +28,16 @@ from rlfat_tf import errors
 from rlfat_tf import files
 from rlfat_tf import models
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RECORD_FILE = "run.json"
 LEGACY_FLAGS_FILE = "flags.json"
 
 # Settings that flags.json files written before their flags existed ran with.
 _LEGACY_DEFAULTS = {"strategy": "default", "cpu_devices": 1, "tpu": None,
                     "sync_batch_norm": False, "mixed_precision": "float32"}
+# The settings each schema version added, with the value every run written
+# before them ran with; an older record is read with these filled in.
+_ADDED = {2: {"train_size": None, "monitor_examples": 0}}
 _MAY_CHANGE = "may_change_on_resume"
 
 
@@ -53,7 +56,8 @@ class RunRecord:
   setting: it is where the record is.
 
   A resumed run may change how long it trains (``train_steps``), the learning
-  rate and its schedule, how often it validates, checkpoints and logs, and
+  rate and its schedule, how often it validates, checkpoints and logs, how
+  many images it monitors, and
   the hardware and speed settings (strategy, devices, XLA, precision,
   determinism and where the data is read from). Every other setting shapes
   what the checkpoints hold and must stay the same (``check_resume``).
@@ -62,6 +66,7 @@ class RunRecord:
   data_dir: str | None = _may_change()
   tfds_data_dir: str | None = _may_change()
   val_size: int
+  train_size: int | None
   flip: bool
   pad_crop: int
   depth: int
@@ -87,6 +92,7 @@ class RunRecord:
   checkpoint_every: int = _may_change()
   keep_checkpoints: int = _may_change()
   eval_every: int = _may_change()
+  monitor_examples: int = _may_change()
   seed: int
   deterministic: bool = _may_change()
   progress: bool = _may_change()
@@ -125,10 +131,14 @@ class RunRecord:
     if not isinstance(content, dict):
       raise errors.UserError(f"{source} does not hold a JSON object: {fix}")
     version = content.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in range(1, SCHEMA_VERSION + 1) or isinstance(version,
+                                                                 bool):
       raise errors.UserError(
           f"{source} has schema_version {version!r}, but this version reads "
-          f"{SCHEMA_VERSION}: {fix}")
+          f"1 to {SCHEMA_VERSION}: {fix}")
+    for added in range(version + 1, SCHEMA_VERSION + 1):
+      content = {**_ADDED[added], **content}
+    content["schema_version"] = SCHEMA_VERSION
     names = {f.name: f.type for f in dataclasses.fields(cls)}
     unknown = sorted(set(content) - set(names))
     if unknown:
@@ -177,7 +187,8 @@ def _describe(kind):
           str: "a string"}[kind]
 
 
-def _read_json(path):
+def read_json(path):
+  """A run file's JSON content; errors.UserError naming a damaged file."""
   try:
     with tf.io.gfile.GFile(path) as f:
       return json.load(f)
@@ -201,15 +212,14 @@ def load_record(model_dir):
   """
   path = os.path.join(model_dir, RECORD_FILE)
   if tf.io.gfile.exists(path):
-    return RunRecord.from_json(_read_json(path), path)
+    return RunRecord.from_json(read_json(path), path)
   legacy = os.path.join(model_dir, LEGACY_FLAGS_FILE)
   if tf.io.gfile.exists(legacy):
-    content = _read_json(legacy)
+    content = read_json(legacy)
     if isinstance(content, dict):
       # The raw flags also held the folder, which is no setting, and lack the
       # version and the flags added after them.
-      content = {**_LEGACY_DEFAULTS, **content,
-                 "schema_version": SCHEMA_VERSION}
+      content = {**_LEGACY_DEFAULTS, **content, "schema_version": 1}
       content.pop("model_dir", None)
     return RunRecord.from_json(content, legacy)
   raise errors.UserError(

@@ -88,6 +88,10 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_integer("val_size", 0, "Training examples held out for "
                        "validation and best-checkpoint selection (0: none, as "
                        "in the paper).", lower_bound=0, **fv)
+  flags.DEFINE_integer("train_size", None, "Train on only the first N "
+                       "training images left after --val_size (default: all "
+                       "of them); a study of generalization varies it.",
+                       lower_bound=1, **fv)
   flags.DEFINE_bool("flip", True, "Random horizontal flips (official code).",
                     **fv)
   flags.DEFINE_integer("pad_crop", 0, "Zero-pad by this many pixels and crop "
@@ -152,6 +156,12 @@ def define_flags(flag_values=flags.FLAGS):
                        lower_bound=1, **fv)
   flags.DEFINE_integer("eval_every", None, "Steps between validations "
                        "(default: --checkpoint_every).", lower_bound=1, **fv)
+  flags.DEFINE_integer("monitor_examples", 0, "At every validation step "
+                       "(--eval_every), also measure clean accuracy and the "
+                       "validation PGD accuracy on the first N images the run "
+                       "trains on (train_subset/*) and the first N test images "
+                       "(test_subset/*): the generalization gap as training "
+                       "goes (0: off).", lower_bound=0, **fv)
   flags.DEFINE_integer("seed", 0, "Seed of initialisation, data order, "
                        "augmentation, attack starts and RBS.", lower_bound=0,
                        **fv)
@@ -318,6 +328,26 @@ def build_trainer(model_dir, record, watcher=None):
         f"({len(images)} examples): use a smaller --val_size")
   (images, labels), (val_images, val_labels) = data.validation_split(
       images, labels, record.val_size)
+  if record.train_size is not None:
+    if record.train_size > len(images):
+      raise errors.UserError(
+          f"--train_size={record.train_size} exceeds the {len(images)} "
+          f"training images left after --val_size={record.val_size}: pass "
+          f"at most {len(images)}")
+    images, labels = images[:record.train_size], labels[:record.train_size]
+  monitored = {}
+  if record.monitor_examples:
+    test_images, test_labels = datasets.load_split(
+        record.dataset, "test", record.data_dir, record.tfds_data_dir)
+    for name, (x, y) in (("train_subset", (images, labels)),
+                         ("test_subset", (test_images, test_labels))):
+      if record.monitor_examples > len(x):
+        raise errors.UserError(
+            f"--monitor_examples={record.monitor_examples} exceeds the "
+            f"{len(x)} images of the {name.split('_')[0]} set: pass at most "
+            f"{len(x)}")
+      monitored[name] = (x[:record.monitor_examples],
+                         y[:record.monitor_examples])
 
   config = train_config(record)
   augmentation = data.Augmentation(flip=record.flip, pad_crop=record.pad_crop)
@@ -328,16 +358,19 @@ def build_trainer(model_dir, record, watcher=None):
       augmentation=augmentation, rbs_blocks=rbs_blocks,
       rbs_granularity=record.rbs_granularity)
 
-  def val_input_fn(input_context):
-    return data.eval_dataset(val_images, val_labels,
-                             batch_size=config.batch_size,
-                             seed=record.seed, input_context=input_context)
+  def eval_input_fn(images, labels):
+    return lambda input_context: data.eval_dataset(
+        images, labels, batch_size=config.batch_size, seed=record.seed,
+        input_context=input_context)
 
   return trainer.Trainer(
       config,
       lambda: runs.build_model(record, sync_batch_norm=record.sync_batch_norm),
       train_input_fn, model_dir, strategy=strategy,
-      val_input_fn=val_input_fn if len(val_images) else None,
+      val_input_fn=(eval_input_fn(val_images, val_labels) if len(val_images)
+                    else None),
+      monitor_input_fns={name: eval_input_fn(*split)
+                         for name, split in monitored.items()},
       verbose=int(record.progress),
       before_first_save=lambda: runs.save_record(model_dir, record),
       **({"stop_requested": lambda: preemption.any_requested(

@@ -138,7 +138,7 @@ def test_two_workers_end_with_identical_weights(uninterrupted):
 def test_only_the_chief_writes_the_run(uninterrupted):
   _, model_dir = uninterrupted
   assert sorted(os.listdir(model_dir)) == [
-      "checkpoints", "metrics.json", "run.json", "summaries"]
+      "checkpoints", "history.json", "metrics.json", "run.json", "summaries"]
   assert tf.train.latest_checkpoint(
       str(model_dir / "checkpoints")).endswith("ckpt-12")
   with open(model_dir / "metrics.json") as f:

@@ -43,7 +43,7 @@ def test_record_round_trips_through_run_json(record, tmp_path):
   runs.save_record(str(tmp_path), record)
   written = json.loads((tmp_path / runs.RECORD_FILE).read_text())
   assert written["lr_boundaries"] == [4, 5]
-  assert written["schema_version"] == runs.SCHEMA_VERSION == 1
+  assert written["schema_version"] == runs.SCHEMA_VERSION == 2
   assert (written["depth"], written["eta"]) == (10, 0.5)
   assert "model_dir" not in written
   assert runs.load_record(str(tmp_path)) == record
@@ -53,8 +53,8 @@ def test_record_round_trips_through_run_json(record, tmp_path):
 def test_the_settings_a_resume_may_change_are_the_documented_ones():
   assert runs.RunRecord.may_change() == {
       "train_steps", "learning_rate", "lr_boundaries", "lr_decay",
-      "eval_every", "checkpoint_every", "keep_checkpoints", "steps_per_loop",
-      "progress", "strategy", "cpu_devices", "tpu", "sync_batch_norm",
+      "eval_every", "monitor_examples", "checkpoint_every",
+      "keep_checkpoints", "steps_per_loop", "progress", "strategy", "cpu_devices", "tpu", "sync_batch_norm",
       "jit_compile", "mixed_precision", "deterministic", "data_dir",
       "tfds_data_dir"}
 
@@ -68,8 +68,10 @@ def test_the_settings_a_resume_may_change_are_the_documented_ones():
      "not a list of integers"),
     (lambda c: c.update(eta="0.5"), "not a number or null"),
     (lambda c: c.update(colour="red"), "unknown setting 'colour'"),
-    (lambda c: c.update(schema_version=2),
-     "has schema_version 2, but this version reads 1"),
+    (lambda c: c.update(schema_version=3),
+     "has schema_version 3, but this version reads 1 to 2"),
+    (lambda c: c.update(schema_version="2"),
+     "has schema_version '2', but this version reads 1 to 2"),
 ])
 def test_malformed_run_json_gives_one_line_naming_the_problem(
     record, tmp_path, change, message):
@@ -91,12 +93,28 @@ def test_a_folder_without_a_run_says_so(tmp_path):
   assert "holds no training run" in _error(tmp_path)
 
 
+def test_a_version_1_record_reads_with_the_full_training_set_unmonitored(
+    record, tmp_path):
+  content = dataclasses.replace(record, train_size=5,
+                                monitor_examples=3).to_json()
+  for name in ("train_size", "monitor_examples"):
+    del content[name]
+  content["schema_version"] = 1
+  (tmp_path / runs.RECORD_FILE).write_text(json.dumps(content))
+  assert runs.load_record(str(tmp_path)) == dataclasses.replace(
+      record, train_size=None, monitor_examples=0)
+  content["train_size"] = 7
+  (tmp_path / runs.RECORD_FILE).write_text(json.dumps(content))
+  assert runs.load_record(str(tmp_path)).train_size == 7
+
+
 def test_legacy_flags_json_is_converted_on_read(record, tmp_path):
   # flags.json held every flag, the run folder among them, and predates the
   # hardware flags.
   flags_json = dict(record.to_json(), model_dir="/old/place")
   for name in ("strategy", "cpu_devices", "tpu", "sync_batch_norm",
-               "mixed_precision", "schema_version"):
+               "mixed_precision", "schema_version", "train_size",
+               "monitor_examples"):
     del flags_json[name]
   (tmp_path / runs.LEGACY_FLAGS_FILE).write_text(json.dumps(flags_json))
   loaded = runs.load_record(str(tmp_path))

@@ -15,9 +15,11 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from rlfat_tf import data
+from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import models
 from rlfat_tf import methods
+from rlfat_tf import runs
 from rlfat_tf import train
 from rlfat_tf import trainer
 
@@ -192,6 +194,17 @@ def _assert_same_weights(a_dir, b_dir, step):
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
+def _assert_same_history(a_dir, b_dir):
+  """The metrics at every stop agree, but for speeds, which are timings."""
+  histories = []
+  for folder in (a_dir, b_dir):
+    with open(folder / trainer.actions.HISTORY_FILE) as f:
+      histories.append([{k: v for k, v in entry.items()
+                         if k != "train/examples_per_second"}
+                        for entry in json.load(f)])
+  assert histories[0] == histories[1]
+
+
 def test_killed_or_preempted_run_resumes_to_the_same_weights(tmp_path):
   common = [f"--flagfile={SMOKE}", "--method=rlfat_t", "--deterministic",
             "--val_size=0", "--train_steps=24", "--steps_per_loop=2",
@@ -213,6 +226,7 @@ def test_killed_or_preempted_run_resumes_to_the_same_weights(tmp_path):
   assert result.returncode == 0, result.stderr
   assert "resuming from" in result.stdout
   _assert_same_weights(straight, killed, 24)
+  _assert_same_history(straight, killed)
 
   # SIGTERM (what schedulers send): a checkpoint at the next loop boundary,
   # off the checkpoint cadence, then exit 143; the rerun resumes from it.
@@ -233,6 +247,55 @@ def test_killed_or_preempted_run_resumes_to_the_same_weights(tmp_path):
   assert result.returncode == 0, result.stderr
   assert f"(step {step})" in result.stdout
   _assert_same_weights(straight, stopped, 24)
+  _assert_same_history(straight, stopped)
+
+
+def test_monitoring_scores_training_and_test_images_at_each_validation(
+    tmp_path):
+  model_dir, record = _parse("--method=pgdat", "--train_size=64",
+                             "--monitor_examples=40", "--eval_every=3",
+                             "--checkpoint_every=6", "--noprogress",
+                             f"--model_dir={tmp_path / 'run'}")
+  train.run(model_dir, record)
+  with open(os.path.join(model_dir, trainer.actions.HISTORY_FILE)) as f:
+    history = {entry["step"]: entry for entry in json.load(f)}
+  assert sorted(history) == [3, 6]
+  for entry in history.values():
+    for name in ("val", "train_subset", "test_subset"):
+      clean, robust = trainer.actions.eval_keys(name)
+      assert 0.0 <= entry[robust] <= entry[clean] <= 1.0
+  # The last scores are those of the final model on the first 40 images
+  # the run trained on and the first 40 test images, counted here by hand.
+  model, _, _ = runs.restore_model(model_dir)
+  images, labels = datasets.load_split("cifar10_sample", "train")
+  (train_images, train_labels), _ = data.validation_split(images, labels,
+                                                          100)
+  test_images, test_labels = datasets.load_split("cifar10_sample", "test")
+  for name, x, y in (("train_subset", train_images, train_labels),
+                     ("test_subset", test_images, test_labels)):
+    logits = model(tf.image.convert_image_dtype(x[:40], tf.float32),
+                   training=False)
+    hand = np.mean(np.argmax(logits, -1) == y[:40])
+    assert history[6][f"{name}/clean_accuracy"] == pytest.approx(hand)
+  # Only the validation split chooses the best model.
+  with open(os.path.join(model_dir, "best.json")) as f:
+    assert json.load(f)["criterion"] == "val/pgd_ce_accuracy"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train_size=3901"], "--train_size=3901 exceeds the 3900 training "
+     "images left after --val_size=100: pass at most 3900"),
+    (["--train_size=50", "--monitor_examples=51"],
+     "--monitor_examples=51 exceeds the 50 images of the train set"),
+    (["--monitor_examples=1001"],
+     "--monitor_examples=1001 exceeds the 1000 images of the test set"),
+])
+def test_sizes_beyond_the_data_are_refused_before_any_file(argv, message,
+                                                           tmp_path):
+  model_dir, record = _parse(*argv, f"--model_dir={tmp_path / 'run'}")
+  with pytest.raises(errors.UserError, match=re.escape(message)):
+    train.run(model_dir, record)
+  assert not (tmp_path / "run" / "run.json").exists()
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -111,8 +111,7 @@ def test_loop_runs_to_the_end_acting_at_each_stop():
   assert steps.calls == [2, 1, 1, 2]
   assert acts.events == [
       ("start", 0), ("record", 2), ("best", 3, 0.5), ("record", 3),
-      ("save", 4), ("record", 4), ("best", 6, 0.5), ("save", 6),
-      ("record", 6)]
+      ("record", 4), ("save", 4), ("best", 6, 0.5), ("record", 6), ("save", 6)]
   # The first call's time includes tracing: no speed is reported for it.
   assert acts.elapsed[0] is None
   assert all(e >= 0.0 for e in acts.elapsed[1:])
@@ -133,7 +132,7 @@ def test_requested_stop_saves_and_returns_early():
   # Asked after each call; the stop at 5 is no checkpoint step, but a stop
   # saves one there, and no step runs after it.
   assert asked == [5]
-  assert acts.events == [("start", 2), ("save", 5), ("record", 5)]
+  assert acts.events == [("start", 2), ("record", 5), ("save", 5)]
   assert result.step == 5 and result.preempted
 
 
@@ -147,14 +146,14 @@ def test_requested_stop_at_a_checkpoint_saves_once_and_not_at_the_end():
 
   result = loop.Loop(loop.Cadence(4, 2, 2), steps, acts,
                      stop_requested=stop_requested).run(0)
-  assert acts.events == [("start", 0), ("save", 2), ("record", 2)]
+  assert acts.events == [("start", 0), ("record", 2), ("save", 2)]
   assert result.preempted and asked == [2]
   # At the last step there is nothing left to stop: it is never asked.
   acts, steps, asked = _Actions(), _Steps(start=2), []
   result = loop.Loop(loop.Cadence(4, 2, 2), steps, acts,
                      stop_requested=stop_requested).run(2)
   assert not result.preempted and asked == []
-  assert acts.events == [("start", 2), ("save", 4), ("record", 4)]
+  assert acts.events == [("start", 2), ("record", 4), ("save", 4)]
 
 
 def test_no_stop_is_requested_by_default():
@@ -170,7 +169,7 @@ def test_divergence_stops_before_anything_is_saved_at_that_stop():
   # The call for steps 3-4 ends at the bad step 3; nothing after step 2's
   # checkpoint is saved or recorded, and no further call runs.
   assert steps.calls == [2, 2]
-  assert acts.events == [("start", 0), ("save", 2), ("record", 2)]
+  assert acts.events == [("start", 0), ("record", 2), ("save", 2)]
 
 
 # Actions ---------------------------------------------------------------------

@@ -48,7 +48,8 @@ class Trainer:
   """
 
   def __init__(self, config, model_fn, train_input_fn, model_dir,
-               strategy=None, val_input_fn=None, verbose=1,
+               strategy=None, val_input_fn=None, monitor_input_fns=None,
+               verbose=1,
                before_first_save=None, stop_requested=loop.never):
     """Builds the model, optimizer, compiled loops and checkpoints.
 
@@ -63,6 +64,10 @@ class Trainer:
       strategy: a ``tf.distribute.Strategy`` (default: the current one).
       val_input_fn: ``input_context -> tf.data.Dataset`` of validation
         batches (``data.eval_dataset``), or None for no validation.
+      monitor_input_fns: ``{name: input_fn}`` of more image sets scored like
+        the validation split at every validation step (``name/`` metrics),
+        but never used to choose the best model; e.g. training and test
+        images, whose curves show the generalization gap.
       verbose: 1 shows a progress bar (on the chief), 0 is silent.
       before_first_save: called on the chief just before this trainer saves
         its first checkpoint (``rlfat_tf.train`` writes the run record then,
@@ -86,9 +91,14 @@ class Trainer:
     self.train_step = step_lib.TrainStep(config, model_fn, train_input_fn,
                                          self.strategy)
     self.model = self.train_step.model
-    self._val_dataset = (
-        self.strategy.distribute_datasets_from_function(val_input_fn)
-        if val_input_fn else None)
+    inputs = dict(monitor_input_fns or {})
+    if "val" in inputs:
+      raise ValueError("a monitored set may not be called 'val'")
+    if val_input_fn:
+      inputs = {"val": val_input_fn, **inputs}
+    self._eval_datasets = {
+        name: self.strategy.distribute_datasets_from_function(fn)
+        for name, fn in inputs.items()}
     self.checkpoints = actions.Checkpoints(
         model_dir, self.strategy, self.train_step.state(),
         config.keep_checkpoints, before_first_save,
@@ -131,8 +141,13 @@ class Trainer:
     return self.train_step.run(num_steps)
 
   def validate(self):
-    """Clean accuracy and ``VAL_PGD_KEY`` on the validation split."""
-    return actions.val_metrics(self.train_step.validate(self._val_dataset))
+    """Clean accuracy and ``VAL_PGD_KEY`` on the validation split, and the
+    same two scores of every monitored set under its own name."""
+    metrics = {}
+    for name, dataset in self._eval_datasets.items():
+      metrics.update(actions.val_metrics(self.train_step.validate(dataset),
+                                         name))
+    return metrics
 
   def train(self):
     """Trains until ``config.train_steps`` or a requested stop.
@@ -147,13 +162,14 @@ class Trainer:
       errors.UserError: another worker of a multi-worker run stopped.
     """
     config = self.config
-    validation = self._val_dataset is not None
+    validation = bool(self._eval_datasets)
     with actions.worker_loss_as_user_error(
         lambda: self.checkpoints.latest):
       acts = actions.Actions(
           self.model_dir, self.strategy, self.checkpoints, config.train_steps,
           self.train_step.total_keys(), self.train_step.learning_rate,
-          self.train_step.weights_finite, self._verbose)
+          self.train_step.weights_finite, self._verbose,
+          eval_sets=tuple(self._eval_datasets))
       cadence = loop.Cadence(
           config.train_steps, config.steps_per_loop, config.checkpoint_every,
           config.eval_every if validation else None)

@@ -6,9 +6,12 @@ Files under the run folder, written by the chief worker only:
 - ``best/``: the model with the best ``BEST_CRITERION``, and ``best.json``
   with its step, scores and the validation attack (only with a validation
   split);
-- ``summaries/``: TensorBoard scalars, and ``metrics.json``: the latest value
-  of each, written from one dictionary whose keys are both the tags and the
-  JSON keys (``train_metrics``, ``val_metrics``).
+- ``summaries/``: TensorBoard scalars, ``metrics.json``: the latest value
+  of each, and ``history.json``: the values recorded at every stop, all
+  written from one dictionary whose keys are both the tags and the JSON keys
+  (``train_metrics``, ``val_metrics``). A resumed run keeps the history up
+  to the step it resumes from, so the history is the run's as if it had
+  never stopped.
 Other workers of a multi-worker run take part in every save (saves are
 collective) but write into a private directory that they delete at once, and
 they write no summaries or JSON.
@@ -33,10 +36,8 @@ from rlfat_tf import strategies
 # cross-entropy for every method): correct on the clean image and on its PGD
 # example. Metrics, TensorBoard, best.json and the sidecar of
 # ``rlfat_tf.evaluate`` all use this name.
-BEST_CRITERION = "val/pgd_ce_accuracy"
-# Metrics that no per-step sum names: the speed and the validation scores.
-OTHER_METRICS = ("train/examples_per_second", "val/clean_accuracy",
-                 BEST_CRITERION)
+BEST_CRITERION = "val/pgd_ce_accuracy"  # eval_keys("val")[1]
+HISTORY_FILE = "history.json"
 
 
 def metric_key(total):
@@ -76,11 +77,23 @@ def train_metrics(totals, learning_rate, elapsed):
   return metrics
 
 
-def val_metrics(totals):
-  """The validation metrics of the sums of ``step.TrainStep.validate``."""
+def eval_keys(name):
+  """The tags of a scored image set: its clean and its PGD accuracy."""
+  return f"{name}/clean_accuracy", f"{name}/pgd_ce_accuracy"
+
+
+def val_metrics(totals, name="val"):
+  """The validation metrics of the sums of ``step.TrainStep.validate``.
+
+  Args:
+    totals: the sums over one set of images.
+    name: the set's name, the metrics' prefix: "val" for the validation
+      split (whose PGD score is ``BEST_CRITERION``) or a monitored set's.
+  """
   n = max(totals["examples"], 1.0)
-  return {"val/clean_accuracy": totals["clean_correct"] / n,
-          BEST_CRITERION: totals["adv_correct"] / n}
+  clean, robust = eval_keys(name)
+  return {clean: totals["clean_correct"] / n,
+          robust: totals["adv_correct"] / n}
 
 
 class Checkpoints:
@@ -161,13 +174,17 @@ class Checkpoints:
 
     Args:
       step: the current step.
-      val: the validation metrics, by tag (``val_metrics``).
+      val: the metrics scored at this step, by tag (``val_metrics`` of the
+      validation split and of any monitored set).
 
     Returns:
       Whether it was the best: it was then saved under ``best/``, and the
       chief wrote ``best.json`` with ``step``, the criterion, its
-      ``attack`` (when given) and ``val``.
+      ``attack`` (when given) and ``val``. Never, without a validation
+      split.
     """
+    if BEST_CRITERION not in val:
+      return False
     score = val[BEST_CRITERION]
     if score <= float(self.best_score.numpy()):
       return False
@@ -242,7 +259,8 @@ class Actions:
   """
 
   def __init__(self, model_dir, strategy, checkpoints, train_steps,
-               total_keys, learning_rate, weights_finite, verbose):
+               total_keys, learning_rate, weights_finite, verbose,
+               eval_sets=()):
     """Opens the summaries (on the chief) and the progress bar.
 
     Args:
@@ -254,10 +272,15 @@ class Actions:
       learning_rate: ``() -> float``, the current learning rate.
       weights_finite: ``() -> bool``, whether the weights are finite.
       verbose: 1 shows a progress bar on the chief, 0 is silent.
+      eval_sets: names of the image sets scored at validation steps
+        (``val_metrics``).
     """
     chief = strategies.is_chief(strategy)
     self._metrics_path = (os.path.join(model_dir, "metrics.json") if chief
                           else None)
+    self._history_path = (os.path.join(model_dir, HISTORY_FILE) if chief
+                          else None)
+    self._history = []
     self._writer = (tf.summary.create_file_writer(
         os.path.join(model_dir, "summaries")) if chief
                     else tf.summary.create_noop_writer())
@@ -265,8 +288,9 @@ class Actions:
     self._train_steps = train_steps
     self._learning_rate = learning_rate
     self._weights_finite = weights_finite
-    names = list(OTHER_METRICS) + list(filter(None, map(metric_key,
-                                                        total_keys)))
+    names = (["train/examples_per_second"]
+             + [k for name in eval_sets for k in eval_keys(name)]
+             + list(filter(None, map(metric_key, total_keys))))
     # Every value shown is already an average over its loop, so none is
     # averaged again by the bar.
     self._progbar = keras.utils.Progbar(
@@ -275,7 +299,14 @@ class Actions:
     self.latest = {}
 
   def start(self, step):
-    """Shows the step training starts from."""
+    """Reads the history up to ``step`` and shows the step on the bar.
+
+    Raises:
+      errors.UserError: the history file is damaged.
+    """
+    if self._history_path and tf.io.gfile.exists(self._history_path):
+      self._history = [entry for entry in runs.read_json(self._history_path)
+                       if entry["step"] <= step]
     self._progbar.update(step)
 
   def check_finite(self, step, totals):
@@ -310,6 +341,8 @@ class Actions:
     self._writer.flush()
     if self._metrics_path:
       files.write_json(self._metrics_path, {"step": step, **self.latest})
+      self._history.append({"step": step, **metrics})
+      files.write_json(self._history_path, self._history)
     self._progbar.update(step, [(bar_name(k), v) for k, v in metrics.items()
                                 if k != "train/learning_rate"],
                          finalize=step >= self._train_steps)

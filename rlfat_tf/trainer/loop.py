@@ -9,7 +9,7 @@ resumes. At every stop the loop checks that training is still finite and
 records the metrics of the steps just run (summaries, ``metrics.json``, the
 progress bar); at a multiple of ``eval_every`` it validates and offers the
 model as the best, and at a multiple of ``checkpoint_every`` it saves a
-checkpoint. The final step does all of these. What each action does is in
+checkpoint, after recording. The final step does all of these. What each action does is in
 ``actions``; this module only says when, and imports no TensorFlow.
 
 A run can be stopped early: after each stop short of the end the loop asks
@@ -160,9 +160,11 @@ class Loop:
         metrics.update(val)
         actions.offer_best(step, val)
       preempted = step < self._cadence.train_steps and self._stop_requested()
+      # Recorded before the save: a checkpoint never lacks its stop in the
+      # history that a run resumed from it keeps.
+      actions.record(step, metrics)
       if stop.checkpoint or preempted:
         actions.save(step)
-      actions.record(step, metrics)
       if preempted:
         return Result(step, dict(actions.latest), preempted=True)
     return Result(step, dict(actions.latest), preempted=False)

@@ -1,0 +1,532 @@
+r"""Runs a study of robust generalization: a grid of training runs, evaluated.
+
+Examples:
+  python -m rlfat_tf.study --flagfile=flags/study/cifar10_cpu.cfg \
+      --study_dir=studies/cifar10_cpu
+  python -m rlfat_tf.study --train_flagfile=flags/cifar10_rlfat_p.cfg \
+      --methods=pgdat,rlfat_p --seeds=0,1,2 --train_sizes=5000,49000 \
+      --study_dir=studies/c10
+
+Every cell of the grid (--methods x --seeds x --train_sizes) is an ordinary
+run folder of ``rlfat_tf.train`` under STUDY/runs/, trained with the settings
+of --train_flagfile plus its method, seed and training-set size. Set
+--monitor_examples and --eval_every there: every run then records, at each
+validation step and in inference mode, clean and PGD accuracy on the first N
+images it trains on and on the first N test images (``history.json``), the
+curves of its generalization gap. Once trained, its last checkpoint, and its
+best one when it holds out a validation split, are evaluated with
+``rlfat_tf.evaluate`` (--eval_attacks; by default PGD-20 and the standard
+AutoAttack) into STUDY/evals/.
+
+The study then writes STUDY/study.json (every run's curves and evaluations,
+and their mean and sample standard deviation over seeds), STUDY/study.md (the
+table) and three figures: curves.png (train and test robust accuracy as
+training goes, per method), gap.png (their difference) and final.png (final
+and best accuracies with error bars over seeds).
+
+A study stopped at any point continues where it stopped when the same
+command runs again: finished runs and evaluations are kept, an unfinished run
+resumes from its last checkpoint, and the files above are written only once
+everything is done. The grid may grow between runs of the command; the
+evaluation settings may not, since the evaluations already written used them.
+"""
+
+import dataclasses
+import itertools
+import json
+import os
+import sys
+
+from absl import flags
+
+# Before TensorFlow loads: keep its C++ start-up chatter off the console.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rlfat_tf import attacks
+from rlfat_tf import cli
+from rlfat_tf import errors
+from rlfat_tf import evaluate
+from rlfat_tf import figures
+from rlfat_tf import files
+from rlfat_tf import methods
+from rlfat_tf import runs
+from rlfat_tf import train
+from rlfat_tf.trainer import actions
+
+SCHEMA_VERSION = 1
+EVAL_SETTINGS_FILE = "eval_settings.json"
+# The metrics a study reports, by its own short names.
+CLEAN = "test/clean_accuracy"
+ROBUST = "test/overall_worst_case_accuracy"
+TRAIN_CLEAN, TRAIN_ROBUST = actions.eval_keys("train_subset")
+TEST_CLEAN, TEST_ROBUST = actions.eval_keys("test_subset")
+# Per-run numbers that the table and study.json summarise over seeds.
+SUMMARY_KEYS = (
+    "final/clean", "final/robust", "best/clean", "best/robust", "best/step",
+    "curve/test_robust_peak", "curve/test_robust_peak_step",
+    "curve/test_robust_final", "curve/test_robust_drop",
+    "curve/train_robust_final", "curve/robust_gap_final")
+
+
+def _ints(values):
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    return None
+
+
+def define_flags(flag_values=flags.FLAGS):
+  """Defines the command's flags in ``flag_values``; ``__main__`` calls it."""
+  fv = {"flag_values": flag_values}
+  flags.DEFINE_string("study_dir", None, "Folder of the study: runs/, evals/, "
+                      "study.json, study.md and the figures.", **fv)
+  flags.DEFINE_string("train_flagfile", None, "Flagfile of rlfat_tf.train "
+                      "with the settings every run shares (dataset, model, "
+                      "steps, --monitor_examples, --eval_every, ...); the "
+                      "study adds --method, --seed, --train_size and "
+                      "--model_dir.", **fv)
+  flags.DEFINE_list("methods", ["pgdat", "rlfat_p"], "Methods to train: "
+                    f"{', '.join(methods.METHODS)}.", **fv)
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the runs of each "
+                    "method and training-set size.", **fv)
+  flags.DEFINE_list("train_sizes", [], "Training-set sizes (--train_size of "
+                    "rlfat_tf.train); empty: the whole training set.", **fv)
+  flags.DEFINE_list("eval_attacks", ["pgd", "autoattack"], "Attacks of the "
+                    "final evaluation (--attacks of rlfat_tf.evaluate); the "
+                    "robust accuracy reported is the per-image worst case "
+                    "over all of them.", **fv)
+  flags.DEFINE_integer("eval_examples", None, "Evaluate on the first N test "
+                       "images (default: all).", lower_bound=1, **fv)
+  flags.DEFINE_integer("eval_batch_size", 100, "Images per compiled attack "
+                       "call of the evaluation.", lower_bound=1, **fv)
+  flags.DEFINE_bool("eval_checks", False, "Run the integrity checks in every "
+                    "evaluation (slower; a failure is recorded in "
+                    "study.json).", **fv)
+  flags.DEFINE_bool("progress", True, "Show progress bars.", **fv)
+  flags.mark_flags_as_required(["study_dir", "train_flagfile"], **fv)
+  flags.register_validator(
+      "methods", lambda v: bool(v) and set(v) <= set(methods.METHODS)
+      and len(set(v)) == len(v),
+      message=f"--methods must be distinct names from "
+      f"{','.join(methods.METHODS)}", **fv)
+  flags.register_validator(
+      "seeds", lambda v: bool(v) and _ints(v) is not None and len(set(v))
+      == len(v) and all(s >= 0 for s in _ints(v)),
+      message="--seeds must be distinct non-negative integers, e.g. 0,1,2",
+      **fv)
+  flags.register_validator(
+      "train_sizes", lambda v: _ints(v) is not None and all(
+          n > 0 for n in _ints(v)) and len(set(v)) == len(v),
+      message="--train_sizes must be distinct positive integers, e.g. "
+      "1000,5000", **fv)
+  flags.register_validator(
+      "eval_attacks", lambda v: bool(v) and set(v) <= set(attacks.NAMES),
+      message=f"--eval_attacks must be a non-empty list from "
+      f"{','.join(attacks.NAMES)}", **fv)
+
+
+def parsed_values(flag_values=flags.FLAGS):
+  """The parsed values of the flags ``define_flags`` defined, by name."""
+  return {f.name: f.value
+          for f in flag_values.get_flags_for_module(sys.modules[__name__])}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One run of the grid.
+
+  Attributes:
+    method: the method's name.
+    seed: the run's seed.
+    train_size: its --train_size, or None to keep the train flagfile's.
+  """
+  method: str
+  seed: int
+  train_size: int | None
+
+
+def grid(values):
+  """The cells of the study, method-major, in the order the flags list them.
+
+  Seeds vary fastest, so an interrupted study has finished whole groups of
+  seeds of the first methods.
+  """
+  sizes = [int(n) for n in values["train_sizes"]] or [None]
+  return [Cell(m, int(s), n) for m, n, s in itertools.product(
+      values["methods"], sizes, values["seeds"])]
+
+
+def run_name(record):
+  """A run's folder name, e.g. "pgdat_n1000_s0" ("nall": every image)."""
+  size = "all" if record.train_size is None else record.train_size
+  return f"{record.method}_n{size}_s{record.seed}"
+
+
+def _parse_into(define, argv, what):
+  """Parses ``argv`` into a fresh ``FlagValues`` of a command's flags."""
+  flag_values = flags.FlagValues()
+  define(flag_values)
+  try:
+    flag_values(argv)
+  except flags.Error as e:
+    raise errors.UserError(f"{what}: {e}") from None
+  return flag_values
+
+
+def run_record(values, cell):
+  """``(model_dir, record)`` of a cell: the train flagfile plus the cell.
+
+  Raises:
+    errors.UserError: the flagfile cannot be read or sets bad flags.
+  """
+  path = values["train_flagfile"]
+  if not tf.io.gfile.exists(path):
+    raise errors.UserError(f"--train_flagfile={path} does not exist: pass a "
+                           f"flagfile of rlfat_tf.train, e.g. "
+                           f"flags/study/cifar10_cpu_train.cfg")
+  # The folder is named after the resolved settings, which --model_dir
+  # does not shape.
+  argv = ["train", f"--flagfile={path}", f"--method={cell.method}",
+          f"--seed={cell.seed}", "--model_dir=unused",
+          "--progress" if values["progress"] else "--noprogress"]
+  if cell.train_size is not None:
+    argv.append(f"--train_size={cell.train_size}")
+  parsed = _parse_into(train.define_flags, argv,
+                       f"--train_flagfile={path}")
+  record = train.resolve_flags(train.parsed_values(parsed))
+  return (os.path.join(values["study_dir"], "runs", run_name(record)),
+          record)
+
+
+def eval_settings(values):
+  """The evaluation settings every evaluation of the study uses."""
+  return {"attacks": list(values["eval_attacks"]),
+          "num_examples": values["eval_examples"],
+          "batch_size": values["eval_batch_size"],
+          "checks": values["eval_checks"]}
+
+
+def _eval_values(values, model_dir, which, output):
+  settings = eval_settings(values)
+  argv = ["evaluate", f"--model_dir={model_dir}", f"--which={which}",
+          f"--output={output}", f"--attacks={','.join(settings['attacks'])}",
+          f"--batch_size={settings['batch_size']}",
+          "--checks" if settings["checks"] else "--nochecks",
+          "--brightness=", "--gamma=", "--salience_images=0",
+          "--progress" if values["progress"] else "--noprogress"]
+  if settings["num_examples"] is not None:
+    argv.append(f"--num_examples={settings['num_examples']}")
+  return evaluate.flag_values(_parse_into(evaluate.define_flags, argv,
+                                          "evaluation flags"))
+
+
+def _check_eval_settings(values):
+  """Records the evaluation settings, or refuses ones that differ."""
+  path = os.path.join(values["study_dir"], EVAL_SETTINGS_FILE)
+  settings = eval_settings(values)
+  if tf.io.gfile.exists(path):
+    before = runs.read_json(path)
+    if before != settings:
+      changed = sorted(k for k in settings if before.get(k) != settings[k])
+      raise errors.UserError(
+          f"{values['study_dir']} was evaluated with {changed[0]} = "
+          f"{before.get(changed[0])!r}, not {settings[changed[0]]!r}: rerun "
+          f"with the study's evaluation flags, or use a new --study_dir")
+    return
+  files.write_json(path, settings)
+
+
+def _trained(model_dir, record):
+  """Whether the run's last checkpoint is at its final step."""
+  if not runs.has_checkpoint(model_dir):
+    return False
+  path = runs.checkpoint_path(model_dir)
+  return int(path.rsplit("-", 1)[1]) >= record.train_steps
+
+
+def run_cell(values, cell, log=print):
+  """Trains a cell's run (or resumes it) and evaluates its checkpoints.
+
+  Work already on disk is kept: a finished run is not trained again, and an
+  evaluation whose file exists is not run again.
+
+  Returns:
+    ``(model_dir, record, {which: results file})``.
+  """
+  model_dir, record = run_record(values, cell)
+  name = run_name(record)
+  if not _trained(model_dir, record):
+    log(f"== training {name}")
+    train.run(model_dir, record)
+    keras.backend.clear_session()
+  which_list = ["last"] + (["best"] if record.val_size else [])
+  outputs = {}
+  for which in which_list:
+    output = os.path.join(values["study_dir"], "evals",
+                          f"{name}_{which}.json")
+    if not tf.io.gfile.exists(output):
+      log(f"== evaluating the {which} checkpoint of {name}")
+      evaluate.run(_eval_values(values, model_dir, which, output))
+      keras.backend.clear_session()
+    outputs[which] = output
+  return model_dir, record, outputs
+
+
+def curves(model_dir):
+  """The run's monitored scores at each validation step, from history.json.
+
+  Returns:
+    A list of ``{"step": s, key: value}`` with the train_subset/ and
+    test_subset/ scores (and the validation ones when present).
+  """
+  path = os.path.join(model_dir, actions.HISTORY_FILE)
+  if not tf.io.gfile.exists(path):
+    return []
+  keep = ("val/", "train_subset/", "test_subset/")
+  out = []
+  for entry in runs.read_json(path):
+    scores = {k: v for k, v in entry.items() if k.startswith(keep)}
+    if scores:
+      out.append({"step": entry["step"], **scores})
+  return out
+
+
+def curve_summary(points):
+  """Where the test robust curve peaks, and the gap at the end.
+
+  Args:
+    points: ``curves`` of one run.
+
+  Returns:
+    The ``curve/`` numbers of ``SUMMARY_KEYS`` (empty without monitoring).
+  """
+  points = [p for p in points if TEST_ROBUST in p and TRAIN_ROBUST in p]
+  if not points:
+    return {}
+  # The first of equal peaks: the earliest step that reached it.
+  peak = max(points, key=lambda p: (p[TEST_ROBUST], -p["step"]))
+  last = points[-1]
+  return {"curve/test_robust_peak": peak[TEST_ROBUST],
+          "curve/test_robust_peak_step": peak["step"],
+          "curve/test_robust_final": last[TEST_ROBUST],
+          "curve/test_robust_drop": peak[TEST_ROBUST] - last[TEST_ROBUST],
+          "curve/train_robust_final": last[TRAIN_ROBUST],
+          "curve/robust_gap_final": last[TRAIN_ROBUST] - last[TEST_ROBUST]}
+
+
+def run_entry(values, model_dir, record, outputs):
+  """The study.json entry of one run: curves, evaluations, summary numbers."""
+  points = curves(model_dir)
+  entry = {"name": run_name(record), "method": record.method,
+           "seed": record.seed, "train_size": record.train_size,
+           "model_dir": os.path.relpath(model_dir, values["study_dir"]),
+           "train_steps": record.train_steps, "curves": points,
+           "evaluations": {}, "summary": curve_summary(points)}
+  for which, output in outputs.items():
+    results = runs.read_json(output)
+    key = "final" if which == "last" else "best"
+    step = int(results["run"]["checkpoint"].rsplit("-", 1)[1])
+    failed = evaluate.failed_checks(results["checks"])
+    entry["evaluations"][key] = {
+        "file": os.path.relpath(output, values["study_dir"]),
+        "step": step, "metrics": results["metrics"],
+        "failed_checks": failed}
+    entry["summary"][f"{key}/clean"] = results["metrics"][CLEAN]
+    entry["summary"][f"{key}/robust"] = results["metrics"][ROBUST]
+    if key == "best":
+      entry["summary"]["best/step"] = step
+  return entry
+
+
+def mean_std(numbers):
+  """``{"mean", "std", "n"}``; std is the sample standard deviation (None
+  for one number)."""
+  numbers = np.asarray(numbers, np.float64)
+  return {"mean": float(numbers.mean()),
+          "std": float(numbers.std(ddof=1)) if len(numbers) > 1 else None,
+          "n": len(numbers)}
+
+
+def summarise(entries):
+  """Mean and standard deviation over seeds of each method and size."""
+  groups = {}
+  for entry in entries:
+    groups.setdefault((entry["method"], entry["train_size"]), []).append(
+        entry)
+  out = []
+  for (method, size), group in groups.items():
+    row = {"method": method,
+           "display_name": methods.get(method).display_name,
+           "train_size": size, "seeds": [e["seed"] for e in group]}
+    for key in SUMMARY_KEYS:
+      numbers = [e["summary"][key] for e in group if key in e["summary"]]
+      if len(numbers) == len(group):
+        row[key] = mean_std(numbers)
+    out.append(row)
+  return out
+
+
+def _score(key):
+  """A point's score named ``key``, or None where it was not measured."""
+  return lambda point: point.get(key)
+
+
+def _gap(point):
+  """Train minus test robust accuracy at a point, or None."""
+  if TRAIN_ROBUST in point and TEST_ROBUST in point:
+    return point[TRAIN_ROBUST] - point[TEST_ROBUST]
+  return None
+
+
+def mean_curves(entries, value):
+  """Mean and std over seeds of one curve, per method and size.
+
+  Args:
+    entries: the runs' study.json entries.
+    value: ``point -> number or None`` (``_score(key)``, ``_gap``).
+
+  Returns:
+    A list of ``{"method", "train_size", "steps", "mean", "std"}``, over the
+    steps every seed of the group measured.
+  """
+  groups = {}
+  for entry in entries:
+    points = {p["step"]: value(p) for p in entry["curves"]
+              if value(p) is not None}
+    groups.setdefault((entry["method"], entry["train_size"]), []).append(
+        points)
+  out = []
+  for (method, size), group in groups.items():
+    steps = sorted(set.intersection(*(set(p) for p in group)))
+    if not steps:
+      continue
+    values = np.array([[p[s] for s in steps] for p in group])
+    out.append({"method": method, "train_size": size, "steps": steps,
+                "mean": values.mean(axis=0).tolist(),
+                "std": (values.std(axis=0, ddof=1).tolist()
+                        if len(group) > 1 else [0.0] * len(steps))})
+  return out
+
+
+def _cell_label(row):
+  name = methods.get(row["method"]).display_name
+  return name if row["train_size"] is None else f"{name}, n={row['train_size']}"
+
+
+def _fmt(stat, percent=True):
+  if stat is None:
+    return ""
+  scale = 100.0 if percent else 1.0
+  text = f"{scale * stat['mean']:.1f}"
+  if stat["std"] is not None:
+    text += f" ± {scale * stat['std']:.1f}"
+  return text
+
+
+def table(summary):
+  """The study's Markdown table: one row per method and training-set size."""
+  columns = [
+      ("final/clean", "final clean"), ("final/robust", "final robust"),
+      ("best/clean", "best clean"), ("best/robust", "best robust"),
+      ("best/step", "best step"),
+      ("curve/test_robust_peak", "test robust peak (curve)"),
+      ("curve/test_robust_peak_step", "peak step"),
+      ("curve/test_robust_final", "test robust end (curve)"),
+      ("curve/train_robust_final", "train robust end (curve)"),
+      ("curve/robust_gap_final", "gap end")]
+  columns = [(k, t) for k, t in columns if any(k in row for row in summary)]
+  lines = ["| model | seeds | " + " | ".join(t for _, t in columns) + " |",
+           "|---|---|" + "---|" * len(columns)]
+  for row in summary:
+    cells = [_fmt(row.get(k), percent="step" not in k) for k, _ in columns]
+    lines.append(f"| {_cell_label(row)} | {len(row['seeds'])} | "
+                 + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_outputs(values, entries):
+  """Writes study.json, study.md and the figures; returns the payload."""
+  study_dir = values["study_dir"]
+  summary = summarise(entries)
+  payload = {
+      "schema_version": SCHEMA_VERSION,
+      "grid": {"methods": list(values["methods"]),
+               "seeds": [int(s) for s in values["seeds"]],
+               "train_sizes": [int(n) for n in values["train_sizes"]]},
+      "evaluation": eval_settings(values),
+      "metrics": {"clean": CLEAN, "robust": ROBUST,
+                  "train_curve": [TRAIN_CLEAN, TRAIN_ROBUST],
+                  "test_curve": [TEST_CLEAN, TEST_ROBUST]},
+      "runs": entries,
+      "summary": summary,
+  }
+  files.write_json(os.path.join(study_dir, "study.json"), payload)
+  files.write_text(os.path.join(study_dir, "study.md"), table(summary))
+  series = [
+      {**curve, "label": f"{_cell_label(curve)}, {which}",
+       "group": _cell_label(curve), "dashed": which == "train"}
+      for key, which in ((TRAIN_ROBUST, "train"), (TEST_ROBUST, "test"))
+      for curve in mean_curves(entries, _score(key))]
+  if series:
+    figures.study_curves(series, os.path.join(study_dir, "curves.png"),
+                         "robust accuracy (%)")
+    gaps = [{**curve, "label": _cell_label(curve),
+             "group": _cell_label(curve), "dashed": False}
+            for curve in mean_curves(entries, _gap)]
+    figures.study_curves(gaps, os.path.join(study_dir, "gap.png"),
+                         "train − test robust accuracy (points)")
+  bars = [{"label": _cell_label(row),
+           "values": {name: row[key] for key, name in (
+               ("final/clean", "final clean"),
+               ("final/robust", "final robust"),
+               ("best/clean", "best clean"), ("best/robust", "best robust"))
+                      if key in row}} for row in summary]
+  figures.error_bars(bars, os.path.join(study_dir, "final.png"))
+  return payload
+
+
+def run(values, log=print):
+  """Runs (or continues) the whole study and writes its outputs.
+
+  Args:
+    values: dict of this module's flag values.
+    log: prints a progress line.
+
+  Returns:
+    The study.json payload.
+
+  Raises:
+    errors.UserError: bad input, here or in a run's settings.
+  """
+  study_dir = values["study_dir"]
+  files.check_writable(study_dir, "--study_dir")
+  tf.io.gfile.makedirs(study_dir)
+  cells = grid(values)
+  # Every run's settings are checked before the first one trains.
+  for cell in cells:
+    model_dir, record = run_record(values, cell)
+    runs.check_resume(model_dir, record)
+  _check_eval_settings(values)
+  entries = []
+  for i, cell in enumerate(cells):
+    log(f"== run {i + 1} of {len(cells)}")
+    model_dir, record, outputs = run_cell(values, cell, log)
+    entries.append(run_entry(values, model_dir, record, outputs))
+  payload = write_outputs(values, entries)
+  log(f"study: {os.path.join(study_dir, 'study.json')}")
+  return payload
+
+
+def main():
+  """Runs the study the parsed flags describe (``python -m rlfat_tf.study``)."""
+  if not flags.FLAGS["verbosity"].present:
+    tf.get_logger().setLevel("ERROR")
+  run(parsed_values())
+
+
+if __name__ == "__main__":
+  cli.run_absl(main, define_flags)

@@ -1,0 +1,248 @@
+"""Tests of `python -m rlfat_tf.study`: the grid, its summaries, a tiny study
+run whole and run with a kill in the middle."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from absl import flags
+import numpy as np
+import pytest
+
+from rlfat_tf import errors
+from rlfat_tf import study
+
+import helpers
+from helpers import ENV
+from helpers import ROOT
+from helpers import SMOKE
+
+TRAIN_STEPS = 12
+
+
+def _values(tmp_path, **overrides):
+  values = {"study_dir": str(tmp_path / "study"),
+            "train_flagfile": str(tmp_path / "train.cfg"),
+            "methods": ["pgdat"], "seeds": ["0"], "train_sizes": [],
+            "eval_attacks": ["pgd"], "eval_examples": 16,
+            "eval_batch_size": 16, "eval_checks": False, "progress": False}
+  values.update(overrides)
+  return values
+
+
+def _train_flagfile(path):
+  # The smoke run, monitored at every checkpoint, bit-exact on resume.
+  path.write_text("\n".join([
+      f"--flagfile={SMOKE}", f"--train_steps={TRAIN_STEPS}",
+      "--checkpoint_every=3", "--eval_every=3", "--keep_checkpoints=10",
+      "--monitor_examples=20", "--deterministic", ""]))
+  return path
+
+
+def _study_argv(tmp_path, study_dir):
+  return [f"--train_flagfile={_train_flagfile(tmp_path / 'train.cfg')}",
+          "--methods=pgdat", "--seeds=0", "--eval_attacks=pgd",
+          "--eval_examples=16", "--eval_batch_size=16", "--noprogress",
+          f"--study_dir={study_dir}"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A tiny study run to the end in one go: (its folder, study.json)."""
+  tmp_path = tmp_path_factory.mktemp("study")
+  study_dir = tmp_path / "study"
+  result = helpers.run_module("rlfat_tf.study",
+                              *_study_argv(tmp_path, study_dir))
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(study_dir / "study.json") as f:
+    return study_dir, json.load(f)
+
+
+def test_grid_is_method_major_with_seeds_fastest(tmp_path):
+  _train_flagfile(tmp_path / "train.cfg")
+  values = _values(tmp_path, methods=["pgdat", "rlfat_p"], seeds=["0", "1"],
+                   train_sizes=["500", "1000"])
+  names = [study.run_name(study.run_record(values, cell)[1])
+           for cell in study.grid(values)]
+  assert names == [
+      "pgdat_n500_s0", "pgdat_n500_s1", "pgdat_n1000_s0", "pgdat_n1000_s1",
+      "rlfat_p_n500_s0", "rlfat_p_n500_s1", "rlfat_p_n1000_s0",
+      "rlfat_p_n1000_s1"]
+  model_dir, record = study.run_record(values, study.grid(values)[0])
+  assert model_dir == str(tmp_path / "study" / "runs" / "pgdat_n500_s0")
+  assert (record.method, record.seed, record.train_size) == ("pgdat", 0, 500)
+  # Without --train_sizes, the train flagfile's size names the run.
+  (tmp_path / "sized.cfg").write_text(f"--flagfile={SMOKE}\n--train_size=64\n")
+  values = _values(tmp_path, train_flagfile=str(tmp_path / "sized.cfg"))
+  (cell,) = study.grid(values)
+  assert study.run_name(study.run_record(values, cell)[1]) == "pgdat_n64_s0"
+
+
+def test_curve_summary_finds_the_peak_and_the_final_gap():
+  points = [
+      {"step": 10, study.TRAIN_ROBUST: 0.20, study.TEST_ROBUST: 0.18},
+      {"step": 20, study.TRAIN_ROBUST: 0.40, study.TEST_ROBUST: 0.30},
+      {"step": 30, study.TRAIN_ROBUST: 0.60, study.TEST_ROBUST: 0.30},
+      {"step": 40, study.TRAIN_ROBUST: 0.80, study.TEST_ROBUST: 0.25},
+      {"step": 45, "val/clean_accuracy": 0.5}]
+  assert study.curve_summary(points) == pytest.approx({
+      "curve/test_robust_peak": 0.30, "curve/test_robust_peak_step": 20,
+      "curve/test_robust_final": 0.25, "curve/test_robust_drop": 0.05,
+      "curve/train_robust_final": 0.80, "curve/robust_gap_final": 0.55})
+  assert study.curve_summary([{"step": 5, "val/clean_accuracy": 0.5}]) == {}
+
+
+def test_mean_std_uses_the_sample_standard_deviation():
+  # 0.2, 0.4, 0.6: mean 0.4, squared deviations 0.04 + 0 + 0.04 over n-1=2.
+  assert study.mean_std([0.2, 0.4, 0.6]) == pytest.approx(
+      {"mean": 0.4, "std": 0.2, "n": 3})
+  assert study.mean_std([0.3]) == {"mean": 0.3, "std": None, "n": 1}
+
+
+def _entry(method, seed, final_robust, points):
+  return {"method": method, "seed": seed, "train_size": None,
+          "curves": points,
+          "summary": {"final/robust": final_robust,
+                      **study.curve_summary(points)}}
+
+
+def test_seeds_are_summarised_per_method_over_common_steps():
+  a = [{"step": 3, study.TRAIN_ROBUST: 0.2, study.TEST_ROBUST: 0.1},
+       {"step": 6, study.TRAIN_ROBUST: 0.4, study.TEST_ROBUST: 0.3}]
+  b = [{"step": 3, study.TRAIN_ROBUST: 0.4, study.TEST_ROBUST: 0.3}]
+  entries = [_entry("pgdat", 0, 0.25, a), _entry("pgdat", 1, 0.35, b),
+             _entry("rlfat_p", 0, 0.5, a)]
+  summary = study.summarise(entries)
+  assert [(r["display_name"], r["seeds"]) for r in summary] == [
+      ("PGDAT", [0, 1]), ("RLFAT_P", [0])]
+  assert summary[0]["final/robust"]["mean"] == pytest.approx(0.30)
+  assert summary[0]["final/robust"]["std"] == pytest.approx(
+      np.std([0.25, 0.35], ddof=1))
+  # Seed 1 stopped at step 3: the mean curve has only the step both have.
+  (pgdat, rlfat) = study.mean_curves(entries, study._gap)
+  assert pgdat["steps"] == [3]
+  assert pgdat["mean"] == pytest.approx([0.1])
+  assert pgdat["std"] == pytest.approx([0.0])
+  assert rlfat["steps"] == [3, 6] and rlfat["std"] == [0.0, 0.0]
+  table = study.table(summary)
+  assert "| PGDAT | 2 | 30.0 ± 7.1 |" in table
+  assert "| RLFAT_P | 1 | 50.0 |" in table
+
+
+def test_tiny_study_records_curves_evaluations_and_figures(finished):
+  study_dir, payload = finished
+  (run,) = payload["runs"]
+  assert run["name"] == "pgdat_nall_s0" and run["model_dir"] == (
+      "runs/pgdat_nall_s0")
+  assert [p["step"] for p in run["curves"]] == list(range(3, 13, 3))
+  for point in run["curves"]:
+    for clean, robust in ((study.TRAIN_CLEAN, study.TRAIN_ROBUST),
+                          (study.TEST_CLEAN, study.TEST_ROBUST)):
+      assert 0.0 <= point[robust] <= point[clean] <= 1.0
+  # The smoke run holds out a validation split: its best checkpoint is
+  # evaluated too, and the numbers are those of the results files.
+  assert set(run["evaluations"]) == {"final", "best"}
+  for key, evaluation in run["evaluations"].items():
+    with open(study_dir / evaluation["file"]) as f:
+      results = json.load(f)
+    assert results["eval"]["num_examples"] == 16
+    assert run["summary"][f"{key}/robust"] == (
+        results["metrics"][study.ROBUST])
+  assert run["evaluations"]["final"]["step"] == TRAIN_STEPS
+  (row,) = payload["summary"]
+  assert row["final/robust"] == {"mean": run["summary"]["final/robust"],
+                                 "std": None, "n": 1}
+  assert (study_dir / "study.md").read_text().startswith("| model | seeds |")
+  for name in ("curves.png", "gap.png", "final.png"):
+    assert (study_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_killed_study_resumes_to_the_same_results(finished, tmp_path):
+  _, expected = finished
+  study_dir = tmp_path / "study"
+  argv = _study_argv(tmp_path, study_dir)
+  proc = subprocess.Popen([sys.executable, "-m", "rlfat_tf.study", *argv],
+                          env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  first = study_dir / "runs" / "pgdat_nall_s0" / "checkpoints" / "ckpt-3.index"
+  deadline = time.monotonic() + 300
+  while not first.exists():
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert not (study_dir / "study.json").exists()
+  result = helpers.run_module("rlfat_tf.study", *argv)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(study_dir / "study.json") as f:
+    assert json.load(f) == expected
+  # Nothing is redone on a finished study.
+  again = helpers.run_module("rlfat_tf.study", *argv)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "== training" not in again.stdout
+  assert "== evaluating" not in again.stdout
+
+
+def test_changed_evaluation_settings_are_refused(tmp_path):
+  values = _values(tmp_path)
+  (tmp_path / "study").mkdir()
+  study._check_eval_settings(values)
+  study._check_eval_settings(values)
+  with pytest.raises(errors.UserError, match=(
+      r"was evaluated with num_examples = 16, not 32: rerun with the "
+      r"study's evaluation flags, or use a new --study_dir")):
+    study._check_eval_settings(dict(values, eval_examples=32))
+
+
+def test_a_missing_train_flagfile_is_one_line(tmp_path):
+  with pytest.raises(errors.UserError, match="--train_flagfile=.* does not "
+                     "exist: pass a flagfile of rlfat_tf.train"):
+    study.run_record(_values(tmp_path), study.grid(_values(tmp_path))[0])
+
+
+def test_a_bad_train_flag_names_the_flagfile(tmp_path):
+  (tmp_path / "train.cfg").write_text("--depth=ten\n")
+  with pytest.raises(errors.UserError, match="--train_flagfile=.*train.cfg: "
+                     ".*depth"):
+    study.run_record(_values(tmp_path), study.grid(_values(tmp_path))[0])
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--methods=pgdat,mart"], "--methods must be distinct names from"),
+    (["--methods=pgdat,pgdat"], "--methods must be distinct names from"),
+    (["--seeds=0,x"], "--seeds must be distinct non-negative integers"),
+    (["--seeds=-1"], "--seeds must be distinct non-negative integers"),
+    (["--train_sizes=0"], "--train_sizes must be distinct positive"),
+    (["--eval_attacks=pgd,deepfool"], "--eval_attacks must be a non-empty"),
+])
+def test_bad_flags_are_refused(argv, needle):
+  with pytest.raises(errors.UserError, match=needle):
+    study._parse_into(study.define_flags,
+                      ["study", "--study_dir=s", "--train_flagfile=t", *argv],
+                      "the study's flags")
+
+
+def test_a_bad_flag_exits_2_with_one_line_and_no_folder(tmp_path):
+  result = helpers.run_module(
+      "rlfat_tf.study", f"--study_dir={tmp_path / 'study'}",
+      f"--train_flagfile={_train_flagfile(tmp_path / 'train.cfg')}",
+      "--methods=pgdat,mart")
+  assert result.returncode == 2
+  (line,) = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+  assert "--methods must be distinct names from" in line
+  assert not (tmp_path / "study").exists()
+
+
+def test_help_documents_the_study():
+  # --help prints the module docstring and its flags' help.
+  flag_values = flags.FlagValues()
+  study.define_flags(flag_values)
+  text = study.__doc__ + flag_values.module_help(study)
+  for needle in ("--study_dir", "--train_flagfile", "--methods", "--seeds",
+                 "--train_sizes", "--eval_attacks", "study.json",
+                 "--monitor_examples", "curves.png", "continues where it "
+                 "stopped"):
+    assert needle in text, needle
