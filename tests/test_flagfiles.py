@@ -57,12 +57,23 @@ SMOKE = {
     "batch_size": 32, "train_steps": 6, "steps_per_loop": 3,
     "checkpoint_every": 3, "val_size": 100,
 }
+# The CPU robust-overfitting study (README, "Does RLFAT improve robust
+# generalization?"): the official recipe on a 1,000-image subset of real
+# CIFAR-10 with a WRN-10-1, PGD-5 and 1,250 steps, scored every 125 steps.
+STUDY_CPU_TRAIN = {
+    **COMMON, "dataset": "cifar10", "data_dir": "../shared/data",
+    "depth": 10, "width": 1, "attack_steps": 5, "val_size": 400,
+    "train_size": 1000, "monitor_examples": 400, "train_steps": 1250,
+    "steps_per_loop": 125, "eval_every": 125, "checkpoint_every": 125,
+    "keep_checkpoints": 2,
+}
 PAIRS = list(itertools.product(DATASETS, METHODS))
 
 
 def _expected():
   """Every file flags/ should hold, relative to the root, with its values."""
-  out = {"flags/smoke.cfg": SMOKE, "flags/common.cfg": COMMON}
+  out = {"flags/smoke.cfg": SMOKE, "flags/common.cfg": COMMON,
+         "flags/study/cifar10_cpu_train.cfg": STUDY_CPU_TRAIN}
   for d, settings in DATASETS.items():
     out[f"flags/datasets/{d}.cfg"] = {"dataset": d, **settings}
   for m, settings in METHODS.items():
