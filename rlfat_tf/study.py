@@ -1,7 +1,8 @@
 r"""Runs a study of robust generalization: a grid of training runs, evaluated.
 
 Examples:
-  python -m rlfat_tf.study --flagfile=flags/study/cifar10_cpu.cfg \
+  python -m rlfat_tf.study --train_flagfile=flags/study/cifar10_cpu_train.cfg \
+      --methods=pgdat,rlfat_p --seeds=0,1,2 --eval_examples=2000 \
       --study_dir=studies/cifar10_cpu
   python -m rlfat_tf.study --train_flagfile=flags/cifar10_rlfat_p.cfg \
       --methods=pgdat,rlfat_p --seeds=0,1,2 --train_sizes=5000,49000 \
