@@ -419,12 +419,13 @@ def _cell_label(row):
 
 
 def _fmt(stat, percent=True):
+  """Mean ± std of an accuracy (in percent, one decimal) or a step."""
   if stat is None:
     return ""
-  scale = 100.0 if percent else 1.0
-  text = f"{scale * stat['mean']:.1f}"
+  scale, digits = (100.0, 1) if percent else (1.0, 0)
+  text = f"{scale * stat['mean']:.{digits}f}"
   if stat["std"] is not None:
-    text += f" ± {scale * stat['std']:.1f}"
+    text += f" ± {scale * stat['std']:.{digits}f}"
   return text
 
 

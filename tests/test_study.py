@@ -126,9 +126,12 @@ def test_seeds_are_summarised_per_method_over_common_steps():
   assert pgdat["mean"] == pytest.approx([0.1])
   assert pgdat["std"] == pytest.approx([0.0])
   assert rlfat["steps"] == [3, 6] and rlfat["std"] == [0.0, 0.0]
+  for row in summary:
+    row["best/step"] = study.mean_std([250, 500] if row["method"] == "pgdat"
+                                      else [500])
   table = study.table(summary)
-  assert "| PGDAT | 2 | 30.0 ± 7.1 |" in table
-  assert "| RLFAT_P | 1 | 50.0 |" in table
+  assert "| PGDAT | 2 | 30.0 ± 7.1 | 375 ± 177 |" in table
+  assert "| RLFAT_P | 1 | 50.0 | 500 |" in table
 
 
 def test_tiny_study_records_curves_evaluations_and_figures(finished):
