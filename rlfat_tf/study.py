@@ -325,7 +325,7 @@ def run_entry(values, model_dir, record, outputs):
   entry = {"name": run_name(record), "method": record.method,
            "seed": record.seed, "train_size": record.train_size,
            "model_dir": os.path.relpath(model_dir, values["study_dir"]),
-           "train_steps": record.train_steps, "curves": points,
+           "train_record": record.to_json(), "curves": points,
            "evaluations": {}, "summary": curve_summary(points)}
   for which, output in outputs.items():
     results = runs.read_json(output)

@@ -57,23 +57,27 @@ SMOKE = {
     "batch_size": 32, "train_steps": 6, "steps_per_loop": 3,
     "checkpoint_every": 3, "val_size": 100,
 }
-# The CPU robust-overfitting study (README, "Does RLFAT improve robust
-# generalization?"): the official recipe on a 1,000-image subset of real
-# CIFAR-10 with a WRN-10-1, PGD-5 and 1,250 steps, scored every 125 steps.
+# The CPU robust-generalization study (README, "Robust generalization:
+# rlfat_tf.study"): the official recipe on 250 images of real CIFAR-10 with a
+# WRN-10-1, PGD-5 and 1,250 steps, scored every 125 steps; and its first
+# pilot, on 1,000 images.
 STUDY_CPU_TRAIN = {
     **COMMON, "dataset": "cifar10", "data_dir": "../shared/data",
     "depth": 10, "width": 1, "attack_steps": 5, "val_size": 400,
-    "train_size": 1000, "monitor_examples": 400, "train_steps": 1250,
+    "train_size": 250, "monitor_examples": 250, "train_steps": 1250,
     "steps_per_loop": 125, "eval_every": 125, "checkpoint_every": 125,
     "keep_checkpoints": 2,
 }
+STUDY_CPU_PILOT_N1000 = dict(STUDY_CPU_TRAIN, train_size=1000,
+                             monitor_examples=400)
 PAIRS = list(itertools.product(DATASETS, METHODS))
 
 
 def _expected():
   """Every file flags/ should hold, relative to the root, with its values."""
   out = {"flags/smoke.cfg": SMOKE, "flags/common.cfg": COMMON,
-         "flags/study/cifar10_cpu_train.cfg": STUDY_CPU_TRAIN}
+         "flags/study/cifar10_cpu_train.cfg": STUDY_CPU_TRAIN,
+         "flags/study/cifar10_cpu_pilot_n1000.cfg": STUDY_CPU_PILOT_N1000}
   for d, settings in DATASETS.items():
     out[f"flags/datasets/{d}.cfg"] = {"dataset": d, **settings}
   for m, settings in METHODS.items():

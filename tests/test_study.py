@@ -139,6 +139,8 @@ def test_tiny_study_records_curves_evaluations_and_figures(finished):
   (run,) = payload["runs"]
   assert run["name"] == "pgdat_nall_s0" and run["model_dir"] == (
       "runs/pgdat_nall_s0")
+  assert run["train_record"]["train_steps"] == TRAIN_STEPS
+  assert run["train_record"]["monitor_examples"] == 20
   assert [p["step"] for p in run["curves"]] == list(range(3, 13, 3))
   for point in run["curves"]:
     for clean, robust in ((study.TRAIN_CLEAN, study.TRAIN_ROBUST),
