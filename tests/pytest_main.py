@@ -5,5 +5,7 @@ import sys
 import pytest
 
 if __name__ == "__main__":
-  # Bazel's runfiles tree is read-only: no cache folder.
-  sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[1:]]))
+  # Bazel's runfiles tree is read-only: no cache folder. Bazel runs test
+  # targets side by side: no pytest-xdist workers (pytest.ini) within one.
+  sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-n", "0",
+                        *sys.argv[1:]]))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -298,6 +299,16 @@ def test_sizes_beyond_the_data_are_refused_before_any_file(argv, message,
   assert not (tmp_path / "run" / "run.json").exists()
 
 
+def _assert_nothing_written(model_dir):
+  assert not (model_dir / "run.json").exists()
+  assert not model_dir.exists() or not any(
+      (model_dir / "checkpoints").glob("ckpt-*"))
+
+
+# The command's own parser and run, called in this process: a refused flag
+# (flags.Error) and a user error are what `python -m rlfat_tf.train` prints
+# as its one error line, with exit status 2. tests/test_cli.py runs the real
+# command on a refused flag, the test below on user errors.
 @pytest.mark.parametrize("argv, needle", [
     (["--dataset=mnist"], "--dataset"),
     (["--epsilon=1.5"], "--epsilon must be in (0, 1]"),
@@ -308,11 +319,23 @@ def test_sizes_beyond_the_data_are_refused_before_any_file(argv, message,
     (["--dataset=cifar100", "--data_dir=/nonexistent"], "--data_dir"),
     (["--data_dir=/nonexistent"], "does not apply to cifar10_sample"),
     (["--mixed_precision=float64"], "--mixed_precision"),
-    (["--strategy=mirrored", "--cpu_devices=3"],
-     "--batch_size=32 does not split evenly across 3 replicas"),
     (["--cpu_devices=2"], "--cpu_devices=2 only applies"),
     (["--tpu=grpc://10.0.0.1:8470"], "--tpu only applies"),
     (["--strategy=multi_worker"], "TF_CONFIG environment variable"),
+])
+def test_bad_input_is_a_user_error_before_anything_is_written(
+    argv, needle, tmp_path, monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  model_dir = tmp_path / "run"
+  with pytest.raises((flags.Error, errors.UserError), match=re.escape(needle)):
+    train.run(*_parse(f"--model_dir={model_dir}", *argv))
+  _assert_nothing_written(model_dir)
+
+
+# Logical devices are set up once per process, so these run as the command.
+@pytest.mark.parametrize("argv, needle", [
+    (["--strategy=mirrored", "--cpu_devices=3"],
+     "--batch_size=32 does not split evenly across 3 replicas"),
     (["--strategy=mirrored", "--cpu_devices=2", "--sync_batch_norm",
       "--jit_compile"], "--sync_batch_norm cannot run under --jit_compile"),
 ])
@@ -325,9 +348,7 @@ def test_bad_input_gives_one_clear_line_and_a_nonzero_exit(argv, needle,
   lines = [l for l in result.stderr.splitlines()
            if needle in l or l.startswith("error:")]
   assert len(lines) == 1 and needle in lines[0], result.stderr
-  assert not (model_dir / "run.json").exists()
-  assert not model_dir.exists() or not any(
-      (model_dir / "checkpoints").glob("ckpt-*"))
+  _assert_nothing_written(model_dir)
 
 
 @pytest.mark.parametrize("dataset, defaults", [
