@@ -390,11 +390,6 @@ def _print_summary(payload, output):
   print(f"results: {output} ({payload['time_seconds']:.1f} s)", flush=True)
 
 
-def _checkpoint_step(path):
-  """The training step of a checkpoint: the trainer numbers them by step."""
-  return int(path.rsplit("-", 1)[1])
-
-
 def _read_history(path):
   if not tf.io.gfile.exists(path):
     return []
@@ -450,10 +445,10 @@ def watch(values):
       "watch_timeout"]):
     state = tf.train.get_checkpoint_state(folder)
     pending = sorted((p for p in state.all_model_checkpoint_paths
-                      if _checkpoint_step(p) not in done),
-                     key=_checkpoint_step)
+                      if runs.checkpoint_number(p) not in done),
+                     key=runs.checkpoint_number)
     for path in pending:
-      step = _checkpoint_step(path)
+      step = runs.checkpoint_number(path)
       try:
         checkpoint.restore(path).assert_existing_objects_matched(
         ).expect_partial()

@@ -317,7 +317,7 @@ def check_batch_memory(record, memory_bytes):
 _FOLDERS = {"last": "checkpoints", "best": "best"}
 
 
-def _checkpoint_number(prefix):
+def checkpoint_number(prefix):
   """The number that ends a checkpoint prefix (``ckpt-12``), or None."""
   tail = prefix.rsplit("-", 1)[-1]
   return int(tail) if tail.isdigit() else None
@@ -344,8 +344,8 @@ def _listed_checkpoints(folder):
   for pattern, marker in (("*.index", ".index"), ("*.data-*", ".data-")):
     for name in tf.io.gfile.glob(os.path.join(folder, pattern)):
       prefixes.add(name[:name.rindex(marker)])
-  return sorted((p for p in prefixes if _checkpoint_number(p) is not None),
-                key=_checkpoint_number)
+  return sorted((p for p in prefixes if checkpoint_number(p) is not None),
+                key=checkpoint_number)
 
 
 def checkpoint_damage(prefix):

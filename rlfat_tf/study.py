@@ -34,7 +34,6 @@ evaluation settings may not, since the evaluations already written used them.
 
 import dataclasses
 import itertools
-import json
 import os
 import sys
 
@@ -196,9 +195,10 @@ def run_record(values, cell):
           "--progress" if values["progress"] else "--noprogress"]
   if cell.train_size is not None:
     argv.append(f"--train_size={cell.train_size}")
-  parsed = _parse_into(train.define_flags, argv,
-                       f"--train_flagfile={path}")
-  record = train.resolve_flags(train.parsed_values(parsed))
+  try:
+    _, record = train.values_from_argv(argv)
+  except flags.Error as e:
+    raise errors.UserError(f"--train_flagfile={path}: {e}") from None
   return (os.path.join(values["study_dir"], "runs", run_name(record)),
           record)
 
@@ -246,19 +246,23 @@ def _trained(model_dir, record):
   if not runs.has_checkpoint(model_dir):
     return False
   path = runs.checkpoint_path(model_dir)
-  return int(path.rsplit("-", 1)[1]) >= record.train_steps
+  return runs.checkpoint_number(path) >= record.train_steps
 
 
-def run_cell(values, cell, log=print):
+def run_cell(values, model_dir, record, log=print):
   """Trains a cell's run (or resumes it) and evaluates its checkpoints.
 
   Work already on disk is kept: a finished run is not trained again, and an
   evaluation whose file exists is not run again.
 
+  Args:
+    values: this module's flag values.
+    model_dir, record: the cell's run (``run_record``).
+    log: prints a progress line.
+
   Returns:
-    ``(model_dir, record, {which: results file})``.
+    ``{which: results file}``.
   """
-  model_dir, record = run_record(values, cell)
   name = run_name(record)
   if not _trained(model_dir, record):
     log(f"== training {name}")
@@ -274,7 +278,7 @@ def run_cell(values, cell, log=print):
       evaluate.run(_eval_values(values, model_dir, which, output))
       keras.backend.clear_session()
     outputs[which] = output
-  return model_dir, record, outputs
+  return outputs
 
 
 def curves(model_dir):
@@ -330,7 +334,7 @@ def run_entry(values, model_dir, record, outputs):
   for which, output in outputs.items():
     results = runs.read_json(output)
     key = "final" if which == "last" else "best"
-    step = int(results["run"]["checkpoint"].rsplit("-", 1)[1])
+    step = runs.checkpoint_number(results["run"]["checkpoint"])
     failed = evaluate.failed_checks(results["checks"])
     entry["evaluations"][key] = {
         "file": os.path.relpath(output, values["study_dir"]),
@@ -507,16 +511,15 @@ def run(values, log=print):
   study_dir = values["study_dir"]
   files.check_writable(study_dir, "--study_dir")
   tf.io.gfile.makedirs(study_dir)
-  cells = grid(values)
+  planned = [run_record(values, cell) for cell in grid(values)]
   # Every run's settings are checked before the first one trains.
-  for cell in cells:
-    model_dir, record = run_record(values, cell)
+  for model_dir, record in planned:
     runs.check_resume(model_dir, record)
   _check_eval_settings(values)
   entries = []
-  for i, cell in enumerate(cells):
-    log(f"== run {i + 1} of {len(cells)}")
-    model_dir, record, outputs = run_cell(values, cell, log)
+  for i, (model_dir, record) in enumerate(planned):
+    log(f"== run {i + 1} of {len(planned)}")
+    outputs = run_cell(values, model_dir, record, log)
     entries.append(run_entry(values, model_dir, record, outputs))
   payload = write_outputs(values, entries)
   log(f"study: {os.path.join(study_dir, 'study.json')}")

@@ -287,6 +287,37 @@ def train_config(record):
       for f in dataclasses.fields(trainer.TrainConfig)})
 
 
+def training_split(record, images, labels):
+  """The images a run trains on and those it validates on.
+
+  Args:
+    record: the run's ``runs.RunRecord`` (``val_size``, ``train_size``).
+    images, labels: the dataset's whole training split.
+
+  Returns:
+    ``((train_images, train_labels), (val_images, val_labels))``: the
+    ``data.validation_split`` of ``val_size`` images, and of the rest the
+    first ``train_size`` (all when None).
+
+  Raises:
+    errors.UserError: either size leaves no training data or exceeds it.
+  """
+  if record.val_size >= len(images):
+    raise errors.UserError(
+        f"--val_size={record.val_size} leaves no training data "
+        f"({len(images)} examples): use a smaller --val_size")
+  (images, labels), val = data.validation_split(images, labels,
+                                                record.val_size)
+  if record.train_size is not None:
+    if record.train_size > len(images):
+      raise errors.UserError(
+          f"--train_size={record.train_size} exceeds the {len(images)} "
+          f"training images left after --val_size={record.val_size}: pass "
+          f"at most {len(images)}")
+    images, labels = images[:record.train_size], labels[:record.train_size]
+  return (images, labels), val
+
+
 def build_trainer(model_dir, record, watcher=None):
   """Sets up devices, data and the trainer of a run.
 
@@ -320,21 +351,9 @@ def build_trainer(model_dir, record, watcher=None):
     tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(record.seed)
 
-  images, labels = datasets.load_split(record.dataset, "train",
-                                       record.data_dir, record.tfds_data_dir)
-  if record.val_size >= len(images):
-    raise errors.UserError(
-        f"--val_size={record.val_size} leaves no training data "
-        f"({len(images)} examples): use a smaller --val_size")
-  (images, labels), (val_images, val_labels) = data.validation_split(
-      images, labels, record.val_size)
-  if record.train_size is not None:
-    if record.train_size > len(images):
-      raise errors.UserError(
-          f"--train_size={record.train_size} exceeds the {len(images)} "
-          f"training images left after --val_size={record.val_size}: pass "
-          f"at most {len(images)}")
-    images, labels = images[:record.train_size], labels[:record.train_size]
+  (images, labels), (val_images, val_labels) = training_split(
+      record, *datasets.load_split(record.dataset, "train", record.data_dir,
+                                   record.tfds_data_dir))
   monitored = {}
   if record.monitor_examples:
     test_images, test_labels = datasets.load_split(

@@ -283,6 +283,22 @@ def test_monitoring_scores_training_and_test_images_at_each_validation(
     assert json.load(f)["criterion"] == "val/pgd_ce_accuracy"
 
 
+def test_train_size_keeps_the_first_images_after_the_validation_split():
+  images = np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3)
+  labels = np.arange(10)
+  _, record = _parse("--model_dir=unused", "--val_size=3", "--train_size=4")
+  (x, y), (val_x, val_y) = train.training_split(record, images, labels)
+  (rest_x, rest_y), (hand_val_x, hand_val_y) = data.validation_split(
+      images, labels, 3)
+  np.testing.assert_array_equal(x, rest_x[:4])
+  np.testing.assert_array_equal(y, rest_y[:4])
+  np.testing.assert_array_equal(val_x, hand_val_x)
+  np.testing.assert_array_equal(val_y, hand_val_y)
+  _, record = _parse("--model_dir=unused", "--val_size=3")
+  (x, _), _ = train.training_split(record, images, labels)
+  assert len(x) == 7
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--train_size=3901"], "--train_size=3901 exceeds the 3900 training "
      "images left after --val_size=100: pass at most 3900"),
