@@ -20,8 +20,9 @@ best one when it holds out a validation split, are evaluated with
 AutoAttack) into STUDY/evals/.
 
 The study then writes STUDY/study.json (every run's curves and evaluations,
-and their mean and sample standard deviation over seeds), STUDY/study.md (the
-table) and three figures: curves.png (train and test robust accuracy as
+their mean and sample standard deviation over seeds, and each method against
+the method it builds on, e.g. RLFAT_P against PGDAT, by Welch's t-test over
+seeds), STUDY/study.md (the tables) and three figures: curves.png (train and test robust accuracy as
 training goes, per method), gap.png (their difference) and final.png (final
 and best accuracies with error bars over seeds).
 
@@ -44,6 +45,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+from scipy import stats
 import tensorflow as tf
 
 from rlfat_tf import attacks
@@ -57,7 +59,8 @@ from rlfat_tf import runs
 from rlfat_tf import train
 from rlfat_tf.trainer import actions
 
-SCHEMA_VERSION = 1
+# 2: study.json holds "comparisons".
+SCHEMA_VERSION = 2
 EVAL_SETTINGS_FILE = "eval_settings.json"
 # The metrics a study reports, by its own short names.
 CLEAN = "test/clean_accuracy"
@@ -70,6 +73,12 @@ SUMMARY_KEYS = (
     "curve/test_robust_peak", "curve/test_robust_peak_step",
     "curve/test_robust_final", "curve/test_robust_drop",
     "curve/train_robust_final", "curve/robust_gap_final")
+# What a method is compared on against the method it builds on (RLFAT_P
+# against PGDAT): test accuracies, and how much the robust gap and the fall
+# from the test robust peak shrink.
+COMPARED_KEYS = (
+    "final/clean", "final/robust", "best/clean", "best/robust",
+    "curve/robust_gap_final", "curve/test_robust_drop")
 
 
 def _ints(values):
@@ -356,12 +365,18 @@ def mean_std(numbers):
           "n": len(numbers)}
 
 
-def summarise(entries):
-  """Mean and standard deviation over seeds of each method and size."""
+def _groups(entries):
+  """``{(method, train_size): [entries of its seeds]}``, in grid order."""
   groups = {}
   for entry in entries:
     groups.setdefault((entry["method"], entry["train_size"]), []).append(
         entry)
+  return groups
+
+
+def summarise(entries):
+  """Mean and standard deviation over seeds of each method and size."""
+  groups = _groups(entries)
   out = []
   for (method, size), group in groups.items():
     row = {"method": method,
@@ -371,6 +386,52 @@ def summarise(entries):
       numbers = [e["summary"][key] for e in group if key in e["summary"]]
       if len(numbers) == len(group):
         row[key] = mean_std(numbers)
+    out.append(row)
+  return out
+
+
+def welch(a, b):
+  """Welch's t-test of mean(a) - mean(b), for groups of unequal variance.
+
+  Returns:
+    ``{"difference", "t", "df", "p"}``, p two-sided; t, df and p are None
+    when a group has one number or both have no spread, where seed noise
+    cannot be estimated.
+  """
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  out = {"difference": float(a.mean() - b.mean()), "t": None, "df": None,
+         "p": None}
+  if min(len(a), len(b)) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+    return out
+  test = stats.ttest_ind(a, b, equal_var=False)
+  out.update(t=float(test.statistic), df=float(test.df),
+             p=float(test.pvalue))
+  return out
+
+
+def compare(entries):
+  """Each method against the method it builds on, per training-set size.
+
+  Seeds are independent samples of each method, so the test is Welch's
+  two-sample t-test over seeds (``welch``) on each of ``COMPARED_KEYS``.
+
+  Returns:
+    A list of ``{"method", "baseline", "train_size", key: welch(...)}``,
+    one per method whose baseline is in the study too.
+  """
+  groups = _groups(entries)
+  out = []
+  for (method, size), group in groups.items():
+    base = methods.get(method).framework
+    if base == method or (base, size) not in groups:
+      continue
+    row = {"method": method, "baseline": base, "train_size": size}
+    for key in COMPARED_KEYS:
+      ours = [e["summary"][key] for e in group if key in e["summary"]]
+      theirs = [e["summary"][key] for e in groups[(base, size)]
+                if key in e["summary"]]
+      if ours and theirs:
+        row[key] = welch(ours, theirs)
     out.append(row)
   return out
 
@@ -454,10 +515,31 @@ def table(summary):
   return "\n".join(lines) + "\n"
 
 
+def comparison_table(comparisons):
+  """Markdown: each comparison's difference in points, t, df and p."""
+  if not comparisons:
+    return ""
+  lines = ["| comparison | measure | difference (points) | t | df | p |",
+           "|---|---|---|---|---|---|"]
+  for row in comparisons:
+    name = (f"{methods.get(row['method']).display_name} − "
+            f"{methods.get(row['baseline']).display_name}")
+    if row["train_size"] is not None:
+      name += f", n={row['train_size']}"
+    for key in (k for k in COMPARED_KEYS if k in row):
+      test = row[key]
+      numbers = ([f"{test['t']:.2f}", f"{test['df']:.1f}", f"{test['p']:.3f}"]
+                 if test["t"] is not None else ["", "", ""])
+      lines.append(f"| {name} | {key} | {100 * test['difference']:+.1f} | "
+                   + " | ".join(numbers) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def write_outputs(values, entries):
   """Writes study.json, study.md and the figures; returns the payload."""
   study_dir = values["study_dir"]
   summary = summarise(entries)
+  comparisons = compare(entries)
   payload = {
       "schema_version": SCHEMA_VERSION,
       "grid": {"methods": list(values["methods"]),
@@ -469,9 +551,13 @@ def write_outputs(values, entries):
                   "test_curve": [TEST_CLEAN, TEST_ROBUST]},
       "runs": entries,
       "summary": summary,
+      "comparisons": comparisons,
   }
   files.write_json(os.path.join(study_dir, "study.json"), payload)
-  files.write_text(os.path.join(study_dir, "study.md"), table(summary))
+  tables = table(summary)
+  if comparisons:
+    tables += "\n" + comparison_table(comparisons)
+  files.write_text(os.path.join(study_dir, "study.md"), tables)
   series = [
       {**curve, "label": f"{_cell_label(curve)}, {which}",
        "group": _cell_label(curve), "dashed": which == "train"}

@@ -20,8 +20,6 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ENTRY_POINTS = ("train", "evaluate", "export", "report", "benchmark",
-                "edge_eval", "evalbench_art")
 # The pytest marker of a test module fast and self-contained enough to run
 # under `bazel test` in CI as well as under pytest (registered in pytest.ini).
 BAZEL_CI = "bazel_ci"
@@ -49,6 +47,16 @@ def project_imports(path):
       found.update(a.name.split(".")[1] for a in node.names
                    if a.name.startswith("rlfat_tf."))
   return sorted(found)
+
+
+def is_entry_point(path):
+  """Whether a module runs as a command (a top-level ``__main__`` guard)."""
+  for node in ast.parse(path.read_text()).body:
+    if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+        and isinstance(node.test.left, ast.Name)
+        and node.test.left.id == "__name__"):
+      return True
+  return False
 
 
 def _marker_name(node):
@@ -141,8 +149,9 @@ def render():
       lines.append(f"    data = {LIBRARY_DATA[name]},")
     lines.append(f"    deps = {_deps(package_imports(name, files))},\n)")
     out += ["", "\n".join(lines)]
-  for name in ENTRY_POINTS:
-    if (ROOT / "rlfat_tf" / f"{name}.py").exists():
+  for path in sorted((ROOT / "rlfat_tf").glob("*.py")):
+    name = path.stem
+    if is_entry_point(path):
       out += ["", (f'py_binary(\n    name = "{name}_main",\n'
                    f'    srcs = ["rlfat_tf/{name}.py"],\n'
                    f'    main = "rlfat_tf/{name}.py",\n'

@@ -73,9 +73,25 @@ def test_every_package_has_one_library_of_all_its_files(targets):
 
 
 def test_entry_points_have_binaries(targets):
-  for name in ("train", "evaluate", "export", "report", "edge_eval"):
-    binary = targets[f"{name}_main"]
-    assert binary["kind"] == "py_binary" and _deps(binary) == {name}
+  binaries = {name for name, t in targets.items() if t["kind"] == "py_binary"}
+  assert binaries == {f"{name}_main" for name in (
+      "train", "evaluate", "export", "report", "edge_eval", "benchmark",
+      "evalbench_art", "study")}
+  for name in binaries:
+    assert _deps(targets[name]) == {name[:-len("_main")]}
+
+
+@pytest.mark.parametrize("source, expected", [
+    ('def main():\n  pass\n\n\nif __name__ == "__main__":\n  main()\n', True),
+    ("def main():\n  pass\n", False),
+    # A guard inside a function is not a command.
+    ('def f():\n  if __name__ == "__main__":\n    pass\n', False),
+])
+def test_a_module_is_an_entry_point_by_its_main_guard(tmp_path, source,
+                                                       expected):
+  path = tmp_path / "module.py"
+  path.write_text(source)
+  assert write_build.is_entry_point(path) is expected
 
 
 def test_every_test_module_has_a_py_test(targets):

@@ -134,6 +134,56 @@ def test_seeds_are_summarised_per_method_over_common_steps():
   assert "| RLFAT_P | 1 | 50.0 | 500 |" in table
 
 
+def test_welch_t_test_by_hand():
+  # Means 5 and 2; sample variances 1 and 1; standard error
+  # sqrt(1/3 + 1/3); Welch-Satterthwaite df (2/3)^2 / (2 * (1/3)^2 / 2) = 4.
+  test = study.welch([4.0, 5.0, 6.0], [1.0, 2.0, 3.0])
+  assert test["difference"] == pytest.approx(3.0)
+  assert test["t"] == pytest.approx(3.0 / np.sqrt(2.0 / 3.0))
+  assert test["df"] == pytest.approx(4.0)
+  # Student's t with 4 df: P(|T| > 2.776445) = 0.05 (the table's value).
+  half = 2.776445 * np.sqrt(2.0 / 3.0) / 2.0
+  at_table = study.welch([2.0 + half - 1, 2.0 + half, 2.0 + half + 1],
+                         [2.0 - half - 1, 2.0 - half, 2.0 - half + 1])
+  assert at_table["t"] == pytest.approx(2.776445)
+  assert at_table["p"] == pytest.approx(0.05, abs=1e-6)
+  # Unequal variances: df falls below n1 + n2 - 2.
+  uneven = study.welch([0.0, 10.0, 20.0], [1.0, 1.5, 2.0])
+  assert uneven["df"] < 3
+  # One seed, or no spread at all: no estimate of seed noise.
+  assert study.welch([0.3], [0.1, 0.2]) == {
+      "difference": pytest.approx(0.15), "t": None, "df": None, "p": None}
+  assert study.welch([0.3, 0.3], [0.1, 0.1])["p"] is None
+
+
+def test_each_method_is_compared_with_its_baseline_over_seeds():
+  entries = [
+      {"method": "pgdat", "seed": s, "train_size": 250,
+       "summary": {"final/robust": r, "final/clean": 0.4}}
+      for s, r in enumerate([0.10, 0.12, 0.14])] + [
+      {"method": "rlfat_p", "seed": s, "train_size": 250,
+       "summary": {"final/robust": r, "final/clean": 0.4}}
+      for s, r in enumerate([0.15, 0.16, 0.17])] + [
+      # No baseline at this size, and a baseline has nothing to compare with.
+      {"method": "rlfat_p", "seed": 0, "train_size": 500,
+       "summary": {"final/robust": 0.2}}]
+  (row,) = study.compare(entries)
+  assert (row["method"], row["baseline"], row["train_size"]) == (
+      "rlfat_p", "pgdat", 250)
+  assert set(row) - {"method", "baseline", "train_size"} == {
+      "final/robust", "final/clean"}
+  robust = row["final/robust"]
+  assert robust == study.welch([0.15, 0.16, 0.17], [0.10, 0.12, 0.14])
+  assert robust["difference"] == pytest.approx(0.04)
+  assert row["final/clean"]["p"] is None
+  table = study.comparison_table([row])
+  assert (f"| RLFAT_P − PGDAT, n=250 | final/robust | +4.0 | "
+          f"{robust['t']:.2f} | {robust['df']:.1f} | {robust['p']:.3f} |"
+          in table)
+  assert "| RLFAT_P − PGDAT, n=250 | final/clean | +0.0 |  |  |  |" in table
+  assert study.comparison_table([]) == ""
+
+
 def test_tiny_study_records_curves_evaluations_and_figures(finished):
   study_dir, payload = finished
   (run,) = payload["runs"]
@@ -159,6 +209,8 @@ def test_tiny_study_records_curves_evaluations_and_figures(finished):
   (row,) = payload["summary"]
   assert row["final/robust"] == {"mean": run["summary"]["final/robust"],
                                  "std": None, "n": 1}
+  # One method without its baseline: nothing to compare.
+  assert payload["comparisons"] == []
   assert (study_dir / "study.md").read_text().startswith("| model | seeds |")
   for name in ("curves.png", "gap.png", "final.png"):
     assert (study_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
