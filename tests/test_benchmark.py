@@ -162,11 +162,14 @@ def test_step_hlo_needs_the_default_strategy():
 
 
 def test_cli_writes_consistent_json_and_a_table(tmp_path):
+  # XLA off only: compiling the training loop with XLA is most of what a run
+  # with both costs, and test_targets_and_table_of_both_xla_modes checks
+  # the XLA columns on hand-made results.
   output = tmp_path / "bench.json"
   result = subprocess.run(
       [sys.executable, "-m", "rlfat_tf.benchmark", "--depth=10", "--width=1",
        "--batch_size=4", "--attack_steps=1", "--methods=pgdat,rlfat_p",
-       "--rounds=2", "--steps_per_round=1", "--peak_batch=4",
+       "--xla=off", "--rounds=2", "--steps_per_round=1", "--peak_batch=4",
        "--peak_repeats=1", "--pipeline_batches=5", f"--output={output}"],
       capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=400,
       check=False)
@@ -182,34 +185,77 @@ def test_cli_writes_consistent_json_and_a_table(tmp_path):
   for method in ("pgdat", "rlfat_p"):
     entry = results["methods"][method]
     assert entry["flops_per_step"] > 0
-    for xla in ("off", "on"):
-      timing = entry[f"xla_{xla}"]
-      assert len(timing["rates"]) == 2 and min(timing["rates"]) > 0
-      assert timing["seconds_per_step"] == pytest.approx(
-          4 / timing["examples_per_second"])
-      assert timing["fraction_of_peak"] == pytest.approx(
-          entry["flops_per_step"] / timing["seconds_per_step"] / peak)
-      assert timing["first_call_seconds"] > 0
+    assert "xla_on" not in entry
+    timing = entry["xla_off"]
+    assert len(timing["rates"]) == 2 and min(timing["rates"]) > 0
+    assert timing["seconds_per_step"] == pytest.approx(
+        4 / timing["examples_per_second"])
+    assert timing["fraction_of_peak"] == pytest.approx(
+        entry["flops_per_step"] / timing["seconds_per_step"] / peak)
+    assert timing["first_call_seconds"] > 0
   rel = results["relative_cost"]["rlfat_p/pgdat"]
   pgdat, rlfat_p = results["methods"]["pgdat"], results["methods"]["rlfat_p"]
   assert rel["predicted_by_passes"] == pytest.approx(3 / 2)
   assert rel["predicted_by_forward_units"] == pytest.approx(9 / 6)
   assert rel["predicted_by_flops"] == pytest.approx(
       rlfat_p["flops_per_step"] / pgdat["flops_per_step"])
-  assert rel["measured_xla_on"] == pytest.approx(
-      rlfat_p["xla_on"]["seconds_per_step"]
-      / pgdat["xla_on"]["seconds_per_step"])
-  fastest = max(results["methods"][m][f"xla_{x}"]["examples_per_second"]
-                for m in ("pgdat", "rlfat_p") for x in ("off", "on"))
+  assert rel["measured_xla_off"] == pytest.approx(
+      rlfat_p["xla_off"]["seconds_per_step"]
+      / pgdat["xla_off"]["seconds_per_step"])
+  fastest = max(results["methods"][m]["xla_off"]["examples_per_second"]
+                for m in ("pgdat", "rlfat_p"))
   pipeline = results["input_pipeline"]
   assert pipeline["times_fastest_training"] == pytest.approx(
       pipeline["examples_per_second"] / fastest)
-  targets = results["targets"]
-  assert targets["rlfat_p/pgdat xla_off <= 1.12"]["met"] == (
-      rel["measured_xla_off"] <= 1.12)
-  assert "rlfat_t/trades xla_off <= 1.12" not in targets
+  assert results["targets"] == benchmark.evaluate_targets(results)
   assert "wrn-10-1, batch 4, K = 1" in result.stdout
   assert "rlfat_p/pgdat" in result.stdout and "conv peak" in result.stdout
+
+
+def _timing(examples_per_second, fraction_of_peak):
+  return {"rates": [examples_per_second] * 2,
+          "examples_per_second": examples_per_second,
+          "seconds_per_step": 4 / examples_per_second,
+          "flops_per_second": 1e9, "fraction_of_peak": fraction_of_peak,
+          "first_call_seconds": 3.0, "loop_call_seconds": 0.002}
+
+
+def test_targets_and_table_of_both_xla_modes():
+  results = {
+      "settings": {"batch_size": 4, "attack_steps": 1,
+                   "mixed_precision": "float32", "xla": ["off", "on"]},
+      "machine": {"cpus": 2, "gpus": 0, "load_average_start": 0.1,
+                  "load_average_end": 0.2},
+      "model": {"name": "wrn-10-1"},
+      "methods": {
+          "pgdat": {"flops_per_step": 2e9, "xla_off": _timing(10.0, 0.2),
+                    "xla_on": _timing(20.0, 0.6)},
+          "rlfat_p": {"flops_per_step": 3e9, "xla_off": _timing(8.0, 0.3),
+                      "xla_on": _timing(20.0, 0.4)}},
+      "relative_cost": {"rlfat_p/pgdat": {
+          "predicted_by_passes": 1.5, "predicted_by_forward_units": 1.5,
+          "predicted_by_flops": 1.5, "measured_xla_off": 1.25,
+          "measured_xla_on": 1.0}},
+      "conv_peak": {"batch_size": 4, "peak_flops_per_second": 2e9,
+                    "xla_off": {"flops_per_second": 1e9},
+                    "xla_on": {"flops_per_second": 2e9}},
+      "input_pipeline": {"examples_per_second": 300.0,
+                         "times_fastest_training": 15.0}}
+  targets = benchmark.evaluate_targets(results)
+  assert {k: (v["value"], v["met"]) for k, v in targets.items()} == {
+      "rlfat_p/pgdat xla_off <= 1.12": (1.25, False),
+      "rlfat_p/pgdat xla_on <= 1.12": (1.0, True),
+      # Seconds per step without XLA over seconds with it: 2.0 and 2.5.
+      "pgdat XLA speed-up > 1": (pytest.approx(2.0), True),
+      "rlfat_p XLA speed-up > 1": (pytest.approx(2.5), True),
+      "pgdat fraction of conv peak >= 0.5": (0.6, True),
+      "rlfat_p fraction of conv peak >= 0.5": (0.4, False),
+      "input pipeline / fastest training >= 20": (15.0, False)}
+  results["targets"] = targets
+  table = benchmark.format_table(results)
+  assert "rlfat_p/pgdat       1.250    1.000" in table
+  assert "NOT met input pipeline / fastest training >= 20: 15.000" in table
+  assert "met     pgdat XLA speed-up > 1: 2.000" in table
 
 
 @pytest.mark.parametrize("argv, needle", [
