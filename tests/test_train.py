@@ -214,41 +214,41 @@ def test_killed_or_preempted_run_resumes_to_the_same_weights(tmp_path):
   result = _cli(*common, f"--model_dir={straight}")
   assert result.returncode == 0, result.stderr
 
-  # SIGKILL at a random moment after the first checkpoint.
-  killed = tmp_path / "killed"
-  proc = _start_training(*common, f"--model_dir={killed}")
-  _wait_for(killed / "checkpoints" / "ckpt-8.index", proc)
+  # One run stopped twice: SIGKILL at a random moment after the first
+  # checkpoint, then, once resumed, SIGTERM (what schedulers send) after the
+  # second; both stops must leave it on the uninterrupted run's path.
+  run = tmp_path / "run"
+  proc = _start_training(*common, f"--model_dir={run}")
+  _wait_for(run / "checkpoints" / "ckpt-8.index", proc)
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
   assert proc.returncode == -signal.SIGKILL
-  assert not (killed / "checkpoints" / "ckpt-24.index").exists(), (
-      "the run finished before it could be killed")
-  result = _cli(*common, f"--model_dir={killed}")
-  assert result.returncode == 0, result.stderr
-  assert "resuming from" in result.stdout
-  _assert_same_weights(straight, killed, 24)
-  _assert_same_history(straight, killed)
+  assert not (run / "checkpoints" / "ckpt-16.index").exists(), (
+      "the run reached its second checkpoint before it could be killed")
 
-  # SIGTERM (what schedulers send): a checkpoint at the next loop boundary,
-  # off the checkpoint cadence, then exit 143; the rerun resumes from it.
-  stopped = tmp_path / "stopped"
-  proc = _start_training(*common, f"--model_dir={stopped}")
-  _wait_for(stopped / "checkpoints" / "ckpt-8.index", proc)
+  # SIGTERM: a checkpoint at the next loop boundary, off the checkpoint
+  # cadence, then exit 143; the rerun resumes from it.
+  proc = _start_training(*common, f"--model_dir={run}")
+  _wait_for(run / "checkpoints" / "ckpt-16.index", proc)
   proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=240)
+  out, err = proc.communicate(timeout=240)
   assert proc.returncode == 143, err
+  assert "resuming from" in out
   assert "received SIGTERM" in err
   step = int(re.search(r"stopped at step (\d+) on SIGTERM", err).group(1))
-  assert 8 <= step < 24
-  assert (stopped / "checkpoints" / f"ckpt-{step}.index").exists()
-  with open(stopped / "metrics.json") as f:
+  assert 16 <= step < 24
+  assert (run / "checkpoints" / f"ckpt-{step}.index").exists()
+  with open(run / "metrics.json") as f:
     assert json.load(f)["step"] == step
-  assert not (stopped / ".lock").exists()
-  result = _cli(*common, f"--model_dir={stopped}")
+  assert not (run / ".lock").exists()
+  # The killed run's checkpoints are those the straight run wrote.
+  _assert_same_weights(straight, run, 16)
+
+  result = _cli(*common, f"--model_dir={run}")
   assert result.returncode == 0, result.stderr
   assert f"(step {step})" in result.stdout
-  _assert_same_weights(straight, stopped, 24)
-  _assert_same_history(straight, stopped)
+  _assert_same_weights(straight, run, 24)
+  _assert_same_history(straight, run)
 
 
 def test_monitoring_scores_training_and_test_images_at_each_validation(
