@@ -43,6 +43,17 @@ def run_module(module, *argv, timeout=600, cwd=ROOT, **kwargs):
                         timeout=timeout, check=False, **kwargs)
 
 
+def evaluate_values(*argv):
+  """``rlfat_tf.evaluate``'s values for ``argv``, parsed as its command line
+  is (its own flags, validators and defaults), to call ``evaluate.run``."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from rlfat_tf import evaluate  # pylint: disable=import-outside-toplevel
+  parsed = flags.FlagValues()
+  evaluate.define_flags(parsed)
+  parsed(["evaluate", *argv])
+  return evaluate.flag_values(parsed)
+
+
 def checkpoint_values(path, prefix="model/"):
   """The numeric values of a checkpoint whose names start with ``prefix``."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel

@@ -21,6 +21,7 @@ from rlfat_tf import trainer
 from rlfat_tf.attacks import pgd
 
 from helpers import ENV
+from helpers import evaluate_values as _values
 from helpers import ROOT
 
 # Every stage, at a size that runs in seconds.
@@ -42,11 +43,6 @@ def _smoke_run_copy(smoke_run, tmp_path_factory):
   return model_dir
 
 
-def _values(*argv):
-  parsed = flags.FlagValues()
-  evaluate.define_flags(parsed)
-  parsed(["evaluate", *argv])
-  return evaluate.flag_values(parsed)
 
 
 def test_results_file_holds_every_number_and_passing_checks(smoke_run,

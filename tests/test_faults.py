@@ -1,5 +1,10 @@
-"""Fault injection: each command, run as a user would, on a damaged run
-folder or an unusable path, ends in one line and loses or half-writes nothing.
+"""Fault injection: each command, on a damaged run folder or an unusable
+path, ends in one line and loses or half-writes nothing.
+
+Where only the message matters, the test calls the command's own function in
+this process (``_refusal``: its ``errors.UserError`` is the command's one
+line); where the exit status, the line itself or a signal matters, it runs
+the command as a user would, as a process.
 
 The session's smoke run (conftest.py; checkpoints at steps 3 and 6) is trained
 once; each test damages a copy of it (``run_copy``). Running as root, chmod
@@ -20,6 +25,7 @@ import pytest
 import tensorflow as tf
 
 from rlfat_tf import errors
+from rlfat_tf import evaluate
 from rlfat_tf import train
 from rlfat_tf import trainer
 
@@ -50,6 +56,20 @@ def _error_line(proc):
   lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1, proc.stderr[-3000:]
   return lines[0]
+
+
+def _refusal(run, *args):
+  """The message of the ``errors.UserError`` a command's own function raises
+  on bad input: what its command prints as its one error line (the line
+  itself is checked on the commands run as processes here and in
+  test_cli.py)."""
+  with pytest.raises(errors.UserError) as caught:
+    run(*args)
+  return str(caught.value)
+
+
+def _train_values(*argv):
+  return train.values_from_argv(["train", f"--flagfile={SMOKE}", *argv])
 
 
 def _warning_lines(proc):
@@ -119,11 +139,12 @@ def test_no_intact_checkpoint_is_one_error_line(run_copy, tmp_path):
   _truncate(run_copy / (LAST + DATA))
   _truncate(run_copy / (PREVIOUS + DATA))
   before = _listing(run_copy)
-  for proc in (_cli("evaluate", f"--model_dir={run_copy}",
-                    f"--output={tmp_path / 'r.json'}", *EVAL),
-               _cli("train", f"--flagfile={SMOKE}",
-                    f"--model_dir={run_copy}", "--noprogress")):
-    line = _error_line(proc)
+  for line in (
+      _refusal(evaluate.run, helpers.evaluate_values(
+          f"--model_dir={run_copy}", f"--output={tmp_path / 'r.json'}",
+          *EVAL)),
+      _refusal(train.run, *_train_values(f"--model_dir={run_copy}",
+                                         "--noprogress"))):
     assert f"checkpoint in {run_copy / 'checkpoints'} is damaged" in line
     assert str(run_copy / LAST) in line
   # Training did not start afresh over the damaged run.
@@ -159,8 +180,8 @@ def test_unwritable_paths_fail_first_with_one_line(run_copy, tmp_path,
 def test_folder_as_output_fails_before_the_evaluation(run_copy, tmp_path):
   folder = tmp_path / "results"
   folder.mkdir()
-  line = _error_line(_cli("evaluate", f"--model_dir={run_copy}",
-                          f"--output={folder}", *EVAL))
+  line = _refusal(evaluate.run, helpers.evaluate_values(
+      f"--model_dir={run_copy}", f"--output={folder}", *EVAL))
   assert f"{folder} is a folder" in line and "--output" in line, line
   assert os.listdir(folder) == []
   assert sorted(os.listdir(tmp_path)) == ["results", "run"]
@@ -177,7 +198,8 @@ def test_edited_run_record_is_one_error_line(run_copy, edit, needle):
   record = run_copy / "run.json"
   record.write_text(edit(record.read_text()))
   before = _listing(run_copy)
-  line = _error_line(_cli("evaluate", f"--model_dir={run_copy}", *EVAL))
+  line = _refusal(evaluate.run,
+                  helpers.evaluate_values(f"--model_dir={run_copy}", *EVAL))
   assert needle in line, line
   assert _listing(run_copy) == before
 
@@ -185,16 +207,16 @@ def test_edited_run_record_is_one_error_line(run_copy, edit, needle):
 def test_legacy_flags_file_that_is_not_json_is_one_error_line(run_copy):
   os.remove(run_copy / "run.json")
   (run_copy / "flags.json").write_bytes(b"\xff\xfe not json")
-  line = _error_line(_cli("evaluate", f"--model_dir={run_copy}", *EVAL))
+  line = _refusal(evaluate.run,
+                  helpers.evaluate_values(f"--model_dir={run_copy}", *EVAL))
   assert "flags.json is not UTF-8 text" in line, line
 
 
 def test_batch_past_the_host_memory_is_refused_before_anything(tmp_path):
   model_dir = tmp_path / "huge"
   # 64 KiB of the first activation per image: 6 TiB, past any host.
-  line = _error_line(_cli("train", f"--flagfile={SMOKE}",
-                          f"--model_dir={model_dir}",
-                          "--batch_size=100000000", "--noprogress"))
+  line = _refusal(train.run, *_train_values(
+      f"--model_dir={model_dir}", "--batch_size=100000000", "--noprogress"))
   assert "--batch_size=100000000 cannot fit in memory" in line, line
   assert not model_dir.exists()
 
@@ -213,9 +235,7 @@ def test_running_out_of_memory_is_one_line_and_locks_nothing(tmp_path,
   with pytest.raises(errors.UserError,
                      match="ran out of memory at --batch_size=32: use a "
                      "smaller --batch_size"):
-    train.run(*train.values_from_argv(
-        ["train", f"--flagfile={SMOKE}", f"--model_dir={model_dir}",
-         "--noprogress"]))
+    train.run(*_train_values(f"--model_dir={model_dir}", "--noprogress"))
   # No record, checkpoint or metrics: the folder is free for other flags.
   assert _listing(model_dir) == {}
 
