@@ -528,7 +528,8 @@ def comparison_table(comparisons):
       name += f", n={row['train_size']}"
     for key in (k for k in COMPARED_KEYS if k in row):
       test = row[key]
-      numbers = ([f"{test['t']:.2f}", f"{test['df']:.1f}", f"{test['p']:.3f}"]
+      numbers = ([f"{test['t']:.2f}", f"{test['df']:.1f}",
+                  f"{test['p']:.3f}" if test["p"] >= 0.001 else "< 0.001"]
                  if test["t"] is not None else ["", "", ""])
       lines.append(f"| {name} | {key} | {100 * test['difference']:+.1f} | "
                    + " | ".join(numbers) + " |")

@@ -181,6 +181,10 @@ def test_each_method_is_compared_with_its_baseline_over_seeds():
           f"{robust['t']:.2f} | {robust['df']:.1f} | {robust['p']:.3f} |"
           in table)
   assert "| RLFAT_P − PGDAT, n=250 | final/clean | +0.0 |  |  |  |" in table
+  # A p-value below what three decimals show is not printed as 0.
+  row["final/robust"] = study.welch([0.50, 0.51, 0.52], [0.10, 0.11, 0.12])
+  assert row["final/robust"]["p"] < 1e-3
+  assert "| +40.0 | 48.99 | 4.0 | < 0.001 |" in study.comparison_table([row])
   assert study.comparison_table([]) == ""
 
 
