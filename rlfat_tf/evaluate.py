@@ -192,6 +192,21 @@ def flag_values(parsed=FLAGS):
           for f in parsed.get_flags_for_module(sys.modules[__name__])}
 
 
+def values_from_argv(argv):
+  """Parses a command line into this command's values, outside ``__main__``.
+
+  Args:
+    argv: the command line, program name first.
+
+  Raises:
+    absl.flags.Error: a flag is unknown or a validator refuses its value.
+  """
+  parsed = flags.FlagValues()
+  define_flags(parsed)
+  parsed(argv)
+  return flag_values(parsed)
+
+
 def hardware():
   """Where the evaluation ran."""
   return {"platform": platform.platform(),

@@ -175,17 +175,6 @@ def run_name(record):
   return f"{record.method}_n{size}_s{record.seed}"
 
 
-def _parse_into(define, argv, what):
-  """Parses ``argv`` into a fresh ``FlagValues`` of a command's flags."""
-  flag_values = flags.FlagValues()
-  define(flag_values)
-  try:
-    flag_values(argv)
-  except flags.Error as e:
-    raise errors.UserError(f"{what}: {e}") from None
-  return flag_values
-
-
 def run_record(values, cell):
   """``(model_dir, record)`` of a cell: the train flagfile plus the cell.
 
@@ -230,8 +219,10 @@ def _eval_values(values, model_dir, which, output):
           "--progress" if values["progress"] else "--noprogress"]
   if settings["num_examples"] is not None:
     argv.append(f"--num_examples={settings['num_examples']}")
-  return evaluate.flag_values(_parse_into(evaluate.define_flags, argv,
-                                          "evaluation flags"))
+  try:
+    return evaluate.values_from_argv(argv)
+  except flags.Error as e:
+    raise errors.UserError(f"evaluation flags: {e}") from None
 
 
 def _check_eval_settings(values):

@@ -358,13 +358,13 @@ def build_trainer(model_dir, record, watcher=None):
   if record.monitor_examples:
     test_images, test_labels = datasets.load_split(
         record.dataset, "test", record.data_dir, record.tfds_data_dir)
-    for name, (x, y) in (("train_subset", (images, labels)),
-                         ("test_subset", (test_images, test_labels))):
+    for name, split, (x, y) in (
+        ("train_subset", "train", (images, labels)),
+        ("test_subset", "test", (test_images, test_labels))):
       if record.monitor_examples > len(x):
         raise errors.UserError(
             f"--monitor_examples={record.monitor_examples} exceeds the "
-            f"{len(x)} images of the {name.split('_')[0]} set: pass at most "
-            f"{len(x)}")
+            f"{len(x)} images of the {split} set: pass at most {len(x)}")
       monitored[name] = (x[:record.monitor_examples],
                          y[:record.monitor_examples])
 

@@ -44,14 +44,9 @@ def run_module(module, *argv, timeout=600, cwd=ROOT, **kwargs):
 
 
 def evaluate_values(*argv):
-  """``rlfat_tf.evaluate``'s values for ``argv``, parsed as its command line
-  is (its own flags, validators and defaults), to call ``evaluate.run``."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  """``rlfat_tf.evaluate``'s values for ``argv``, to call ``evaluate.run``."""
   from rlfat_tf import evaluate  # pylint: disable=import-outside-toplevel
-  parsed = flags.FlagValues()
-  evaluate.define_flags(parsed)
-  parsed(["evaluate", *argv])
-  return evaluate.flag_values(parsed)
+  return evaluate.values_from_argv(["evaluate", *argv])
 
 
 def checkpoint_values(path, prefix="model/"):

@@ -281,10 +281,10 @@ def test_a_bad_train_flag_names_the_flagfile(tmp_path):
     (["--eval_attacks=pgd,deepfool"], "--eval_attacks must be a non-empty"),
 ])
 def test_bad_flags_are_refused(argv, needle):
-  with pytest.raises(errors.UserError, match=needle):
-    study._parse_into(study.define_flags,
-                      ["study", "--study_dir=s", "--train_flagfile=t", *argv],
-                      "the study's flags")
+  parsed = flags.FlagValues()
+  study.define_flags(parsed)
+  with pytest.raises(flags.IllegalFlagValueError, match=needle):
+    parsed(["study", "--study_dir=s", "--train_flagfile=t", *argv])
 
 
 def test_a_bad_flag_exits_2_with_one_line_and_no_folder(tmp_path):

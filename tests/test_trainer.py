@@ -219,6 +219,15 @@ def test_best_checkpoint_keeps_the_best_score_and_says_which(tmp_path):
   assert resumed.restore() == str(tmp_path / "checkpoints" / "ckpt-4")
   assert float(resumed.best_score.numpy()) == pytest.approx(0.6)
   assert not resumed.offer_best(5, {"val/pgd_ce_accuracy": 0.55})
+  # Scores of monitored sets alone (no validation split) never choose.
+  assert not resumed.offer_best(6, {"test_subset/pgd_ce_accuracy": 0.99})
+  assert _stems(tmp_path / "best") == ["ckpt-4"]
+
+
+def test_a_monitored_set_may_not_take_the_validation_name():
+  with pytest.raises(ValueError, match="may not be called 'val'"):
+    trainer.Trainer(trainer.TrainConfig(method="pgdat", batch_size=4), None,
+                    None, "/nonexistent", monitor_input_fns={"val": None})
 
 
 def test_only_the_last_checkpoints_are_kept(tmp_path):

@@ -81,6 +81,10 @@ class Trainer:
       errors.UserError: the batch does not split across the replicas, or the
         model's synchronised BatchNorm cannot run under XLA here.
     """
+    inputs = dict(monitor_input_fns or {})
+    # Before the model is built: "val" names the validation split's metrics.
+    if "val" in inputs:
+      raise ValueError("a monitored set may not be called 'val'")
     self.config = config
     self.model_dir = model_dir
     self.strategy = strategy or tf.distribute.get_strategy()
@@ -91,9 +95,6 @@ class Trainer:
     self.train_step = step_lib.TrainStep(config, model_fn, train_input_fn,
                                          self.strategy)
     self.model = self.train_step.model
-    inputs = dict(monitor_input_fns or {})
-    if "val" in inputs:
-      raise ValueError("a monitored set may not be called 'val'")
     if val_input_fn:
       inputs = {"val": val_input_fn, **inputs}
     self._eval_datasets = {

@@ -32,11 +32,6 @@ from rlfat_tf import files
 from rlfat_tf import runs
 from rlfat_tf import strategies
 
-# Validation accuracy under ``config.validation_attack`` (PGD on
-# cross-entropy for every method): correct on the clean image and on its PGD
-# example. Metrics, TensorBoard, best.json and the sidecar of
-# ``rlfat_tf.evaluate`` all use this name.
-BEST_CRITERION = "val/pgd_ce_accuracy"  # eval_keys("val")[1]
 HISTORY_FILE = "history.json"
 
 
@@ -80,6 +75,13 @@ def train_metrics(totals, learning_rate, elapsed):
 def eval_keys(name):
   """The tags of a scored image set: its clean and its PGD accuracy."""
   return f"{name}/clean_accuracy", f"{name}/pgd_ce_accuracy"
+
+
+# Validation accuracy under ``config.validation_attack`` (PGD on
+# cross-entropy for every method): correct on the clean image and on its PGD
+# example. Metrics, TensorBoard, best.json and the sidecar of
+# ``rlfat_tf.evaluate`` all use this name.
+BEST_CRITERION = eval_keys("val")[1]
 
 
 def val_metrics(totals, name="val"):

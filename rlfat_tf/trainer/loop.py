@@ -9,8 +9,9 @@ resumes. At every stop the loop checks that training is still finite and
 records the metrics of the steps just run (summaries, ``metrics.json``, the
 progress bar); at a multiple of ``eval_every`` it validates and offers the
 model as the best, and at a multiple of ``checkpoint_every`` it saves a
-checkpoint, after recording. The final step does all of these. What each action does is in
-``actions``; this module only says when, and imports no TensorFlow.
+checkpoint, after recording. The final step does all of these. What each
+action does is in ``actions``; this module only says when, and imports no
+TensorFlow.
 
 A run can be stopped early: after each stop short of the end the loop asks
 ``stop_requested``, and when it answers yes, saves a checkpoint there and
