@@ -66,6 +66,45 @@ class ArgumentParser(argparse.ArgumentParser):
                            f"arguments")
 
 
+def module_values(module_name, parsed=None):
+  """The parsed values of the flags that module ``module_name`` defined.
+
+  Args:
+    module_name: the defining module's ``__name__``.
+    parsed: the parsed ``absl.flags.FlagValues`` (default ``FLAGS``).
+
+  Returns:
+    ``{flag name: value}``.
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  parsed = flags.FLAGS if parsed is None else parsed
+  return {f.name: f.value
+          for f in parsed.get_flags_for_module(module_name)}
+
+
+def parse_argv(define_flags, argv):
+  """Parses ``argv`` into fresh flags that ``define_flags`` defines.
+
+  How a command's own parsing runs outside its ``__main__`` (the study, the
+  tests), without touching the global ``FLAGS``.
+
+  Args:
+    define_flags: the command's flag definitions; takes the ``FlagValues``.
+    argv: the command line, program name first.
+
+  Returns:
+    The parsed ``absl.flags.FlagValues``.
+
+  Raises:
+    absl.flags.Error: a flag is unknown or a validator refuses its value.
+  """
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  parsed = flags.FlagValues()
+  define_flags(parsed)
+  parsed(argv)
+  return parsed
+
+
 def run_absl(main, define_flags):
   """Defines a command's absl flags, parses the command line and calls ``main``.
 

@@ -188,8 +188,7 @@ def define_flags(flag_values=FLAGS):
 
 def flag_values(parsed=FLAGS):
   """The parsed values of this module's flags, by name."""
-  return {f.name: f.value
-          for f in parsed.get_flags_for_module(sys.modules[__name__])}
+  return cli.module_values(__name__, parsed)
 
 
 def values_from_argv(argv):
@@ -201,10 +200,7 @@ def values_from_argv(argv):
   Raises:
     absl.flags.Error: a flag is unknown or a validator refuses its value.
   """
-  parsed = flags.FlagValues()
-  define_flags(parsed)
-  parsed(argv)
-  return flag_values(parsed)
+  return flag_values(cli.parse_argv(define_flags, argv))
 
 
 def hardware():

@@ -140,8 +140,7 @@ def define_flags(flag_values=flags.FLAGS):
 
 def parsed_values(flag_values=flags.FLAGS):
   """The parsed values of the flags ``define_flags`` defined, by name."""
-  return {f.name: f.value
-          for f in flag_values.get_flags_for_module(sys.modules[__name__])}
+  return cli.module_values(__name__, flag_values)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -202,8 +202,7 @@ def define_flags(flag_values=flags.FLAGS):
 
 def parsed_values(flag_values=flags.FLAGS):
   """The parsed values of the flags ``define_flags`` defined, by name."""
-  return {f.name: f.value
-          for f in flag_values.get_flags_for_module(sys.modules[__name__])}
+  return cli.module_values(__name__, flag_values)
 
 
 def values_from_argv(argv):
@@ -215,10 +214,7 @@ def values_from_argv(argv):
   Returns:
     ``(model_dir, record)``: the --model_dir and the ``resolve_flags`` record.
   """
-  flag_values = flags.FlagValues()
-  define_flags(flag_values)
-  flag_values(argv)
-  values = parsed_values(flag_values)
+  values = parsed_values(cli.parse_argv(define_flags, argv))
   return values["model_dir"], resolve_flags(values)
 
 

@@ -55,6 +55,32 @@ def test_argparse_errors_become_user_errors():
     parser.parse_args(["--n", "x"])
 
 
+def _define(flag_values):
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  flags.DEFINE_integer("depth", 10, "d", lower_bound=1,
+                       flag_values=flag_values)
+  flags.DEFINE_string("name", "x", "n", flag_values=flag_values)
+  flags.DEFINE_string("other", "o", "of another module",
+                      flag_values=flag_values, module_name="elsewhere")
+
+
+def test_parse_argv_parses_fresh_flags_and_leaves_the_global_ones():
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  parsed = cli.parse_argv(_define, ["prog", "--depth=3"])
+  assert (parsed.depth, parsed.name, parsed.other) == (3, "x", "o")
+  assert "depth" not in flags.FLAGS
+  with pytest.raises(flags.Error):
+    cli.parse_argv(_define, ["prog", "--depth=0"])
+  with pytest.raises(flags.Error):
+    cli.parse_argv(_define, ["prog", "--nodepth_at_all"])
+
+
+def test_module_values_are_only_the_defining_modules_flags():
+  parsed = cli.parse_argv(_define, ["prog", "--name=y", "--other=p"])
+  assert cli.module_values(__name__, parsed) == {"depth": 10, "name": "y"}
+  assert cli.module_values("elsewhere", parsed) == {"other": "p"}
+
+
 def test_importing_it_loads_neither_tensorflow_nor_absl():
   script = ("import sys; from rlfat_tf import cli; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
