@@ -66,18 +66,16 @@ class ArgumentParser(argparse.ArgumentParser):
                            f"arguments")
 
 
-def module_values(module_name, parsed=None):
+def module_values(module_name, parsed):
   """The parsed values of the flags that module ``module_name`` defined.
 
   Args:
     module_name: the defining module's ``__name__``.
-    parsed: the parsed ``absl.flags.FlagValues`` (default ``FLAGS``).
+    parsed: the parsed ``absl.flags.FlagValues``.
 
   Returns:
     ``{flag name: value}``.
   """
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  parsed = flags.FLAGS if parsed is None else parsed
   return {f.name: f.value
           for f in parsed.get_flags_for_module(module_name)}
 

@@ -36,7 +36,6 @@ evaluation settings may not, since the evaluations already written used them.
 import dataclasses
 import itertools
 import os
-import sys
 
 from absl import flags
 

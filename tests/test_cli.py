@@ -57,28 +57,31 @@ def test_argparse_errors_become_user_errors():
 
 def _define(flag_values):
   from absl import flags  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_integer("depth", 10, "d", lower_bound=1,
+  flags.DEFINE_integer("cli_test_depth", 10, "d", lower_bound=1,
                        flag_values=flag_values)
-  flags.DEFINE_string("name", "x", "n", flag_values=flag_values)
-  flags.DEFINE_string("other", "o", "of another module",
+  flags.DEFINE_string("cli_test_name", "x", "n", flag_values=flag_values)
+  flags.DEFINE_string("cli_test_other", "o", "of another module",
                       flag_values=flag_values, module_name="elsewhere")
 
 
 def test_parse_argv_parses_fresh_flags_and_leaves_the_global_ones():
   from absl import flags  # pylint: disable=import-outside-toplevel
-  parsed = cli.parse_argv(_define, ["prog", "--depth=3"])
-  assert (parsed.depth, parsed.name, parsed.other) == (3, "x", "o")
-  assert "depth" not in flags.FLAGS
+  parsed = cli.parse_argv(_define, ["prog", "--cli_test_depth=3"])
+  assert (parsed.cli_test_depth, parsed.cli_test_name,
+          parsed.cli_test_other) == (3, "x", "o")
+  assert "cli_test_depth" not in flags.FLAGS
   with pytest.raises(flags.Error):
-    cli.parse_argv(_define, ["prog", "--depth=0"])
+    cli.parse_argv(_define, ["prog", "--cli_test_depth=0"])
   with pytest.raises(flags.Error):
-    cli.parse_argv(_define, ["prog", "--nodepth_at_all"])
+    cli.parse_argv(_define, ["prog", "--cli_test_unknown"])
 
 
 def test_module_values_are_only_the_defining_modules_flags():
-  parsed = cli.parse_argv(_define, ["prog", "--name=y", "--other=p"])
-  assert cli.module_values(__name__, parsed) == {"depth": 10, "name": "y"}
-  assert cli.module_values("elsewhere", parsed) == {"other": "p"}
+  parsed = cli.parse_argv(_define, ["prog", "--cli_test_name=y",
+                                     "--cli_test_other=p"])
+  assert cli.module_values(__name__, parsed) == {"cli_test_depth": 10,
+                                                 "cli_test_name": "y"}
+  assert cli.module_values("elsewhere", parsed) == {"cli_test_other": "p"}
 
 
 def test_importing_it_loads_neither_tensorflow_nor_absl():
