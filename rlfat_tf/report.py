@@ -290,7 +290,7 @@ def table1_columns(results):
   titles when every result shares them (``attacks.Registered.title``)."""
 
   def column(name):
-    entry = attacks.get(name)
+    entry = attacks.entry(name)
     shared = (_attack_value(results, name, entry.title_setting)
               if entry.title_setting else None)
     return (entry.title(shared), name)
@@ -309,7 +309,7 @@ def composite_notes(results, columns):
   """One sentence per composite attack of Table 1: what it ran, in order."""
   notes = []
   for title, key in columns:
-    if key not in attacks.ATTACKS or attacks.get(key).kind != "composite":
+    if key not in attacks.ATTACKS or attacks.entry(key).kind != "composite":
       continue
     orders = {tuple(r.data["attacks"][key].get("components", ()))
               for r in results if key in r.data["attacks"]}

@@ -38,7 +38,7 @@ def _colour_model():
 def test_registry_names_kinds_and_display_names():
   assert attacks.NAMES == ("pgd", "cw", "apgd_ce", "apgd_dlr", "apgd_t",
                            "fab_t", "nattack", "square", "autoattack")
-  assert [attacks.get(n).display_name for n in attacks.NAMES] == [
+  assert [attacks.entry(n).display_name for n in attacks.NAMES] == [
       "PGD", "CW", "APGD-CE", "APGD-DLR", "APGD-T", "FAB-T", "N attack",
       "Square", "AutoAttack"]
   assert attacks.of_kind("white_box") == ("pgd", "cw", "apgd_ce", "apgd_dlr",
@@ -80,18 +80,18 @@ def test_cw_steps_follow_pgd_steps_unless_given():
 
 
 def test_column_titles():
-  pgd = attacks.get("pgd")
+  pgd = attacks.entry("pgd")
   assert (pgd.title(20), pgd.title(None)) == ("PGD-20", "PGD-k")
-  nattack = attacks.get("nattack")
+  nattack = attacks.entry("nattack")
   assert (nattack.title(1500), nattack.title(None)) == ("N attack (1500)",
                                                         "N attack")
-  assert attacks.get("apgd_ce").title(None) == "APGD-CE"
+  assert attacks.entry("apgd_ce").title(None) == "APGD-CE"
 
 
 @pytest.mark.parametrize("name", [n for n in attacks.NAMES
-                                  if attacks.get(n).kind != "composite"])
+                                  if attacks.entry(n).kind != "composite"])
 def test_every_attack_implements_the_interface(name):
-  entry = attacks.get(name)
+  entry = attacks.entry(name)
   attack = entry.build(VALUES)
   assert isinstance(attack, base.Attack)
   assert (attack.name, attack.display_name, attack.kind) == (

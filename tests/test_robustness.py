@@ -66,7 +66,7 @@ def test_restarts_keep_each_examples_worst_case(colour_model):
     adv = pgd.perturb(colour_model, spec, images, labels,
                       pgd.restart_seeds(seeds, r))
     survived.append(np.argmax(colour_model(adv).numpy(), -1) == 0)
-  worst = robustness.attack_batch(
+  worst = attacks.attack_batch(
       colour_model, pgd.PGD(name="start", display_name="start", spec=spec,
                             restarts=3),
       tf.constant(images), tf.constant(labels), seeds)

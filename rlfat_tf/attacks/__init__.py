@@ -10,6 +10,13 @@ The values an attack is built from hold the settings every attack shares,
 ``epsilon``, ``step_size`` (of the sign-gradient attacks) and ``restarts``
 (of the white-box attacks), plus the flag of every ``base.Setting``.
 
+Used on its own, ``get(name, epsilon=...)`` builds an attack with the
+standard settings (or given ones), and ``perturb`` runs it on a batch, with
+its restarts or, for a composite attack, its stages in turn::
+
+  attack = attacks.get("apgd_t", epsilon=8 / 255)
+  adversarial = attacks.perturb(attack, model, images, labels, seed=0)
+
 Adding an attack: write its module (an ``Attack`` subclass, its settings and
 an options function), add one ``Registered`` line below, and its test. A
 composite attack (kind "composite", ``autoattack.Composite``) runs registered
@@ -19,6 +26,10 @@ attacks in turn.
 import dataclasses
 from typing import Any, Callable
 
+import numpy as np
+import tensorflow as tf
+
+from rlfat_tf import data
 from rlfat_tf import errors
 from rlfat_tf.attacks import apgd
 from rlfat_tf.attacks import autoattack
@@ -105,8 +116,8 @@ NAMES = tuple(ATTACKS)
 DEFAULTS = tuple(name for name in NAMES if ATTACKS[name].default)
 
 
-def get(name):
-  """The registered attack ``name``.
+def entry(name):
+  """The ``Registered`` entry of the attack ``name``.
 
   Raises:
     errors.UserError: no attack has that name.
@@ -117,6 +128,127 @@ def get(name):
 def of_kind(kind, names=NAMES):
   """The names among ``names`` of the attacks of a kind, in registry order."""
   return tuple(n for n in NAMES if n in names and ATTACKS[n].kind == kind)
+
+
+def get(name, *, epsilon, step_size=None, restarts=1, **settings):
+  """The attack ``name`` at radius ``epsilon``, ready to run.
+
+  Args:
+    name: one of ``NAMES``.
+    epsilon: L-infinity radius, in the units of [0, 1] images (8 / 255, say).
+    step_size: step of the sign-gradient attacks (PGD, CW); default
+      ``epsilon / 4``, the evaluation's default ratio (0.0075 at 0.03).
+    restarts: random restarts of a white-box attack (AutoAttack's
+      components always run once, as in its standard version).
+    **settings: any attack setting by its flag name (``apgd_steps=50``,
+      ``square_queries=1000``, see ``settings``); the rest keep their
+      defaults, the standard ones.
+
+  Returns:
+    A ``base.Attack``, or an ``autoattack.Composite`` for "autoattack".
+
+  Raises:
+    errors.UserError: an unknown attack or setting, or a radius outside
+      (0, 1].
+  """
+  if not 0.0 < epsilon <= 1.0:
+    raise errors.UserError(
+        f"epsilon {epsilon:g} is outside (0, 1]: images are in [0, 1], so "
+        f"pass e.g. 8 / 255, not 8")
+  unknown = sorted(set(settings) - set(default_values()))
+  if unknown:
+    raise errors.UserError(
+        f"unknown attack setting {unknown[0]!r}: choose from "
+        f"{', '.join(default_values())}")
+  return build(name, {**default_values(), **settings, "epsilon": epsilon,
+                      "step_size": (epsilon / 4 if step_size is None
+                                    else step_size),
+                      "restarts": restarts})
+
+
+def _predictions(model, images, labels):
+  return tf.argmax(model(images, training=False), -1, output_type=labels.dtype)
+
+
+def attack_batch(model, attack, images, labels, seeds):
+  """The worst case of an attack over its restarts, for one batch.
+
+  Each restart runs only on the examples no earlier restart broke, gathered
+  into a smaller batch, and not at all when none is left. Traceable inside
+  a ``tf.function``.
+
+  Args:
+    model: maps images to logits; called with ``training=False``.
+    attack: a ``base.Attack``.
+    images: [B, H, W, C] clean images in [0, 1].
+    labels: int [B] true labels.
+    seeds: int64 [B, 2] per-example seeds; restart r uses
+      ``pgd.restart_seeds(seeds, r)``.
+
+  Returns:
+    [B, H, W, C]: per example, the clean image if it is misclassified, else
+    the first adversarial example that broke it, else that of the last
+    restart.
+  """
+  broken = tf.not_equal(_predictions(model, images, labels), labels)
+  best = images
+  for restart in tf.range(attack.restarts):
+
+    def run(best, broken, restart=restart):
+      todo = tf.where(tf.logical_not(broken))[:, 0]
+      pick = lambda t: tf.gather(t, todo)
+      adv = attack.run(model, pick(images), pick(labels),
+                       pgd.restart_seeds(pick(seeds), restart))
+      wrong = tf.not_equal(_predictions(model, adv, pick(labels)),
+                           pick(labels))
+      rows = todo[:, None]
+      return (tf.tensor_scatter_nd_update(best, rows, adv),
+              tf.tensor_scatter_nd_update(broken, rows, wrong))
+
+    # The model cannot run on an empty batch (convolutions fail on it).
+    best, broken = tf.cond(tf.reduce_all(broken), lambda: (best, broken),
+                           lambda: run(best, broken))
+  return best
+
+
+def perturb(attack, model, images, labels, *, seed=0):
+  """Runs an attack on one batch, as an evaluation runs it.
+
+  Each example draws its random start from (``seed``, its position in the
+  batch), as ``rlfat_tf.evaluate`` keys it by position in the split; the
+  stages of a composite attack run in turn, each on the examples every
+  earlier one left robust.
+
+  Args:
+    attack: an attack of ``get``.
+    model: maps float32 images in [0, 1] to logits (a ``keras.Model``, or
+      any callable taking ``training=False``; see ``classifier.Classifier``
+      for SavedModel signatures and functions).
+    images: [B, H, W, C] images, uint8 or float32 in [0, 1].
+    labels: int [B] true labels.
+    seed: seed of the random starts and draws.
+
+  Returns:
+    float32 [B, H, W, C] adversarial examples: for each example, the clean
+    image if the model misclassifies it, else the first example that broke
+    it, else the last one tried.
+  """
+  batch = next(iter(data.eval_dataset(np.asarray(images),
+                                      np.asarray(labels, np.int32),
+                                      batch_size=len(images), seed=seed)))
+  images, labels, seeds = batch["image"], batch["label"], batch["seed"]
+  stage = tf.function(lambda s, x, y, z: attack_batch(model, s, x, y, z),
+                      reduce_retracing=True)
+  best = images
+  for component in attack.stages():
+    robust = tf.equal(_predictions(model, best, labels), labels)
+    todo = tf.where(robust)[:, 0]
+    if not len(todo):
+      break
+    adv = stage(component, tf.gather(images, todo), tf.gather(labels, todo),
+                tf.gather(seeds, todo))
+    best = tf.tensor_scatter_nd_update(best, todo[:, None], adv)
+  return best
 
 
 def settings():
@@ -134,5 +266,5 @@ def default_values():
 
 
 def build(name, values: dict[str, Any]):
-  """Builds the attack ``name`` from evaluation values (``get`` raises)."""
-  return get(name).build(values)
+  """Builds the attack ``name`` from evaluation values (``entry`` raises)."""
+  return entry(name).build(values)
