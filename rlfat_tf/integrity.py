@@ -317,7 +317,9 @@ def check_bounds(stats, epsilon):
 
 def snapshot_variables(model):
   """Copies of all model variables (weights and BatchNorm statistics)."""
-  return {v.path: np.array(v.numpy(), copy=True) for v in model.variables}
+  # Keras variables have a path; the tf.Variables of a SavedModel a name.
+  return {getattr(v, "path", v.name): np.array(v.numpy(), copy=True)
+          for v in model.variables}
 
 
 def check_variables_unchanged(before, after):

@@ -54,6 +54,7 @@ import tensorflow as tf
 
 from rlfat_tf import attacks
 from rlfat_tf import data
+from rlfat_tf import errors
 from rlfat_tf import integrity
 from rlfat_tf.attacks import losses
 from rlfat_tf.attacks import pgd
@@ -90,7 +91,7 @@ class EvalConfig:
 
   def __post_init__(self):
     for name in self.attacks:
-      attacks.get(name)
+      attacks.entry(name)
     unknown = set(self.settings) - set(attacks.default_values())
     if unknown:
       raise ValueError(f"unknown attack settings {sorted(unknown)}; choose "
@@ -109,56 +110,14 @@ class EvalConfig:
             if name in self.attacks]
 
 
-def _predictions(model, images, labels):
-  return tf.argmax(model(images, training=False), -1, output_type=labels.dtype)
-
-
-def attack_batch(model, attack, images, labels, seeds):
-  """The worst case of an attack over its restarts, for one batch.
-
-  Each restart runs only on the examples no earlier restart broke, gathered
-  into a smaller batch, and not at all when none is left.
-
-  Args:
-    model: a Keras model mapping images to logits.
-    attack: a ``attacks.base.Attack``.
-    images: [B, H, W, C] clean images in [0, 1].
-    labels: int [B] true labels.
-    seeds: int64 [B, 2] per-example seeds; restart r uses
-      ``pgd.restart_seeds(seeds, r)``.
-
-  Returns:
-    [B, H, W, C]: per example, the clean image if it is misclassified, else
-    the first adversarial example that broke it, else that of the last
-    restart.
-  """
-  broken = tf.not_equal(_predictions(model, images, labels), labels)
-  best = images
-  for restart in tf.range(attack.restarts):
-
-    def run(best, broken, restart=restart):
-      todo = tf.where(tf.logical_not(broken))[:, 0]
-      pick = lambda t: tf.gather(t, todo)
-      adv = attack.run(model, pick(images), pick(labels),
-                       pgd.restart_seeds(pick(seeds), restart))
-      wrong = tf.not_equal(_predictions(model, adv, pick(labels)),
-                           pick(labels))
-      rows = todo[:, None]
-      return (tf.tensor_scatter_nd_update(best, rows, adv),
-              tf.tensor_scatter_nd_update(broken, rows, wrong))
-
-    # The model cannot run on an empty batch (convolutions fail on it).
-    best, broken = tf.cond(tf.reduce_all(broken), lambda: (best, broken),
-                           lambda: run(best, broken))
-  return best
-
-
 def _compiled(model, attack, image_shape):
   """One compiled call: attack a batch and score the result."""
 
   def run(images, labels, seeds):
-    adv = attack_batch(model, attack, images, labels, seeds)
-    return {"robust": tf.equal(_predictions(model, adv, labels), labels),
+    adv = attacks.attack_batch(model, attack, images, labels, seeds)
+    robust = tf.equal(tf.argmax(model(adv, training=False), -1,
+                                output_type=labels.dtype), labels)
+    return {"robust": robust,
             "linf": tf.reduce_max(tf.abs(adv - images), axis=[1, 2, 3]),
             "low": tf.reduce_min(adv, axis=[1, 2, 3]),
             "high": tf.reduce_max(adv, axis=[1, 2, 3]),
@@ -482,9 +441,189 @@ def _integrity_checks(model, images, labels, config, logits, per_example,
     compared = []
     for name in black:
       count = len(per_example[name])
-      compared.append((attacks.get(name).display_name,
+      compared.append((attacks.entry(name).display_name,
                        _fraction(per_example[name]),
                        _fraction(per_example["worst_case"][:count]), count))
     checks["black_box_not_stronger"] = integrity.check_black_box(compared)
   checks["perturbation_within_bounds"] = integrity.check_bounds(stats, eps)
   return checks
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  """What ``evaluate_robustness`` measured.
+
+  Attributes:
+    metrics: "<prefix>/<name>_accuracy" per attack, the clean accuracy and
+      the worst cases (see ``evaluate``); the keys of results files and
+      TensorBoard tags.
+    per_example: name -> bool [N]: clean correctness, survival of each
+      attack (of each stage of AutoAttack as "autoattack/<stage>" only in
+      ``attacks``' stage entries), the worst cases.
+    attacks: each attack's settings, seconds and images per second.
+    checks: integrity check name -> {"passed", "detail"} (empty without
+      checks).
+    labels: int [N] labels of the evaluated images.
+    settings: the evaluation's settings, the results file's "eval" entry.
+    model: what was evaluated, the results file's "run" entry.
+  """
+  metrics: dict
+  per_example: dict
+  attacks: dict
+  checks: dict
+  labels: np.ndarray
+  settings: dict
+  model: dict
+
+  @property
+  def failed_checks(self):
+    """Names of the integrity checks that failed, in order."""
+    return [n for n, r in self.checks.items() if not r["passed"]]
+
+  def write(self, output):
+    """Writes the results file and its per-example file, as
+    ``rlfat_tf.evaluate`` does (``results.write``); returns the payload."""
+    # Imported here: results imports nothing of robustness, but keeping this
+    # module's import list to what its attacks need keeps it light.
+    from rlfat_tf import results  # pylint: disable=g-import-not-at-top
+    return results.write(output, {
+        "run": self.model, "eval": self.settings, "attacks": self.attacks,
+        "metrics": self.metrics, "checks": self.checks}, self.labels,
+                         self.per_example)
+
+
+def _arrays(dataset):
+  """(images, labels) of a tf.data.Dataset of (image, label) pairs or of
+  dicts with "image" and "label", batched or not."""
+  images, labels = [], []
+  for element in dataset.as_numpy_iterator():
+    if isinstance(element, dict):
+      image, label = element["image"], element["label"]
+    else:
+      image, label = element
+    images.append(np.asarray(image))
+    labels.append(np.asarray(label))
+  if not images:
+    raise errors.UserError("the dataset is empty: pass a dataset of "
+                           "(image, label) pairs")
+  if images[0].ndim == 4:
+    return np.concatenate(images), np.concatenate(labels).astype(np.int32)
+  return np.stack(images), np.asarray(labels, np.int32)
+
+
+def _check_images(images, labels):
+  """Refuses images and labels the attacks cannot take as they are."""
+  if images.ndim != 4:
+    raise errors.UserError(
+        f"images have shape {images.shape}, not [N, H, W, C]: pass a batch "
+        f"of images")
+  if len(images) != len(labels) or labels.ndim != 1:
+    raise errors.UserError(
+        f"{len(images)} images but labels of shape {labels.shape}: pass one "
+        f"integer label per image (not one-hot)")
+  if images.dtype != np.uint8:
+    if not np.issubdtype(images.dtype, np.floating):
+      raise errors.UserError(
+          f"images of dtype {images.dtype}: pass uint8 images or floats in "
+          f"[0, 1]")
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+      raise errors.UserError(
+          f"image values span [{low:g}, {high:g}], not [0, 1]: divide uint8 "
+          f"pixels by 255 (and pass input_scale=255 if the model expects "
+          f"[0, 255])")
+
+
+def evaluate_robustness(model, images, labels=None, *, epsilon,
+                        attacks=("autoattack",), batch_size=100, checks=True,
+                        step_size=None, restarts=1, settings=None, seed=0,
+                        input_scale=1.0, check_examples=500, prefix="test",
+                        verbose=0):
+  """Robust accuracy of any classifier, with the evaluation's checks.
+
+  The same evaluation as ``python -m rlfat_tf.evaluate`` (the attacks,
+  their per-example seeds, the worst cases and the integrity checks), on a
+  model and images given in Python::
+
+    report = rlfat_tf.evaluate_robustness(model, x_test, y_test,
+                                          epsilon=8 / 255)
+    print(report.metrics["test/autoattack_accuracy"])
+    report.write("results/my_model.json")
+
+  Args:
+    model: a ``keras.Model``, a SavedModel signature or a function, mapping
+      float32 images in [0, 1] to logits (see ``classifier.wrap``).
+    images: [N, H, W, C] uint8 images or floats in [0, 1]; or a
+      ``tf.data.Dataset`` of (image, label) pairs (or dicts with "image" and
+      "label"), batched or not, and no ``labels``.
+    labels: int [N] labels (not one-hot).
+    epsilon: L-infinity radius in [0, 1] units (8 / 255, say).
+    attacks: names from ``attacks.NAMES``; default standard AutoAttack.
+    batch_size: images per compiled attack call.
+    checks: run the integrity checks (``Report.checks``).
+    step_size: step of PGD and CW; default ``epsilon / 4``.
+    restarts: random restarts of each white-box attack.
+    settings: attack settings by flag name (``{"apgd_steps": 50}``).
+    seed: seed of every random start and draw.
+    input_scale: see ``classifier.wrap`` (255 for [0, 255] models).
+    check_examples: images of the checks' own attacks.
+    prefix: first part of every metric key.
+    verbose: 1 prints each stage with a progress bar.
+
+  Returns:
+    A ``Report``.
+
+  Raises:
+    errors.UserError: bad images or labels, an unknown attack or setting, a
+      radius outside (0, 1], or a model whose outputs do not fit the labels
+      or are probabilities (with ``checks``).
+  """
+  # Imported here: classifier imports integrity, which imports attack
+  # losses; at module level the cycle would run through rlfat_tf.attacks.
+  from rlfat_tf import classifier  # pylint: disable=g-import-not-at-top
+  if isinstance(images, tf.data.Dataset):
+    if labels is not None:
+      raise errors.UserError("labels come from the dataset: pass labels only "
+                             "with an array of images")
+    images, labels = _arrays(images)
+  elif labels is None:
+    raise errors.UserError("no labels: pass labels with an array of images, "
+                           "or a tf.data.Dataset of (image, label) pairs")
+  images, labels = np.asarray(images), np.asarray(labels)
+  _check_images(images, labels)
+  labels = labels.astype(np.int32)
+  if not 0.0 < epsilon <= 1.0:
+    raise errors.UserError(
+        f"epsilon {epsilon:g} is outside (0, 1]: images are in [0, 1], so "
+        f"pass e.g. 8 / 255, not 8")
+  model = classifier.wrap(model, input_scale=input_scale)
+  if checks:
+    num_classes = int(np.shape(model(as_float(images[:1]),
+                                     training=False))[-1])
+    if labels.max() >= num_classes or labels.min() < 0:
+      raise errors.UserError(
+          f"labels span {labels.min()} .. {labels.max()}, but the model has "
+          f"{num_classes} outputs: pass labels in 0 .. {num_classes - 1}")
+    classifier.check(model, images.shape[1:], num_classes, "the images")
+  config = EvalConfig(
+      attacks=tuple(attacks), epsilon=epsilon,
+      step_size=epsilon / 4 if step_size is None else step_size,
+      restarts=restarts, settings=dict(settings or {}), checks=checks,
+      check_examples=check_examples, batch_size=batch_size, seed=seed)
+  before = integrity.snapshot_variables(model)
+  out = evaluate(model, images, labels, config, prefix=prefix,
+                 verbose=verbose, keep_adversarial=())
+  checks_done = out["checks"]
+  if checks:
+    checks_done["variables_unchanged"] = integrity.check_variables_unchanged(
+        before, integrity.snapshot_variables(model))
+  description = getattr(model, "description", None) or (
+      f"Keras model {model.name}" if isinstance(model, keras.Model)
+      else type(model).__name__)
+  return Report(
+      metrics=out["metrics"], per_example=out["per_example"],
+      attacks=out["attacks"], checks=checks_done, labels=labels,
+      settings={"split": prefix, "num_examples": len(images),
+                "epsilon": epsilon, "batch_size": batch_size, "seed": seed,
+                "input_scale": input_scale},
+      model={"architecture": description, "method": None, "dataset": None})

@@ -65,7 +65,6 @@ def smoothgrad(model, images, labels, noise_level=0.1, samples=50, seed=0,
               tf.reduce_min(batch_images, axis=[1, 2, 3]))
     sigma = noise_level * ranges[:, tf.newaxis, tf.newaxis, tf.newaxis]
     shape = tf.shape(batch_images)[1:]
-    onehot = tf.one_hot(batch_labels, model.output_shape[-1])
     total = tf.zeros_like(batch_images)
     for sample in tf.range(samples):
       noise = tf.map_fn(
@@ -77,7 +76,9 @@ def smoothgrad(model, images, labels, noise_level=0.1, samples=50, seed=0,
         tape.watch(noisy)
         # With BatchNorm in eval mode each logit depends only on its own
         # image, so the gradient of the sum holds per-image gradients.
-        target = tf.reduce_sum(onehot * model(noisy, training=False))
+        logits = model(noisy, training=False)
+        target = tf.reduce_sum(
+            tf.one_hot(batch_labels, tf.shape(logits)[-1]) * logits)
       total += tape.gradient(target, noisy)
     return tf.reduce_sum(tf.abs(total / samples), axis=-1)
 
