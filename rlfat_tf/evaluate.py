@@ -36,10 +36,8 @@ run's last step is evaluated or no new checkpoint came for --watch_timeout
 seconds.
 """
 
-import io
 import json
 import os
-import platform
 import sys
 import time
 
@@ -53,12 +51,14 @@ import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import attacks
+from rlfat_tf import classifier
 from rlfat_tf import cli
 from rlfat_tf import data
 from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import files
 from rlfat_tf import integrity
+from rlfat_tf import results
 from rlfat_tf import robustness
 from rlfat_tf import runs
 from rlfat_tf import saliency
@@ -66,7 +66,6 @@ from rlfat_tf import sensitivity
 from rlfat_tf import trainer
 from rlfat_tf.attacks import pgd
 
-SCHEMA_VERSION = 1
 WATCH_HISTORY = "eval_history.jsonl"
 WATCH_SUMMARIES = "summaries_eval"
 
@@ -91,6 +90,21 @@ def define_flags(flag_values=FLAGS):
   # What to evaluate.
   flags.DEFINE_string("model_dir", None, "Run folder written by "
                       "rlfat_tf.train.", **fv)
+  flags.DEFINE_string("model", None, "Instead of --model_dir: a .keras file "
+                      "or a SavedModel folder (an export of this project or "
+                      "any other) mapping images in [0, 1] to logits; needs "
+                      "--dataset and --output.", **fv)
+  flags.DEFINE_string("signature", None, "With a SavedModel --model: the "
+                      "signature to call (default: serving_default, or the "
+                      "only one).", **fv)
+  flags.DEFINE_string("dataset", None, "With --model: the dataset to "
+                      "evaluate on (a run's dataset comes from its record).",
+                      **fv)
+  flags.DEFINE_float("input_scale", 1.0, "With --model: multiply the [0, 1] "
+                     "images by this before the model sees them (255 for a "
+                     "model that expects [0, 255] pixels); attacks and "
+                     "--epsilon stay in [0, 1] units.", lower_bound=1e-6,
+                     **fv)
   flags.DEFINE_enum("which", "last", ("last", "best"), "Checkpoint: the last "
                     "one (as the official code) or the best on validation.",
                     **fv)
@@ -170,7 +184,11 @@ def define_flags(flag_values=FLAGS):
 
   flags.DEFINE_bool("progress", True, "Show progress bars.", **fv)
 
-  flags.mark_flag_as_required("model_dir", **fv)
+  flags.register_multi_flags_validator(
+      ["model_dir", "model"],
+      lambda v: (v["model_dir"] is None) != (v["model"] is None),
+      message="pass either --model_dir=RUN (a run of rlfat_tf.train) or "
+      "--model=PATH (a .keras file or a SavedModel), not both", **fv)
   runs.register_radius_validators(flag_values)
   flags.register_validator(
       "attacks", lambda v: bool(v) and set(v) <= set(attacks.NAMES),
@@ -203,21 +221,12 @@ def values_from_argv(argv):
   return flag_values(cli.parse_argv(define_flags, argv))
 
 
-def hardware():
-  """Where the evaluation ran."""
-  return {"platform": platform.platform(),
-          "processor": platform.processor(),
-          "cpu_count": os.cpu_count(),
-          "devices": [d.name for d in tf.config.list_logical_devices()],
-          "tensorflow": tf.__version__, "keras": keras.__version__,
-          "python": platform.python_version()}
-
-
 def load_images(record, values, split):
   """The images of a split of the run's dataset, cut to --num_examples.
 
   Args:
-    record: the run's ``runs.RunRecord``.
+    record: the run's ``runs.RunRecord``, or None for a --model, which reads
+      the test split of --dataset.
     values: this module's flag values (``data_dir`` and ``tfds_data_dir``
       override the run's; ``num_examples`` keeps the first N images).
     split: "test", or "val" for the run's validation split, recomputed with
@@ -229,6 +238,11 @@ def load_images(record, values, split):
   Raises:
     errors.UserError: no validation split, or too few images.
   """
+  if record is None:
+    images, labels = datasets.load_split(values["dataset"], "test",
+                                         values["data_dir"],
+                                         values["tfds_data_dir"])
+    return _first(images, labels, values["num_examples"], split)
   data_dir = values["data_dir"] or record.data_dir
   tfds_dir = values["tfds_data_dir"] or record.tfds_data_dir
   if split == "val":
@@ -243,7 +257,11 @@ def load_images(record, values, split):
   else:
     images, labels = datasets.load_split(record.dataset, "test", data_dir,
                                          tfds_dir)
-  num = values["num_examples"]
+  return _first(images, labels, values["num_examples"], split)
+
+
+def _first(images, labels, num, split):
+  """The first ``num`` images (all when None); UserError if too few."""
   if num is not None:
     if num > len(images):
       raise errors.UserError(
@@ -265,14 +283,79 @@ def eval_config(values):
       batch_size=values["batch_size"], seed=values["seed"])
 
 
-def _sibling(output, suffix):
-  """A file beside the results file: <stem>_<suffix>."""
-  stem = os.path.splitext(os.path.basename(output))[0]
-  return os.path.join(os.path.dirname(output), f"{stem}_{suffix}")
+def _only_with_run(values):
+  """Refuses flags that name parts of a run, given a --model."""
+  if values["split"] != "test":
+    raise errors.UserError(
+        f"--split={values['split']} needs a run's validation split, and "
+        f"--model={values['model']} has none: drop --split")
+  if values["which"] != "last":
+    raise errors.UserError(
+        f"--which={values['which']} picks a run's checkpoint, and --model="
+        f"{values['model']} is one model: drop --which")
+  if values["watch"]:
+    raise errors.UserError(
+        f"--watch follows a training run, and --model={values['model']} is "
+        f"a saved model: pass --model_dir=RUN")
+
+
+def load_target(values):
+  """The model an evaluation runs on, and what its results record of it.
+
+  Args:
+    values: this module's flag values: --model_dir, or --model with
+      --dataset, --signature and --input_scale.
+
+  Returns:
+    ``(model, record, run)``: a callable of the attacks' interface, the
+    run's ``runs.RunRecord`` (None for a --model) and the results file's
+    "run" entry.
+
+  Raises:
+    errors.UserError: flags that do not fit the source, an unreadable
+      model, or one that does not fit the dataset (``classifier.check``).
+  """
+  if values["model"] is None:
+    for name in ("dataset", "signature"):
+      if values[name] is not None:
+        raise errors.UserError(
+            f"--{name}={values[name]} applies to --model; a run's "
+            f"{name} comes from its record: drop --{name}")
+    if values["input_scale"] != 1.0:
+      raise errors.UserError(
+          f"--input_scale={values['input_scale']:g} applies to --model; a "
+          f"run's model takes [0, 1] images: drop --input_scale")
+    model_dir = values["model_dir"]
+    model, record, checkpoint = runs.restore_model(model_dir, values["which"])
+    return model, record, {
+        "model_dir": model_dir, "checkpoint": checkpoint,
+        "which": values["which"], "dataset": record.dataset,
+        "method": record.method,
+        "architecture": f"WRN-{record.depth}-{record.width}",
+        "depth": record.depth, "width": record.width,
+        "train_flags": record.to_json()}
+  path = values["model"]
+  _only_with_run(values)
+  if values["dataset"] is None:
+    raise errors.UserError(
+        f"--model={path} needs the dataset to evaluate it on: pass "
+        f"--dataset, e.g. --dataset=cifar10")
+  if values["output"] is None:
+    raise errors.UserError(
+        f"--model={path} has no run folder to write results into: pass "
+        f"--output=FILE.json")
+  spec = datasets.get(values["dataset"])
+  model = classifier.load(path, signature=values["signature"],
+                          input_scale=values["input_scale"])
+  classifier.check(model, spec.image_shape, spec.num_classes, spec.name)
+  return model, None, {
+      "model": path, "signature": values["signature"],
+      "input_scale": values["input_scale"], "dataset": spec.name,
+      "method": None, "architecture": model.description}
 
 
 def run(values):
-  """Evaluates a run's checkpoint and writes the results file.
+  """Evaluates a run's checkpoint, or a saved model, and writes the results.
 
   Args:
     values: dict of this module's flag values.
@@ -289,14 +372,15 @@ def run(values):
                              values["split"])
   brightness = tuple(float(v) for v in values["brightness"])
   gamma = tuple(float(v) for v in values["gamma"])
-  output = values["output"] or os.path.join(
-      model_dir, f"results_{which}_{split}.json")
+  output = values["output"] or (model_dir and os.path.join(
+      model_dir, f"results_{which}_{split}.json"))
   # Every file the evaluation writes is checked before the model is even
   # built, so an unusable --output fails in a second and leaves no file.
-  for path in (output, _sibling(output, "examples.npz"),
-               _sibling(output, "salience.npz")):
-    files.check_output_file(path, "--output")
-  model, record, checkpoint = runs.restore_model(model_dir, which)
+  if output:
+    for path in (output, results.sibling(output, "examples.npz"),
+                 results.sibling(output, "salience.npz")):
+      files.check_output_file(path, "--output")
+  model, record, run_entry = load_target(values)
   images, labels = load_images(record, values, split)
   # Made before the long evaluation, so an unusable --output fails at once.
   if os.path.dirname(output):
@@ -304,9 +388,10 @@ def run(values):
   config = eval_config(values)
   before = integrity.snapshot_variables(model)
 
-  results = robustness.evaluate(model, images, labels, config, prefix=split,
-                                verbose=verbose, keep_adversarial=())
-  metrics, checks = results["metrics"], results["checks"]
+  evaluation = robustness.evaluate(model, images, labels, config,
+                                   prefix=split, verbose=verbose,
+                                   keep_adversarial=())
+  metrics, checks = evaluation["metrics"], evaluation["checks"]
   float_images = robustness.as_float(images)
   sensitivity_attack = None
   if brightness or gamma:
@@ -314,7 +399,9 @@ def run(values):
     if values["sensitivity_inputs"] == "pgd":
       spec = pgd.pgd(values["epsilon"], values["step_size"],
                      values["sensitivity_pgd_steps"]
-                     or record.attack_steps, "eval")
+                     or (record.attack_steps if record else
+                         datasets.get(run_entry["dataset"])
+                         .defaults.attack_steps), "eval")
       sensitivity_attack = spec.record()
       described = f"the PGD-{spec.steps} output of every image"
       inputs = sensitivity.attacked_inputs(
@@ -336,7 +423,7 @@ def run(values):
         noise_level=values["smoothgrad_noise"],
         samples=values["smoothgrad_samples"], seed=values["seed"],
         batch_size=values["batch_size"], verbose=verbose)
-    path = _sibling(output, "salience.npz")
+    path = results.sibling(output, "salience.npz")
     saliency.save_maps(path, float_images[:num_maps], labels[:num_maps],
                        maps)
     salience = {"file": os.path.basename(path),
@@ -347,32 +434,20 @@ def run(values):
     checks["variables_unchanged"] = integrity.check_variables_unchanged(
         before, integrity.snapshot_variables(model))
 
-  examples_path = _sibling(output, "examples.npz")
-  buffer = io.BytesIO()
-  np.savez(buffer, labels=np.asarray(labels), **results["per_example"])
-  files.write_bytes(examples_path, buffer.getvalue())
-  payload = {
-      "schema_version": SCHEMA_VERSION,
-      "run": {"model_dir": model_dir, "checkpoint": checkpoint,
-              "which": which, "dataset": record.dataset,
-              "method": record.method,
-              "architecture": f"WRN-{record.depth}-{record.width}",
-              "depth": record.depth, "width": record.width,
-              "train_flags": record.to_json()},
+  payload = results.write(output, {
+      "run": run_entry,
       "eval": {"split": split, "num_examples": len(images),
                "epsilon": values["epsilon"],
                "batch_size": values["batch_size"], "seed": values["seed"],
                "sensitivity_inputs": values["sensitivity_inputs"],
-               "sensitivity_attack": sensitivity_attack},
-      "attacks": results["attacks"],
+               "sensitivity_attack": sensitivity_attack,
+               "input_scale": values["input_scale"]},
+      "attacks": evaluation["attacks"],
       "metrics": metrics,
       "checks": checks,
       "salience": salience,
-      "per_example": {"file": os.path.basename(examples_path)},
       "time_seconds": time.perf_counter() - start,
-      "hardware": hardware(),
-  }
-  files.write_json(output, payload)
+  }, labels, evaluation["per_example"])
   _print_summary(payload, output)
   return payload
 
@@ -383,7 +458,9 @@ def failed_checks(checks):
 
 
 def _print_summary(payload, output):
-  print(f"\n{payload['run']['architecture']} {payload['run']['method']} on "
+  what = " ".join(str(payload["run"][k]) for k in ("architecture", "method")
+                  if payload["run"].get(k))
+  print(f"\n{what} on "
         f"{payload['eval']['num_examples']} {payload['eval']['split']} images "
         f"of {payload['run']['dataset']}, eps {payload['eval']['epsilon']:g}")
   for key, value in payload["metrics"].items():
@@ -507,6 +584,8 @@ def main():
     # heuristic reports as a warning although nothing is retraced.
     tf.get_logger().setLevel("ERROR")
   values = flag_values()
+  if values["model"] is not None:
+    _only_with_run(values)
   if values["watch"]:
     watch(values)
     return None

@@ -66,7 +66,8 @@ def test_results_file_holds_every_number_and_passing_checks(smoke_run,
   assert written["eval"] == {"split": "test", "num_examples": 40,
                              "epsilon": 0.03, "batch_size": 20, "seed": 0,
                              "sensitivity_inputs": "pgd",
-                             "sensitivity_attack": pgd_2}
+                             "sensitivity_attack": pgd_2,
+                             "input_scale": 1.0}
   assert set(written["attacks"]) == {"pgd", "cw", "apgd_ce", "apgd_dlr",
                                      "nattack", "autoattack"}
   assert written["attacks"]["cw"]["steps"] == 3  # --cw_steps follows PGD
@@ -225,3 +226,95 @@ def test_cli_exits_3_and_says_so_when_a_check_fails(smoke_run, tmp_path):
   assert written["checks"]["perturbation_within_bounds"]["passed"]
   assert set(written["attacks"]) == {"pgd"} and written["salience"] is None
   assert not any(k.startswith("sensitivity/") for k in written["metrics"])
+
+
+# An evaluation whose verdicts a saved copy of the model must reproduce:
+# every AutoAttack component, PGD and the N attack, no checks.
+VERDICTS = (*SMALL, "--attacks=pgd,nattack,autoattack", "--nochecks",
+            "--brightness=", "--gamma=", "--salience_images=0")
+
+
+@pytest.fixture(scope="module")
+def saved_copies(smoke_run, tmp_path_factory):
+  """The smoke run's last checkpoint as the project's servable SavedModel
+  (what rlfat_tf.export writes for TF Serving) and as a .keras file."""
+  from rlfat_tf import datasets  # pylint: disable=import-outside-toplevel
+  from rlfat_tf import serving  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("saved")
+  model, record, _ = runs.restore_model(smoke_run)
+  serving.save(model, datasets.get(record.dataset).class_names,
+               str(root / "servable"))
+  model.save(str(root / "model.keras"))
+  return {"savedmodel": str(root / "servable"),
+          "keras": str(root / "model.keras")}
+
+
+def test_saved_copies_of_a_run_give_its_per_image_verdicts(
+    smoke_run, saved_copies, tmp_path):
+  evaluate.run(_values(f"--model_dir={smoke_run}",
+                       f"--output={tmp_path / 'run.json'}", *VERDICTS))
+  expected = np.load(tmp_path / "run_examples.npz")
+  for name, path in saved_copies.items():
+    output = tmp_path / f"{name}.json"
+    payload = evaluate.run(_values(f"--model={path}",
+                                   "--dataset=cifar10_sample",
+                                   f"--output={output}", *VERDICTS))
+    got = np.load(tmp_path / f"{name}_examples.npz")
+    assert sorted(got.files) == sorted(expected.files)
+    for key in expected.files:
+      np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    assert payload["run"]["model"] == path
+    assert payload["run"]["dataset"] == "cifar10_sample"
+  assert payload["eval"]["input_scale"] == 1.0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--dataset=cifar10_sample",), "has no run folder to write results "
+     "into: pass --output"),
+    (("--output=OUT",), "needs the dataset to evaluate it on: pass --dataset"),
+    (("--dataset=cifar100", "--output=OUT"), "outputs shape \\(10,\\) per "
+     "image, but cifar100 has 100 classes"),
+    (("--dataset=stl10", "--output=OUT"), "takes images of shape "
+     "\\(32, 32, 3\\), but stl10 has \\(96, 96, 3\\)"),
+    (("--dataset=cifar10_sample", "--output=OUT", "--split=val"),
+     "needs a run's validation split"),
+    (("--dataset=cifar10_sample", "--output=OUT", "--signature=x"),
+     "applies to SavedModels"),
+])
+def test_bad_model_inputs_are_one_line(saved_copies, tmp_path, argv, message):
+  argv = [a.replace("OUT", str(tmp_path / "r.json")) for a in argv]
+  with pytest.raises(errors.UserError, match=message) as e:
+    evaluate.run(_values(f"--model={saved_copies['keras']}", *argv))
+  assert "\n" not in str(e.value)
+  assert not os.path.exists(tmp_path / "r.json")
+
+
+def test_softmax_model_and_unreadable_file_exit_2(saved_copies, tmp_path):
+  import keras  # pylint: disable=import-outside-toplevel
+  model = keras.saving.load_model(saved_copies["keras"])
+  softmax = keras.Sequential([model, keras.layers.Softmax()])
+  softmax.save(str(tmp_path / "softmax.keras"))
+  (tmp_path / "broken.keras").write_bytes(b"not a zip file")
+  for path, message in (
+      (tmp_path / "softmax.keras", "error: the model outputs probabilities, "
+       "not logits: evaluate the model without its final softmax"),
+      (tmp_path / "broken.keras", "error: cannot read the Keras model")):
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlfat_tf.evaluate", f"--model={path}",
+         "--dataset=cifar10_sample", f"--output={tmp_path / 'r.json'}",
+         "--noprogress"],
+        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300,
+        check=False)
+    assert proc.returncode == 2, proc.stderr
+    # TensorFlow's start-up lines may go to stderr too; ours is the one line.
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+  assert not os.path.exists(tmp_path / "r.json")
+
+
+def test_model_and_model_dir_are_exclusive(smoke_run, saved_copies):
+  with pytest.raises(flags.IllegalFlagValueError, match="not both"):
+    _values(f"--model_dir={smoke_run}", f"--model={saved_copies['keras']}")
+  with pytest.raises(flags.IllegalFlagValueError, match="either"):
+    _values("--epsilon=0.03")
