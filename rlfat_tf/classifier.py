@@ -12,11 +12,14 @@ problem and the fix.
 """
 
 import os
+import sys
 
+from absl import flags
 import keras
 import numpy as np
 import tensorflow as tf
 
+from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import integrity
 
@@ -37,10 +40,11 @@ class Classifier:
     input_scale: the factor the images are multiplied by before the call.
     input_shape: (None, H, W, C) when the wrapped model declares it, else
       None.
+    output_shape: (None, K) when the wrapped model declares it, else None.
   """
 
   def __init__(self, function, *, input_scale=1.0, variables=(),
-               description="function", input_shape=None):
+               description="function", input_shape=None, output_shape=None):
     """Wraps ``function``.
 
     Args:
@@ -52,12 +56,14 @@ class Classifier:
         that none of them changes).
       description: what ``function`` is, for results files.
       input_shape: (None, H, W, C) if known.
+      output_shape: (None, K) if known.
     """
     self._function = function
     self.input_scale = float(input_scale)
     self._variables = list(variables)
     self.description = description
     self.input_shape = input_shape
+    self.output_shape = output_shape
 
   @property
   def variables(self):
@@ -84,9 +90,14 @@ def _preferred_or_only(names, preferred, message):
     return only
   raise errors.UserError(message)
 
+
 def _signature_function(function, name):
   """A signature as a function of one image tensor returning logits."""
-  inputs = function.structured_input_signature[1]
+  args, inputs = function.structured_input_signature
+  # A loaded SavedModel's signatures take keywords; a concrete function of
+  # one's own tf.function may take its image positionally.
+  if not inputs and len(args) == 1:
+    inputs = {None: args[0]}
   if len(inputs) != 1:
     raise errors.UserError(
         f"signature {name!r} takes {len(inputs)} inputs "
@@ -99,14 +110,18 @@ def _signature_function(function, name):
         f"float32 images: pass --signature naming a signature of float "
         f"images")
   outputs = function.structured_outputs
+
+  def call(x):
+    return function(x) if input_name is None else function(**{input_name: x})
+
   if isinstance(outputs, dict):
     key = _preferred_or_only(
         outputs, LOGITS_OUTPUT,
         f"signature {name!r} has the outputs {', '.join(sorted(outputs))} "
         f"and none is called {LOGITS_OUTPUT!r}: export the model with one "
         f"logits output")
-    return (lambda x: function(**{input_name: x})[key]), spec.shape
-  return (lambda x: function(**{input_name: x})), spec.shape
+    return (lambda x: call(x)[key]), spec.shape, outputs[key].shape
+  return call, spec.shape, outputs.shape
 
 
 def wrap(model, *, input_scale=1.0):
@@ -132,13 +147,15 @@ def wrap(model, *, input_scale=1.0):
     return Classifier(lambda x: model(x, training=False),
                       input_scale=input_scale, variables=model.variables,
                       description=f"Keras model {model.name}",
-                      input_shape=tuple(model.input_shape))
+                      input_shape=tuple(model.input_shape),
+                      output_shape=tuple(model.output_shape))
   if hasattr(model, "structured_input_signature"):
-    function, shape = _signature_function(model, "the signature")
+    function, shape, out_shape = _signature_function(model, "the signature")
     return Classifier(function, input_scale=input_scale,
                       variables=model.variables,
                       description="SavedModel signature",
-                      input_shape=tuple(shape))
+                      input_shape=tuple(shape),
+                      output_shape=tuple(out_shape))
   if callable(model):
     return Classifier(model, input_scale=input_scale,
                       description=getattr(model, "__name__", "function"))
@@ -158,7 +175,8 @@ def load(path, *, signature=None, input_scale=1.0):
 
   Returns:
     A callable of the attacks' interface (see ``wrap``) with
-    ``description``, ``input_scale`` and ``input_shape`` attributes.
+    ``description``, ``input_scale``, ``input_shape`` and ``output_shape``
+    attributes.
 
   Raises:
     errors.UserError: the path is missing or unreadable, is neither kind of
@@ -190,7 +208,8 @@ def load(path, *, signature=None, input_scale=1.0):
   out = Classifier(lambda x: model(x, training=False),
                    input_scale=input_scale, variables=model.variables,
                    description=f"Keras file {path}",
-                   input_shape=tuple(model.input_shape))
+                   input_shape=tuple(model.input_shape),
+                   output_shape=tuple(model.output_shape))
   out.keras_model = model
   return out
 
@@ -217,11 +236,11 @@ def _load_saved_model(path, signature, input_scale):
         f"the SavedModel {path} has no signature {signature!r}: pass "
         f"--signature from {', '.join(names)}")
   function = loaded.signatures[signature]
-  call, shape = _signature_function(function, signature)
+  call, shape, out_shape = _signature_function(function, signature)
   out = Classifier(call, input_scale=input_scale,
                    variables=function.variables,
                    description=f"SavedModel {path}, signature {signature}",
-                   input_shape=tuple(shape))
+                   input_shape=tuple(shape), output_shape=tuple(out_shape))
   # The loaded object owns the signature's variables: keep it alive.
   out.saved_model = loaded
   return out
@@ -273,3 +292,104 @@ def check(model, image_shape, num_classes, dataset):
     raise errors.UserError(
         f"{verdict['detail'].split(':')[0]}: evaluate the model without its "
         f"final softmax (the attacks' losses need logits)")
+
+
+def tf_variables(model):
+  """The ``tf.Variable``s a model reads, for graphs that must track them.
+
+  Keras 3 variables wrap tf.Variables (``.value``); a SavedModel signature's
+  variables are tf.Variables already. A SavedModel or a TFLite conversion
+  saves only the tf.Variables its object graph reaches directly.
+  """
+  return [v if isinstance(v, tf.Variable) else v.value
+          for v in model.variables]
+
+
+def define_source_flags(flag_values, module_name, command):
+  """Defines the flags that name what a command reads: a run or a model.
+
+  ``--model_dir`` (a run of ``rlfat_tf.train``) or ``--model`` (a ``.keras``
+  file or SavedModel folder) with ``--signature``, ``--dataset`` and
+  ``--input_scale``; exactly one of the two sources.
+
+  Args:
+    flag_values: the ``absl.flags.FlagValues`` to define them in.
+    module_name: the command module's ``__name__`` ("__main__" when it runs
+      as a program), which the flags belong to, as its own flags do
+      (``cli.module_values`` reads them from there).
+    command: the command's name ("evaluate", "export"), for the help texts.
+  """
+  # absl files the flags of a program's __main__ under its sys.argv[0], and
+  # looks "__main__" up there too.
+  if module_name == "__main__":
+    module_name = sys.argv[0]
+  fv = {"flag_values": flag_values, "module_name": module_name}
+  flags.DEFINE_string("model_dir", None, "Run folder written by "
+                      "rlfat_tf.train.", **fv)
+  flags.DEFINE_string("model", None, f"Instead of --model_dir: a .keras file "
+                      f"or a SavedModel folder (an export of this project or "
+                      f"any other) mapping images in [0, 1] to logits, to "
+                      f"{command} on --dataset.", **fv)
+  flags.DEFINE_string("signature", None, "With a SavedModel --model: the "
+                      "signature to call (default: serving_default, or the "
+                      "only one).", **fv)
+  flags.DEFINE_string("dataset", None, f"With --model: the dataset to "
+                      f"{command} on (a run's dataset comes from its "
+                      f"record).", **fv)
+  flags.DEFINE_float("input_scale", 1.0, "With --model: multiply the [0, 1] "
+                     "images by this before the model sees them (255 for a "
+                     "model that expects [0, 255] pixels); attacks and "
+                     "--epsilon stay in [0, 1] units.", lower_bound=1e-6,
+                     **fv)
+  flags.register_multi_flags_validator(
+      ["model_dir", "model"],
+      lambda v: (v["model_dir"] is None) != (v["model"] is None),
+      message="pass either --model_dir=RUN (a run of rlfat_tf.train) or "
+      "--model=PATH (a .keras file or a SavedModel), not both",
+      flag_values=flag_values)
+
+
+def refuse_source_flags(values):
+  """Refuses the --model flags given with a --model_dir.
+
+  Args:
+    values: the command's flag values (see ``define_source_flags``).
+
+  Raises:
+    errors.UserError: --dataset, --signature or --input_scale is set.
+  """
+  for name in ("dataset", "signature"):
+    if values[name] is not None:
+      raise errors.UserError(
+          f"--{name}={values[name]} applies to --model; a run's "
+          f"{name} comes from its record: drop --{name}")
+  if values["input_scale"] != 1.0:
+    raise errors.UserError(
+        f"--input_scale={values['input_scale']:g} applies to --model; a "
+        f"run's model takes [0, 1] images: drop --input_scale")
+
+
+def load_source(values):
+  """Loads --model and checks it against --dataset.
+
+  Args:
+    values: the command's flag values (see ``define_source_flags``).
+
+  Returns:
+    ``(model, spec)``: the loaded classifier (see ``load``) and the
+    dataset's ``datasets.DatasetSpec``.
+
+  Raises:
+    errors.UserError: no --dataset, an unknown one, an unreadable model or
+      one that does not fit the dataset (``check``).
+  """
+  path = values["model"]
+  if values["dataset"] is None:
+    raise errors.UserError(
+        f"--model={path} needs the dataset its images come from: pass "
+        f"--dataset, e.g. --dataset=cifar10")
+  spec = datasets.get(values["dataset"])
+  model = load(path, signature=values["signature"],
+               input_scale=values["input_scale"])
+  check(model, spec.image_shape, spec.num_classes, spec.name)
+  return model, spec

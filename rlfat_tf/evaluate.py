@@ -88,23 +88,7 @@ def define_flags(flag_values=FLAGS):
   """
   fv = {"flag_values": flag_values}
   # What to evaluate.
-  flags.DEFINE_string("model_dir", None, "Run folder written by "
-                      "rlfat_tf.train.", **fv)
-  flags.DEFINE_string("model", None, "Instead of --model_dir: a .keras file "
-                      "or a SavedModel folder (an export of this project or "
-                      "any other) mapping images in [0, 1] to logits; needs "
-                      "--dataset and --output.", **fv)
-  flags.DEFINE_string("signature", None, "With a SavedModel --model: the "
-                      "signature to call (default: serving_default, or the "
-                      "only one).", **fv)
-  flags.DEFINE_string("dataset", None, "With --model: the dataset to "
-                      "evaluate on (a run's dataset comes from its record).",
-                      **fv)
-  flags.DEFINE_float("input_scale", 1.0, "With --model: multiply the [0, 1] "
-                     "images by this before the model sees them (255 for a "
-                     "model that expects [0, 255] pixels); attacks and "
-                     "--epsilon stay in [0, 1] units.", lower_bound=1e-6,
-                     **fv)
+  classifier.define_source_flags(flag_values, __name__, "evaluate")
   flags.DEFINE_enum("which", "last", ("last", "best"), "Checkpoint: the last "
                     "one (as the official code) or the best on validation.",
                     **fv)
@@ -184,11 +168,6 @@ def define_flags(flag_values=FLAGS):
 
   flags.DEFINE_bool("progress", True, "Show progress bars.", **fv)
 
-  flags.register_multi_flags_validator(
-      ["model_dir", "model"],
-      lambda v: (v["model_dir"] is None) != (v["model"] is None),
-      message="pass either --model_dir=RUN (a run of rlfat_tf.train) or "
-      "--model=PATH (a .keras file or a SavedModel), not both", **fv)
   runs.register_radius_validators(flag_values)
   flags.register_validator(
       "attacks", lambda v: bool(v) and set(v) <= set(attacks.NAMES),
@@ -316,15 +295,7 @@ def load_target(values):
       model, or one that does not fit the dataset (``classifier.check``).
   """
   if values["model"] is None:
-    for name in ("dataset", "signature"):
-      if values[name] is not None:
-        raise errors.UserError(
-            f"--{name}={values[name]} applies to --model; a run's "
-            f"{name} comes from its record: drop --{name}")
-    if values["input_scale"] != 1.0:
-      raise errors.UserError(
-          f"--input_scale={values['input_scale']:g} applies to --model; a "
-          f"run's model takes [0, 1] images: drop --input_scale")
+    classifier.refuse_source_flags(values)
     model_dir = values["model_dir"]
     model, record, checkpoint = runs.restore_model(model_dir, values["which"])
     return model, record, {
@@ -336,18 +307,11 @@ def load_target(values):
         "train_flags": record.to_json()}
   path = values["model"]
   _only_with_run(values)
-  if values["dataset"] is None:
-    raise errors.UserError(
-        f"--model={path} needs the dataset to evaluate it on: pass "
-        f"--dataset, e.g. --dataset=cifar10")
   if values["output"] is None:
     raise errors.UserError(
         f"--model={path} has no run folder to write results into: pass "
         f"--output=FILE.json")
-  spec = datasets.get(values["dataset"])
-  model = classifier.load(path, signature=values["signature"],
-                          input_scale=values["input_scale"])
-  classifier.check(model, spec.image_shape, spec.num_classes, spec.name)
+  model, spec = classifier.load_source(values)
   return model, None, {
       "model": path, "signature": values["signature"],
       "input_scale": values["input_scale"], "dataset": spec.name,

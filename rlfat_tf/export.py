@@ -1,7 +1,9 @@
-r"""Exports a trained run for TensorFlow Serving and for edge devices.
+r"""Exports a trained run, or any classifier, for TF Serving and edge devices.
 
-Example:
+Examples:
   python -m rlfat_tf.export --model_dir=runs/c10 --export_dir=exports
+  python -m rlfat_tf.export --model=net.keras --dataset=cifar10 \
+      --epsilon=0.03 --export_dir=exports
 
 writes the next version of the model, ``exports/<model_name>/<version>/``:
 
@@ -16,7 +18,14 @@ writes the next version of the model, ``exports/<model_name>/<version>/``:
 - ``export.json``: where the export came from, file sizes and hashes, and the
   measured agreement of every artifact with the Keras model.
 
-The default model name is ``<dataset>_<method>`` of the run. Versions are
+A ``--model`` (a ``.keras`` file or a SavedModel folder, see
+``classifier.load``) takes images in [0, 1]; one that expects [0, 255]
+pixels is exported with ``--input_scale=255``, which the export applies
+inside, so its signatures take [0, 1] images like every other export. From
+Python, ``export_model`` exports a ``keras.Model`` or function directly.
+
+The default model name is ``<dataset>_<method>`` of a run, the file or folder
+name of a ``--model``. Versions are
 numbered 1, 2, ... and never overwritten. Everything is written into a hidden
 temporary folder that is renamed to its version number only once complete, so
 a failed export leaves nothing that TensorFlow Serving would load. Serving
@@ -40,6 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rlfat_tf import classifier
 from rlfat_tf import cli
 from rlfat_tf import data
 from rlfat_tf import datasets
@@ -220,12 +230,8 @@ def _take(split_name, images, labels, count, flag):
 
 
 def export(model_dir, export_dir, *, which="last", model_name=None,
-           tflite_variants=tflite.VARIANTS,
-           representative_examples=DEFAULT_REPRESENTATIVE_EXAMPLES,
-           eval_examples=DEFAULT_EVAL_EXAMPLES, epsilon=None, step_size=None,
-           pgd_steps=DEFAULT_PGD_STEPS, batch_size=DEFAULT_BATCH_SIZE, seed=0,
-           data_dir=None, tfds_data_dir=None, progress=True,
-           max_image_pixels=serving.DEFAULT_MAX_IMAGE_PIXELS):
+           epsilon=None, step_size=None, data_dir=None, tfds_data_dir=None,
+           **options):
   """Exports a run's model as the next version under ``export_dir``.
 
   Args:
@@ -234,19 +240,11 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
       ``export_dir/<model_name>/<version>``.
     which: "last" or "best" checkpoint.
     model_name: folder name of the model; None for ``<dataset>_<method>``.
-    tflite_variants: the ``tflite.VARIANTS`` to convert.
-    representative_examples: training images that calibrate ``int8``.
-    eval_examples: test images in the evaluation set (the first ones).
     epsilon: L-inf radius of the adversarial set; None for the run's.
     step_size: PGD step; None for the run's.
-    pgd_steps: PGD steps.
-    batch_size: images per batch in the attack and the checks.
-    seed: seed of the attack's random starts and of the calibration sample.
     data_dir: official binary release folder; None for the run's.
     tfds_data_dir: tensorflow-datasets folder; None for the run's.
-    progress: show a progress bar while the attack runs.
-    max_image_pixels: largest width x height the ``serving_bytes`` signature
-      decodes (``serving.decode_images``).
+    **options: the remaining arguments of ``export_model``.
 
   Returns:
     ``(version_path, manifest)``; the manifest is also ``export.json``.
@@ -256,8 +254,71 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
     RuntimeError: the reloaded SavedModel disagrees with the Keras model.
   """
   model, record, checkpoint = runs.restore_model(model_dir, which)
-  dataset = record.dataset
-  model_name = model_name or f"{dataset}_{record.method}"
+  return export_model(
+      model, export_dir, dataset=record.dataset,
+      model_name=model_name or f"{record.dataset}_{record.method}",
+      epsilon=record.epsilon if epsilon is None else epsilon,
+      step_size=record.step_size if step_size is None else step_size,
+      data_dir=data_dir or record.data_dir,
+      tfds_data_dir=tfds_data_dir or record.tfds_data_dir,
+      val_size=record.val_size,
+      source={"model_dir": os.path.abspath(model_dir),
+              "checkpoint": checkpoint, "which": which,
+              "dataset": record.dataset, "method": record.method,
+              "depth": record.depth, "width": record.width},
+      **options)
+
+
+def export_model(model, export_dir, *, dataset, model_name, epsilon,
+                 step_size=None, input_scale=1.0, source=None, val_size=0,
+                 tflite_variants=tflite.VARIANTS,
+                 representative_examples=DEFAULT_REPRESENTATIVE_EXAMPLES,
+                 eval_examples=DEFAULT_EVAL_EXAMPLES,
+                 pgd_steps=DEFAULT_PGD_STEPS, batch_size=DEFAULT_BATCH_SIZE,
+                 seed=0, data_dir=None, tfds_data_dir=None, progress=True,
+                 max_image_pixels=serving.DEFAULT_MAX_IMAGE_PIXELS):
+  """Exports any classifier as the next version under ``export_dir``.
+
+  Example:
+    export_model(keras.saving.load_model("net.keras"), "exports",
+                 dataset="cifar10", model_name="net", epsilon=8 / 255)
+
+  Args:
+    model: a ``keras.Model``, a SavedModel signature, a ``classifier.load``
+      result, or a function without variables, mapping float32 images in
+      [0, 1] (times ``input_scale``) to logits; see ``classifier.wrap``.
+    export_dir: the TF Serving base folder; the model goes to
+      ``export_dir/<model_name>/<version>``.
+    dataset: the dataset name (``datasets.get``) of its images and classes.
+    model_name: folder name of the model.
+    epsilon: L-inf radius of the adversarial evaluation set.
+    step_size: PGD step; None for ``epsilon / 4``.
+    input_scale: the factor the model's inputs are scaled by (255 for a
+      model that expects [0, 255] pixels); the export takes [0, 1] images
+      and applies it inside.
+    source: what the manifest records as the model's origin.
+    val_size: the validation images the model's training held out of the
+      train split, which the int8 calibration leaves out too.
+    tflite_variants: the ``tflite.VARIANTS`` to convert.
+    representative_examples: training images that calibrate ``int8``.
+    eval_examples: test images in the evaluation set (the first ones).
+    pgd_steps: PGD steps.
+    batch_size: images per batch in the attack and the checks.
+    seed: seed of the attack's random starts and of the calibration sample.
+    data_dir: official binary release folder, or None.
+    tfds_data_dir: tensorflow-datasets folder, or None.
+    progress: show a progress bar while the attack runs.
+    max_image_pixels: largest width x height the ``serving_bytes`` signature
+      decodes (``serving.decode_images``).
+
+  Returns:
+    ``(version_path, manifest)``; the manifest is also ``export.json``.
+
+  Raises:
+    errors.UserError: bad arguments, a model that does not fit the dataset,
+      missing data.
+    RuntimeError: the reloaded SavedModel disagrees with the model.
+  """
   if not re.fullmatch(MODEL_NAME_PATTERN, model_name):
     raise errors.UserError(
         f"--model_name={model_name} is not a folder name TF Serving accepts: "
@@ -268,11 +329,9 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
                            f"folder")
   model_root = os.path.join(export_dir, model_name)
   files.check_writable(model_root, "--export_dir")
-  epsilon = record.epsilon if epsilon is None else epsilon
-  step_size = record.step_size if step_size is None else step_size
-  data_dir = data_dir or record.data_dir
-  tfds_data_dir = tfds_data_dir or record.tfds_data_dir
   info = datasets.get(dataset)
+  model = _with_shapes(classifier.wrap(model, input_scale=input_scale), info)
+  step_size = epsilon / 4 if step_size is None else step_size
 
   test_images, test_labels = _take(
       "test split", *datasets.load_split(dataset, "test", data_dir,
@@ -285,7 +344,7 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
     # Calibrate on the images the model trained on, never its validation
     # split or the test images it is evaluated on.
     (train_images, _), _ = data.validation_split(
-        train_images, train_labels, record.val_size)
+        train_images, train_labels, val_size)
     if representative_examples > len(train_images):
       raise errors.UserError(
           f"--representative_examples={representative_examples} exceeds the "
@@ -327,10 +386,8 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
         batch_size, max_image_pixels)
     manifest.update({
         "model_name": model_name,
-        "source": {"model_dir": os.path.abspath(model_dir),
-                   "checkpoint": checkpoint, "which": which,
-                   "dataset": dataset, "method": record.method,
-                   "depth": record.depth, "width": record.width},
+        "source": dict(source or {"dataset": dataset}),
+        "input_scale": float(input_scale),
         "seed": seed,
         "versions": {"tensorflow": tf.__version__,
                      "keras": keras.__version__},
@@ -343,10 +400,82 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
   return path, manifest
 
 
+def _with_shapes(model, info):
+  """``model``, checked against the dataset, with the shapes serving reads.
+
+  A function declares no input or output shape; once ``classifier.check``
+  has run it on the dataset's images, they are known.
+  """
+  classifier.check(model, info.image_shape, info.num_classes, info.name)
+  if isinstance(model, classifier.Classifier):
+    model.input_shape = (None, *info.image_shape)
+    model.output_shape = (None, info.num_classes)
+  return model
+
+
+def _export_source(flag_values):
+  """Exports the --model of the flags; returns ``(version_path, manifest)``."""
+  values = {name: flag_values[name].value for name in (
+      "model", "signature", "dataset", "input_scale")}
+  if flag_values.which != "last":
+    raise errors.UserError(
+        f"--which={flag_values.which} picks a run's checkpoint, and --model="
+        f"{values['model']} is one model: drop --which")
+  if flag_values.epsilon is None:
+    raise errors.UserError(
+        f"--model={values['model']} has no run whose radius the adversarial "
+        f"set could use: pass --epsilon, e.g. --epsilon=0.03")
+  name = flag_values.model_name or _default_name(values["model"])
+  model, spec = classifier.load_source(values)
+  return export_model(
+      model, flag_values.export_dir, dataset=spec.name, model_name=name,
+      epsilon=flag_values.epsilon, step_size=flag_values.step_size,
+      input_scale=values["input_scale"],
+      source={"model": os.path.abspath(values["model"]),
+              "signature": values["signature"],
+              "description": model.description, "dataset": spec.name},
+      data_dir=flag_values.data_dir, tfds_data_dir=flag_values.tfds_data_dir,
+      **_options(flag_values))
+
+
+def _options(flag_values):
+  """The ``export_model`` arguments that both kinds of source share."""
+  variants = [] if flag_values.tflite == ["none"] else flag_values.tflite
+  return {"tflite_variants": tuple(variants),
+          "representative_examples": flag_values.representative_examples,
+          "eval_examples": flag_values.eval_examples,
+          "pgd_steps": flag_values.pgd_steps,
+          "batch_size": flag_values.batch_size, "seed": flag_values.seed,
+          "progress": flag_values.progress,
+          "max_image_pixels": flag_values.max_image_pixels}
+
+
+def _default_name(path):
+  """The model folder name of --model=PATH: its file or folder name."""
+  name = os.path.basename(os.path.normpath(path))
+  if name.endswith(".keras"):
+    name = name[:-len(".keras")]
+  if not re.fullmatch(MODEL_NAME_PATTERN, name):
+    raise errors.UserError(
+        f"the name of --model={path} is not a folder name TF Serving "
+        f"accepts: pass --model_name")
+  return name
+
+
 def _write_artifacts(out_dir, model, info, eval_set, tflite_variants,
                      representative, batch_size, max_image_pixels):
   """Writes the SavedModel, TFLite files and evaluation set; checks each."""
-  serving.save(model, info.class_names, out_dir, max_image_pixels)
+  try:
+    serving.save(model, info.class_names, out_dir, max_image_pixels)
+  except AssertionError as e:
+    if "untracked" not in str(e):
+      raise
+    # A bare function's variables are not known to the wrapper, so the
+    # SavedModel cannot hold them.
+    raise errors.UserError(
+        "the model is a function that reads variables the export cannot "
+        "reach: pass the keras.Model (or SavedModel signature) itself"
+    ) from None
   clean = eval_set["clean_images"].astype(np.float32) / 255.0
   diff = saved_model_max_diff(
       out_dir, _batches(clean, batch_size) + _batches(
@@ -444,14 +573,14 @@ def define_flags(flag_values=flags.FLAGS):
     flag_values: the ``absl.flags.FlagValues`` to define them in.
   """
   fv = {"flag_values": flag_values}
-  flags.DEFINE_string("model_dir", None, "Run folder written by "
-                      "rlfat_tf.train.", **fv)
+  classifier.define_source_flags(flag_values, __name__, "export")
   flags.DEFINE_string("export_dir", None, "TF Serving base folder; the model "
                       "goes to <export_dir>/<model_name>/<version>/.", **fv)
   flags.DEFINE_enum("which", "last", ("last", "best"), "Checkpoint to export.",
                     **fv)
   flags.DEFINE_string("model_name", None, "Model folder name (default: "
-                      "<dataset>_<method> of the run).", **fv)
+                      "<dataset>_<method> of the run; the file or folder "
+                      "name of a --model).", **fv)
   flags.DEFINE_list("tflite", list(tflite.VARIANTS), "TFLite variants to "
                     f"convert, from {', '.join(tflite.VARIANTS)}; 'none' for "
                     "none.", **fv)
@@ -463,9 +592,10 @@ def define_flags(flag_values=flags.FLAGS):
                        "(the first ones) in the edge evaluation set.",
                        lower_bound=1, **fv)
   flags.DEFINE_float("epsilon", None, "L-inf radius of the adversarial "
-                     "evaluation set, in (0, 1] (default: the run's).", **fv)
+                     "evaluation set, in (0, 1] (default: the run's; "
+                     "required with --model).", **fv)
   flags.DEFINE_float("step_size", None, "PGD step, in (0, 1] (default: the "
-                     "run's).", **fv)
+                     "run's; epsilon / 4 with --model).", **fv)
   flags.DEFINE_integer("pgd_steps", DEFAULT_PGD_STEPS, "PGD steps of the "
                        "adversarial evaluation set.", lower_bound=1, **fv)
   flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE, "Images per batch "
@@ -481,7 +611,7 @@ def define_flags(flag_values=flags.FLAGS):
                        "Largest width x height the serving_bytes signature "
                        "decodes; larger images are refused from their header.",
                        lower_bound=1, **fv)
-  flags.mark_flags_as_required(["model_dir", "export_dir"], **fv)
+  flags.mark_flag_as_required("export_dir", **fv)
   choices = set(tflite.VARIANTS)
   flags.register_validator(
       "tflite", lambda v: v == ["none"] or (
@@ -500,18 +630,18 @@ def main(flag_values=flags.FLAGS):
   Raises:
     errors.UserError: bad input (see ``export``).
   """
-  variants = [] if flag_values.tflite == ["none"] else flag_values.tflite
-  path, manifest = export(
-        flag_values.model_dir, flag_values.export_dir, which=flag_values.which,
-        model_name=flag_values.model_name, tflite_variants=tuple(variants),
-        representative_examples=flag_values.representative_examples,
-        eval_examples=flag_values.eval_examples,
+  if flag_values.model is None:
+    classifier.refuse_source_flags(
+        {name: flag_values[name].value
+         for name in ("dataset", "signature", "input_scale")})
+    path, manifest = export(
+        flag_values.model_dir, flag_values.export_dir,
+        which=flag_values.which, model_name=flag_values.model_name,
         epsilon=flag_values.epsilon, step_size=flag_values.step_size,
-        pgd_steps=flag_values.pgd_steps, batch_size=flag_values.batch_size,
-        seed=flag_values.seed, data_dir=flag_values.data_dir,
-        tfds_data_dir=flag_values.tfds_data_dir,
-        progress=flag_values.progress,
-        max_image_pixels=flag_values.max_image_pixels)
+        data_dir=flag_values.data_dir,
+        tfds_data_dir=flag_values.tfds_data_dir, **_options(flag_values))
+  else:
+    path, manifest = _export_source(flag_values)
   print(format_summary(path, manifest))
 
 

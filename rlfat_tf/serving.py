@@ -33,6 +33,8 @@ import tempfile
 
 import tensorflow as tf
 
+from rlfat_tf import classifier
+
 IMAGES_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
 IMAGES_INPUT = "images"
@@ -47,17 +49,6 @@ _SUMMARIZE = 8
 # 2048 x 2048: any real photograph fits, and the float32 decode of the largest
 # allowed image stays under 50 MB.
 DEFAULT_MAX_IMAGE_PIXELS = 2048 * 2048
-
-
-def _tracked_variables(model):
-  """The tf.Variables under a Keras 3 model's variables.
-
-  Keras 3 variables wrap tf.Variables. The TF1-style loader that TensorFlow
-  Serving and saved_model_cli use restores only tf.Variables that the saved
-  object graph reaches directly; without this list it fails with "Could not
-  find variable ...".
-  """
-  return [v.value for v in model.variables]
 
 
 def check_images(images, height, width):
@@ -221,7 +212,7 @@ class Servable(tf.Module):
     if channels != 3:
       raise ValueError(f"the model takes {channels} channels; serving "
                        f"decodes RGB images")
-    self.model_variables = _tracked_variables(model)
+    self.model_variables = classifier.tf_variables(model)
     self.class_names_file = tf.saved_model.Asset(class_names_path)
     self.class_table = tf.lookup.StaticHashTable(
         tf.lookup.TextFileInitializer(

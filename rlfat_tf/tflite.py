@@ -16,6 +16,8 @@ runs it:
 import numpy as np
 import tensorflow as tf
 
+from rlfat_tf import classifier
+
 VARIANTS = ("float32", "float16", "dynamic_int8", "int8")
 
 INPUT_NAME = "images"
@@ -50,7 +52,7 @@ def convert(model, variant, representative_images=None):
   # the tf.Variables under Keras 3 variables are reached only when tracked
   # directly, and are otherwise left as uninitialised resources.
   holder = tf.Module()
-  holder.variables_to_freeze = [v.value for v in model.variables]
+  holder.variables_to_freeze = classifier.tf_variables(model)
   logits_fn = tf.function(
       lambda images: {OUTPUT_NAME: model(images, training=False)},
       autograph=False, input_signature=[

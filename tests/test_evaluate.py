@@ -236,17 +236,16 @@ VERDICTS = (*SMALL, "--attacks=pgd,nattack,autoattack", "--nochecks",
 
 @pytest.fixture(scope="module")
 def saved_copies(smoke_run, tmp_path_factory):
-  """The smoke run's last checkpoint as the project's servable SavedModel
-  (what rlfat_tf.export writes for TF Serving) and as a .keras file."""
-  from rlfat_tf import datasets  # pylint: disable=import-outside-toplevel
-  from rlfat_tf import serving  # pylint: disable=import-outside-toplevel
+  """The smoke run's last checkpoint exported by rlfat_tf.export (the
+  SavedModel that TF Serving loads) and saved as a .keras file."""
+  from rlfat_tf import export  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("saved")
-  model, record, _ = runs.restore_model(smoke_run)
-  serving.save(model, datasets.get(record.dataset).class_names,
-               str(root / "servable"))
+  version, _ = export.export(str(smoke_run), str(root / "exports"),
+                             tflite_variants=(), eval_examples=4,
+                             pgd_steps=1, progress=False)
+  model, _, _ = runs.restore_model(smoke_run)
   model.save(str(root / "model.keras"))
-  return {"savedmodel": str(root / "servable"),
-          "keras": str(root / "model.keras")}
+  return {"savedmodel": version, "keras": str(root / "model.keras")}
 
 
 def test_saved_copies_of_a_run_give_its_per_image_verdicts(
@@ -271,7 +270,8 @@ def test_saved_copies_of_a_run_give_its_per_image_verdicts(
 @pytest.mark.parametrize("argv, message", [
     (("--dataset=cifar10_sample",), "has no run folder to write results "
      "into: pass --output"),
-    (("--output=OUT",), "needs the dataset to evaluate it on: pass --dataset"),
+    (("--output=OUT",),
+     "needs the dataset its images come from: pass --dataset"),
     (("--dataset=cifar100", "--output=OUT"), "outputs shape \\(10,\\) per "
      "image, but cifar100 has 100 classes"),
     (("--dataset=stl10", "--output=OUT"), "takes images of shape "

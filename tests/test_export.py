@@ -350,3 +350,103 @@ def test_edge_eval_verifies_the_recorded_sha256(exported, tmp_path, capsys):
   with pytest.raises(errors.UserError,
                      match="float32.tflite does not match the sha256"):
     edge_eval.main(args)
+
+
+@pytest.fixture(scope="module")
+def pixel_model(run_dir, tmp_path_factory):
+  """The smoke model behind a layer that takes [0, 255] pixels, as .keras."""
+  import keras  # pylint: disable=import-outside-toplevel
+  model, _, _ = runs.restore_model(run_dir)
+  inputs = keras.Input(model.input_shape[1:])
+  pixels = keras.Model(inputs, model(keras.layers.Rescaling(1 / 255)(inputs)))
+  path = tmp_path_factory.mktemp("pixels") / "pixel_net.keras"
+  pixels.save(str(path))
+  return {"path": path, "model": model}
+
+
+def test_model_flag_exports_a_keras_file_with_its_input_scale(
+    pixel_model, tmp_path):
+  export_dir = tmp_path / "exports"
+  flag_values = _parse(f"--model={pixel_model['path']}",
+                       "--dataset=cifar10_sample", "--input_scale=255",
+                       f"--epsilon={EPSILON}", f"--export_dir={export_dir}",
+                       "--tflite=float32", "--eval_examples=20",
+                       "--pgd_steps=2", "--noprogress")
+  with contextlib.redirect_stdout(io.StringIO()):
+    export.main(flag_values)
+  version = export_dir / "pixel_net" / "1"
+  manifest = json.loads((version / export.MANIFEST_FILE).read_text())
+  assert manifest["input_scale"] == 255
+  assert manifest["source"]["model"] == str(pixel_model["path"])
+  assert manifest["eval_set"]["step_size"] == pytest.approx(EPSILON / 4)
+  # The export takes [0, 1] images and scales them inside: its logits are
+  # the logits of the [0, 1] model the pixel model wraps.
+  images, _ = datasets.load_split("cifar10_sample", "test")
+  images = images[:8].astype(np.float32) / 255
+  serve = tf.saved_model.load(str(version)).signatures["serving_default"]
+  np.testing.assert_allclose(
+      serve(images=tf.constant(images))["logits"],
+      pixel_model["model"](images, training=False), atol=1e-4)
+  edge = manifest["tflite"]["float32"]["evaluation"]
+  assert edge["clean_agreement"] == 1.0 and edge["max_abs_logit_diff"] < 1e-3
+
+
+def test_export_model_takes_a_signature_and_refuses_a_function_of_variables(
+    pixel_model, tmp_path):
+  model = pixel_model["model"]
+  signature = tf.function(
+      lambda images: {"logits": model(images, training=False)},
+      input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)]
+  ).get_concrete_function()
+  path, manifest = export.export_model(
+      signature, str(tmp_path), dataset="cifar10_sample", model_name="sig",
+      epsilon=EPSILON, tflite_variants=(), eval_examples=8, pgd_steps=1,
+      progress=False)
+  assert path == str(tmp_path / "sig" / "1")
+  assert manifest["source"] == {"dataset": "cifar10_sample"}
+  assert manifest["saved_model_max_abs_logit_diff"] < 1e-5
+  with pytest.raises(errors.UserError, match="cannot reach: pass the "
+                     "keras.Model"):
+    export.export_model(
+        lambda images: model(images, training=False), str(tmp_path),
+        dataset="cifar10_sample", model_name="fn", epsilon=EPSILON,
+        tflite_variants=(), eval_examples=8, pgd_steps=1, progress=False)
+  assert sorted(os.listdir(tmp_path)) == ["fn", "sig"]
+  assert not os.listdir(tmp_path / "fn")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--which=best", "--epsilon=0.03"], "--which=best picks a run's "
+     "checkpoint"),
+    ([], "has no run whose radius the adversarial set could use: pass "
+     "--epsilon"),
+    (["--epsilon=0.03"], "needs the dataset its images come from"),
+    (["--epsilon=0.03", "--dataset=cifar100"], "cifar100 has 100 classes"),
+])
+def test_model_flag_errors(pixel_model, tmp_path, argv, message):
+  flag_values = _parse(f"--model={pixel_model['path']}",
+                       f"--export_dir={tmp_path}", *argv)
+  with pytest.raises(errors.UserError, match=re.escape(message)):
+    export.main(flag_values)
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset=cifar10"], "--dataset=cifar10 applies to --model"),
+    (["--signature=x"], "--signature=x applies to --model"),
+    (["--input_scale=255"], "--input_scale=255 applies to --model"),
+])
+def test_run_refuses_model_flags(run_dir, tmp_path, argv, message):
+  flag_values = _parse(f"--model_dir={run_dir}", f"--export_dir={tmp_path}",
+                       *argv)
+  with pytest.raises(errors.UserError, match=re.escape(message)):
+    export.main(flag_values)
+  assert not os.listdir(tmp_path)
+
+
+def test_model_and_model_dir_are_exclusive(run_dir, pixel_model):
+  with pytest.raises(flags.IllegalFlagValueError, match="not both"):
+    _parse(f"--model_dir={run_dir}", f"--model={pixel_model['path']}",
+           "--export_dir=x")
+  with pytest.raises(flags.IllegalFlagValueError, match="either"):
+    _parse("--export_dir=x")
