@@ -258,7 +258,7 @@ def run(model_dir, *, which="last", data_dir=None, num_examples=500,
       "model_dir": model_dir, "checkpoint": checkpoint,
       "step": int(checkpoint.rsplit("-", 1)[-1]),
       "dataset": record.dataset,
-      "architecture": f"WRN-{record.depth}-{record.width}"}
+      "architecture": runs.architecture(record)}
   results["machine"] = {
       "cpus": os.cpu_count(), "platform": platform.platform(),
       "tensorflow": tf.__version__, "keras": keras.__version__,

@@ -302,7 +302,7 @@ def load_target(values):
         "model_dir": model_dir, "checkpoint": checkpoint,
         "which": values["which"], "dataset": record.dataset,
         "method": record.method,
-        "architecture": f"WRN-{record.depth}-{record.width}",
+        "architecture": runs.architecture(record),
         "depth": record.depth, "width": record.width,
         "train_flags": record.to_json()}
   path = values["model"]

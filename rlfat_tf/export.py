@@ -265,6 +265,7 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
       source={"model_dir": os.path.abspath(model_dir),
               "checkpoint": checkpoint, "which": which,
               "dataset": record.dataset, "method": record.method,
+              "architecture": runs.architecture(record),
               "depth": record.depth, "width": record.width},
       **options)
 

@@ -28,7 +28,7 @@ from rlfat_tf import errors
 from rlfat_tf import files
 from rlfat_tf import models
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RECORD_FILE = "run.json"
 LEGACY_FLAGS_FILE = "flags.json"
 
@@ -37,7 +37,8 @@ _LEGACY_DEFAULTS = {"strategy": "default", "cpu_devices": 1, "tpu": None,
                     "sync_batch_norm": False, "mixed_precision": "float32"}
 # The settings each schema version added, with the value every run written
 # before them ran with; an older record is read with these filled in.
-_ADDED = {2: {"train_size": None, "monitor_examples": 0}}
+_ADDED = {2: {"train_size": None, "monitor_examples": 0},
+          3: {"model": "wrn", "model_path": None, "model_weights": None}}
 _MAY_CHANGE = "may_change_on_resume"
 
 
@@ -57,10 +58,14 @@ class RunRecord:
 
   A resumed run may change how long it trains (``train_steps``), the learning
   rate and its schedule, how often it validates, checkpoints and logs, how
-  many images it monitors, and
-  the hardware and speed settings (strategy, devices, XLA, precision,
-  determinism and where the data is read from). Every other setting shapes
-  what the checkpoints hold and must stay the same (``check_resume``).
+  many images it monitors, and the hardware and speed settings (strategy,
+  devices, XLA, precision, determinism and where the data is read from).
+  Every other setting, the model among them, shapes what the checkpoints
+  hold and must stay the same (``check_resume``).
+
+  ``model`` names the family in ``rlfat_tf.models``; the settings of the
+  other families are None (``depth`` and ``width`` are the WideResNet's,
+  ``model_path`` and ``model_weights`` the Keras file's).
   """
   dataset: str
   data_dir: str | None = _may_change()
@@ -69,8 +74,11 @@ class RunRecord:
   train_size: int | None
   flip: bool
   pad_crop: int
-  depth: int
-  width: int
+  model: str
+  depth: int | None
+  width: int | None
+  model_path: str | None
+  model_weights: str | None
   method: str
   epsilon: float
   step_size: float
@@ -268,22 +276,34 @@ def check_resume(model_dir, record):
         f"resume it, or a new --model_dir")
 
 
+def model_settings(record):
+  """The settings of the record's model family, by name (``models.get``)."""
+  return {name: getattr(record, name)
+          for name in models.get(record.model).settings}
+
+
+def architecture(record):
+  """The run's architecture as reports name it, e.g. "WRN-34-10".
+
+  Raises:
+    errors.UserError: the record names no registered model (an edited
+      record).
+  """
+  return models.describe(record.model, model_settings(record))
+
+
 def build_model(record, sync_batch_norm=False):
   """The (untrained) model of a run with this ``RunRecord``.
 
   Raises:
-    errors.UserError: the record names no WideResNet (an edited record).
+    errors.UserError: the record describes no model that can be built (an
+      edited record, or a Keras model file gone since training).
   """
   info = datasets.get(record.dataset)
-  try:
-    return models.wide_resnet(record.depth, record.width, info.num_classes,
-                              info.image_shape,
-                              sync_batch_norm=sync_batch_norm)
-  except ValueError as e:
-    raise errors.UserError(
-        f"depth {record.depth} and width {record.width} make no WideResNet "
-        f"({errors.first_line(e)}): restore the run's {RECORD_FILE} from a "
-        f"copy, or pass --depth=6n+4 and --width of at least 1") from None
+  return models.build(record.model, num_classes=info.num_classes,
+                      image_shape=info.image_shape,
+                      sync_batch_norm=sync_batch_norm,
+                      **model_settings(record))
 
 
 def check_batch_memory(record, memory_bytes):
@@ -308,7 +328,7 @@ def check_batch_memory(record, memory_bytes):
   if need > memory_bytes:
     raise errors.UserError(
         f"--batch_size={record.batch_size} cannot fit in memory: the largest "
-        f"activation of WRN-{record.depth}-{record.width} alone takes "
+        f"activation of {architecture(record)} alone takes "
         f"{need / 2**30:,.1f} GiB for the batch, and there are "
         f"{memory_bytes / 2**30:,.1f} GiB: use a smaller --batch_size (the "
         f"paper's is 32)")
@@ -435,7 +455,7 @@ def restore_model(model_dir, which="last"):
     status.assert_existing_objects_matched().expect_partial()
   except (AssertionError, ValueError) as e:
     raise errors.UserError(
-        f"{path} does not hold the WRN-{record.depth}-{record.width} that "
+        f"{path} does not hold the {architecture(record)} that "
         f"the record of {model_dir} describes ({errors.first_line(e)}): "
         f"restore its {RECORD_FILE} from a copy") from None
   return model, record, path

@@ -6,6 +6,11 @@ Examples:
       --model_dir=runs/stl10_rlfat_t
   python -m rlfat_tf.train --dataset=cifar10 --data_dir=../shared/data \
       --method=rlfat_p --depth=16 --width=2 --model_dir=runs/c10
+  # Another architecture: PreAct ResNet-18, or one saved as a .keras file:
+  python -m rlfat_tf.train --dataset=cifar10 --model=preact_resnet18 \
+      --model_dir=runs/c10_preact
+  python -m rlfat_tf.train --model=keras --model_path=net.keras \
+      --model_dir=runs/net
   # All local GPUs, cross-replica BatchNorm, bfloat16 compute:
   python -m rlfat_tf.train --flagfile=flags/cifar10_rlfat_p.cfg \
       --strategy=mirrored --sync_batch_norm --mixed_precision=mixed_bfloat16 \
@@ -99,10 +104,24 @@ def define_flags(flag_values=flags.FLAGS):
                        lower_bound=0, **fv)
 
   # Model.
-  flags.DEFINE_integer("depth", None, "WRN depth 6n+4 (default: "
-                       f"{_per_dataset('depth')}).", lower_bound=10, **fv)
-  flags.DEFINE_integer("width", None, "WRN widening factor (default: "
-                       f"{_per_dataset('width')}).", lower_bound=1, **fv)
+  flags.DEFINE_enum("model", models.DEFAULT, models.NAMES,
+                    "Architecture: " + "; ".join(
+                        f"{name}: {models.get(name).display_name}"
+                        for name in models.NAMES) + ".", **fv)
+  flags.DEFINE_integer("depth", None, "WRN depth 6n+4, with --model=wrn "
+                       f"(default: {_per_dataset('depth')}).", lower_bound=10,
+                       **fv)
+  flags.DEFINE_integer("width", None, "WRN widening factor, with --model=wrn "
+                       f"(default: {_per_dataset('width')}).", lower_bound=1,
+                       **fv)
+  flags.DEFINE_string("model_path", None, "With --model=keras (required): the "
+                      ".keras file (model.save(...)) of the architecture to "
+                      "train; it must take the dataset's images in [0, 1] "
+                      "and output one logit per class.", **fv)
+  flags.DEFINE_enum("model_weights", None, models.keras_file.WEIGHTS,
+                    "With --model=keras: start from re-initialised weights "
+                    "(scratch, the default) or from those saved in "
+                    "--model_path (saved).", **fv)
 
   # Method and attack.
   flags.DEFINE_enum("method", "rlfat_p", tuple(methods.METHODS),
@@ -237,9 +256,18 @@ def resolve_flags(values):
         f"--learning_rate={out['learning_rate']} is not a finite number: "
         f"pass e.g. 0.001")
   defaults = dataclasses.asdict(datasets.get(out["dataset"]).defaults)
+  if out["model"] != "wrn":
+    # The dataset's depth and width are the WideResNet's: no other model
+    # records them.
+    del defaults["depth"], defaults["width"]
   for key, default in defaults.items():
     if out[key] is None:
       out[key] = default
+  if out["model_path"] and "://" not in out["model_path"]:
+    # The run resumes, evaluates and exports from any working directory.
+    out["model_path"] = os.path.abspath(out["model_path"])
+  out.update(models.resolve(out["model"], {
+      name: out[name] for name in models.SETTINGS}))
   method = methods.get(out["method"])
   if out["eta"] is not None and "eta" not in method.weights:
     raise errors.UserError(
@@ -255,12 +283,13 @@ def resolve_flags(values):
   if out["eval_every"] is None:
     out["eval_every"] = out["checkpoint_every"]
   out["lr_boundaries"] = tuple(int(s) for s in out["lr_boundaries"])
-  try:
-    models.units_per_stage(out["depth"])
-  except ValueError:
-    raise errors.UserError(
-        f"--depth={out['depth']} is not a WideResNet depth: use 6n+4, e.g. "
-        f"10, 16, 28, 34 or 40") from None
+  if out["model"] == "wrn":
+    try:
+      models.units_per_stage(out["depth"])
+    except ValueError:
+      raise errors.UserError(
+          f"--depth={out['depth']} is not a WideResNet depth: use 6n+4, "
+          f"e.g. 10, 16, 28, 34 or 40") from None
   if out["cpu_devices"] > 1 and out["strategy"] != "mirrored":
     raise errors.UserError(
         f"--cpu_devices={out['cpu_devices']} only applies to "

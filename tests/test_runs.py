@@ -13,6 +13,7 @@ from rlfat_tf import errors
 from rlfat_tf import runs
 from rlfat_tf import train
 
+import helpers
 from helpers import SMOKE
 
 
@@ -43,8 +44,10 @@ def test_record_round_trips_through_run_json(record, tmp_path):
   runs.save_record(str(tmp_path), record)
   written = json.loads((tmp_path / runs.RECORD_FILE).read_text())
   assert written["lr_boundaries"] == [4, 5]
-  assert written["schema_version"] == runs.SCHEMA_VERSION == 2
+  assert written["schema_version"] == runs.SCHEMA_VERSION == 3
   assert (written["depth"], written["eta"]) == (10, 0.5)
+  assert (written["model"], written["model_path"],
+          written["model_weights"]) == ("wrn", None, None)
   assert "model_dir" not in written
   assert runs.load_record(str(tmp_path)) == record
   assert os.listdir(tmp_path) == [runs.RECORD_FILE]
@@ -68,10 +71,11 @@ def test_the_settings_a_resume_may_change_are_the_documented_ones():
      "not a list of integers"),
     (lambda c: c.update(eta="0.5"), "not a number or null"),
     (lambda c: c.update(colour="red"), "unknown setting 'colour'"),
-    (lambda c: c.update(schema_version=3),
-     "has schema_version 3, but this version reads 1 to 2"),
+    (lambda c: c.update(schema_version=4),
+     "has schema_version 4, but this version reads 1 to 3"),
     (lambda c: c.update(schema_version="2"),
-     "has schema_version '2', but this version reads 1 to 2"),
+     "has schema_version '2', but this version reads 1 to 3"),
+    (lambda c: c.update(model=None), "has model = None, not a string"),
 ])
 def test_malformed_run_json_gives_one_line_naming_the_problem(
     record, tmp_path, change, message):
@@ -97,7 +101,8 @@ def test_a_version_1_record_reads_with_the_full_training_set_unmonitored(
     record, tmp_path):
   content = dataclasses.replace(record, train_size=5,
                                 monitor_examples=3).to_json()
-  for name in ("train_size", "monitor_examples"):
+  for name in ("train_size", "monitor_examples", "model", "model_path",
+               "model_weights"):
     del content[name]
   content["schema_version"] = 1
   (tmp_path / runs.RECORD_FILE).write_text(json.dumps(content))
@@ -108,13 +113,48 @@ def test_a_version_1_record_reads_with_the_full_training_set_unmonitored(
   assert runs.load_record(str(tmp_path)).train_size == 7
 
 
+def test_a_version_2_record_reads_as_a_wide_resnet(record, tmp_path):
+  content = record.to_json()
+  for name in ("model", "model_path", "model_weights"):
+    del content[name]
+  content["schema_version"] = 2
+  (tmp_path / runs.RECORD_FILE).write_text(json.dumps(content))
+  loaded = runs.load_record(str(tmp_path))
+  assert loaded == record
+  assert (loaded.model, loaded.depth, loaded.width) == ("wrn", 10, 1)
+  assert runs.architecture(loaded) == "WRN-10-1"
+
+
+def test_the_runs_kept_in_the_repository_still_load_and_restore():
+  # Trained before the model registry, with schema 2 records.
+  folder = helpers.ROOT / "models" / "c10_wrn10-2_pgdat"
+  content = json.loads((folder / runs.RECORD_FILE).read_text())
+  assert content["schema_version"] == 2 and "model" not in content
+  model, loaded, path = runs.restore_model(str(folder))
+  assert (loaded.model, runs.architecture(loaded)) == ("wrn", "WRN-10-2")
+  assert path.endswith("ckpt-2000") and model.name == "wrn-10-2"
+
+
+def test_architecture_names_each_model_family(record):
+  assert runs.architecture(record) == "WRN-10-1"
+  preact = dataclasses.replace(record, model="preact_resnet18", depth=None,
+                               width=None)
+  assert runs.architecture(preact) == "PreAct ResNet-18"
+  keras_file = dataclasses.replace(preact, model="keras",
+                                   model_path="/models/net.keras",
+                                   model_weights="scratch")
+  assert runs.architecture(keras_file) == "Keras model file net.keras"
+  with pytest.raises(errors.UserError, match="unknown model 'vgg'"):
+    runs.architecture(dataclasses.replace(record, model="vgg"))
+
+
 def test_legacy_flags_json_is_converted_on_read(record, tmp_path):
   # flags.json held every flag, the run folder among them, and predates the
   # hardware flags.
   flags_json = dict(record.to_json(), model_dir="/old/place")
   for name in ("strategy", "cpu_devices", "tpu", "sync_batch_norm",
                "mixed_precision", "schema_version", "train_size",
-               "monitor_examples"):
+               "monitor_examples", "model", "model_path", "model_weights"):
     del flags_json[name]
   (tmp_path / runs.LEGACY_FLAGS_FILE).write_text(json.dumps(flags_json))
   loaded = runs.load_record(str(tmp_path))
@@ -146,6 +186,8 @@ def test_a_folder_without_a_checkpoint_is_not_bound_to_its_record(record,
     ({"batch_size": 16}, "--batch_size=32, not 16"),
     ({"val_size": 0}, "--val_size=100, not 0"),
     ({"seed": 1}, "--seed=0, not 1"),
+    ({"model": "preact_resnet18", "depth": None, "width": None},
+     "--model=wrn, not preact_resnet18"),
 ])
 def test_resume_refuses_a_changed_setting_by_name(record, tmp_path, change,
                                                   message):
@@ -181,3 +223,15 @@ def test_a_moved_folder_is_the_same_run_by_any_spelling(record, tmp_path,
     assert runs.checkpoint_path(spelling).endswith("ckpt-3")
     with pytest.raises(errors.UserError, match="--seed=0, not 1"):
       runs.check_resume(spelling, dataclasses.replace(record, seed=1))
+
+
+def test_batch_memory_is_measured_on_the_records_model(record):
+  preact = dataclasses.replace(record, model="preact_resnet18", depth=None,
+                               width=None)
+  # PreAct ResNet-18's largest activation is the padded input of layer2's
+  # first convolution, 34 x 34 x 64 floats per image, for 32 images.
+  need = 34 * 34 * 64 * 4 * 32
+  runs.check_batch_memory(preact, need)
+  with pytest.raises(errors.UserError, match="the largest activation of "
+                     "PreAct ResNet-18 alone takes"):
+    runs.check_batch_memory(preact, need - 1)

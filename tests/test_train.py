@@ -10,6 +10,7 @@ import sys
 import time
 
 from absl import flags
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -378,6 +379,72 @@ def test_each_dataset_fills_the_official_defaults(dataset, defaults, tmp_path):
   _, record = train.values_from_argv(argv + ["--depth=10", "--attack_steps=3"])
   assert tuple(getattr(record, k) for k in keys) == (10,) + defaults[1:2] + (
       3,) + defaults[3:]
+
+
+def _model_record(*argv):
+  """The record of ``argv`` without the smoke flagfile, which sets --depth."""
+  return train.values_from_argv(["train", "--model_dir=unused", *argv])[1]
+
+
+def test_model_flags_fill_each_family_and_record_only_its_settings(
+    tmp_path, monkeypatch):
+  record = _model_record()
+  assert (record.model, record.depth, record.width) == ("wrn", 34, 10)
+  assert (record.model_path, record.model_weights) == (None, None)
+  record = _model_record("--model=preact_resnet18")
+  assert (record.model, record.depth, record.width) == (
+      "preact_resnet18", None, None)
+  monkeypatch.chdir(tmp_path)
+  record = _model_record("--model=keras", "--model_path=net.keras")
+  # Absolute, so the run resumes and evaluates from any folder.
+  assert record.model_path == str(tmp_path / "net.keras")
+  assert (record.model_weights, record.depth) == ("scratch", None)
+  record = _model_record("--model=keras", "--model_path=gs://b/net.keras",
+                         "--model_weights=saved")
+  assert (record.model_path, record.model_weights) == ("gs://b/net.keras",
+                                                       "saved")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model=keras"], "--model=keras needs --model_path: pass "
+     "--model_path"),
+    (["--model_path=net.keras"], "--model_path does not apply to --model=wrn"),
+    (["--model_weights=saved"], "--model_weights does not apply to "
+     "--model=wrn"),
+    (["--model=preact_resnet18", "--depth=16"], "--depth does not apply to "
+     "--model=preact_resnet18: drop --depth"),
+    (["--model=keras", "--model_path=net.keras", "--width=2"],
+     "--width does not apply to --model=keras: drop --width"),
+    (["--model=resnet50"], "--model"),
+])
+def test_model_flags_that_do_not_fit_the_model_are_refused(argv, message):
+  with pytest.raises((flags.Error, errors.UserError), match=re.escape(message)):
+    _model_record(*argv)
+
+
+def test_trains_and_restores_a_keras_model_file(tmp_path):
+  inputs = keras.Input((32, 32, 3))
+  x = keras.layers.Conv2D(4, 3, strides=4)(inputs)
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  keras.Model(inputs, keras.layers.Dense(10)(x)).save(tmp_path / "net.keras")
+  model_dir = str(tmp_path / "run")
+  common = ["train", "--method=pgdat", "--attack_steps=1", "--batch_size=8",
+            "--train_steps=2", "--steps_per_loop=2", "--checkpoint_every=2",
+            "--noprogress", f"--model_dir={model_dir}"]
+  metrics = train.run(*train.values_from_argv(
+      [*common, "--model=keras", f"--model_path={tmp_path / 'net.keras'}",
+       "--model_weights=saved"]))
+  assert np.isfinite(metrics["train/loss"])
+  model, record, path = runs.restore_model(model_dir)
+  assert path.endswith("ckpt-2") and record.model_weights == "saved"
+  assert runs.architecture(record) == "Keras model file net.keras"
+  assert model.output_shape == (None, 10)
+  # The model is no setting a resumed run may change.
+  with pytest.raises(errors.UserError, match="--model=keras, not wrn"):
+    train.run(*train.values_from_argv([*common, "--train_steps=4"]))
+  (tmp_path / "net.keras").unlink()
+  with pytest.raises(errors.UserError, match="cannot read the Keras model"):
+    runs.restore_model(model_dir)
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -21,9 +21,14 @@ Mixed precision: layers follow Keras's dtype policy at build time (e.g.
 float32, so losses, softmaxes and attack gradients never see 16-bit logits.
 The input stays float32 and is cast by the first convolution, so the
 gradient with respect to the image is float32 too.
+
+``wide_resnet`` builds it; ``build`` and ``describe`` are what the registry
+(``rlfat_tf.models``) calls, with the settings checked.
 """
 
 import keras
+
+from rlfat_tf import errors
 
 LEAKY_SLOPE = 0.1
 BN_MOMENTUM = 0.9
@@ -123,3 +128,27 @@ def wide_resnet(depth, width, num_classes, image_shape,
           1.0, mode="fan_in", distribution="uniform"),
       bias_initializer="zeros", dtype="float32", name="logits")(x)
   return keras.Model(inputs, logits, name=f"wrn-{depth}-{width}")
+
+
+def build(*, depth, width, num_classes, image_shape, sync_batch_norm=False):
+  """``wide_resnet`` for the registry, with its settings checked.
+
+  Raises:
+    errors.UserError: the depth is not 6n + 4 or the width is below 1.
+  """
+  try:
+    units_per_stage(depth)
+    if width < 1:
+      raise ValueError(f"WRN width must be at least 1, got {width}")
+  except ValueError as e:
+    raise errors.UserError(
+        f"depth {depth} and width {width} make no WideResNet "
+        f"({errors.first_line(e)}): pass --depth=6n+4 (e.g. 10, 16, 28, 34 "
+        f"or 40) and --width of at least 1") from None
+  return wide_resnet(depth, width, num_classes, image_shape,
+                     sync_batch_norm=sync_batch_norm)
+
+
+def describe(*, depth, width):
+  """The architecture's name in reports, e.g. "WRN-34-10"."""
+  return f"WRN-{depth}-{width}"
