@@ -5,8 +5,8 @@ Two signatures, both returning the same outputs:
 - ``serving_default`` takes ``images``, float32 [batch, H, W, 3] with values in
   [0, 1] (the model's own input; nothing normalises outside it).
 - ``serving_bytes`` takes ``image_bytes``, string [batch]: encoded PNG, JPEG,
-  GIF or BMP images, as TensorFlow Serving's REST API passes ``{"b64": ...}``
-  values. Each image is decoded to 3 channels and, only if its size differs
+  GIF, BMP or (still) WebP images, as TensorFlow Serving's REST API passes
+  ``{"b64": ...}`` values. Each image is decoded to 3 channels and, only if its size differs
   from H x W, resized (bilinear with antialiasing).
 
 Outputs: ``logits`` float32 [batch, classes], ``probabilities`` (their
@@ -90,7 +90,7 @@ def check_images(images, height, width):
 
 
 def _header_integer(data, offset, size, little_endian):
-  """An unsigned integer of ``size`` (2 or 4) bytes at ``offset`` of ``data``."""
+  """An unsigned integer of ``size`` (2 to 4) bytes at ``offset`` of ``data``."""
   raw = tf.io.decode_raw(tf.strings.substr(data, offset, size), tf.uint8,
                          fixed_length=size)
   raw = tf.cast(raw, tf.int64)
@@ -100,11 +100,70 @@ def _header_integer(data, offset, size, little_endian):
                                          tf.int64))
 
 
+def _is_webp(data):
+  return tf.logical_and(
+      tf.equal(tf.strings.substr(data, 0, 4), b"RIFF"),
+      tf.equal(tf.strings.substr(data, 8, 4), b"WEBP"))
+
+
+def _webp_pixels(data):
+  """Width x height of a WebP image from its first chunk (RFC 9649).
+
+  Lossy ("VP8 ") keeps 14-bit sizes after the frame's start code, lossless
+  ("VP8L") 14-bit sizes minus one packed after its signature byte, extended
+  ("VP8X") the canvas size minus one in 24 bits each.
+  """
+  chunk = tf.strings.substr(data, 12, 4)
+  mask = tf.constant(0x3FFF, tf.int64)
+
+  def lossy():
+    return ((_header_integer(data, 26, 2, True) & mask) *
+            (_header_integer(data, 28, 2, True) & mask))
+
+  def lossless():
+    bits = _header_integer(data, 21, 4, True)
+    return ((bits & mask) + 1) * (
+        (tf.bitwise.right_shift(bits, 14) & mask) + 1)
+
+  def extended():
+    return ((_header_integer(data, 24, 3, True) + 1) *
+            (_header_integer(data, 27, 3, True) + 1))
+
+  return tf.case([
+      (tf.equal(chunk, b"VP8 "), lossy),
+      (tf.equal(chunk, b"VP8L"), lossless),
+      (tf.equal(chunk, b"VP8X"), extended),
+  ], default=lambda: tf.constant(-1, tf.int64), exclusive=True)
+
+
+def _decode_webp(data):
+  """A still WebP image as float32 [H, W, 3] in [0, 1].
+
+  ``tf.io.decode_image`` refuses WebP with a float dtype, and TensorFlow's
+  WebP decoder aborts the process on an animation, so animations (the
+  animation flag of an extended header) are refused before it runs.
+  """
+  extended = tf.equal(tf.strings.substr(data, 12, 4), b"VP8X")
+  animated = tf.logical_and(
+      extended,
+      tf.not_equal(_header_integer(data, 20, 1, True) & 2, 0))
+  check = tf.debugging.Assert(
+      tf.logical_not(animated),
+      [f"{BYTES_INPUT}: an image is an animated WebP, which is not "
+       f"supported: send a still image (PNG, JPEG, BMP, GIF or WebP)"])
+  with tf.control_dependencies([check]):
+    # Channels as stored (3, or 4 with alpha, which is dropped as
+    # decode_image drops it for PNG); one frame, [1, H, W, C].
+    image = tf.io.decode_webp(data, channels=0)[0, :, :, :3]
+  return tf.image.convert_image_dtype(image, tf.float32)
+
+
 def header_pixels(data):
   """Width x height of an encoded image, read from its header alone.
 
-  PNG (IHDR), GIF (logical screen), BMP (DIB header) and JPEG (SOF marker,
-  ``tf.image.extract_jpeg_shape``) are read without decoding any pixel.
+  PNG (IHDR), GIF (logical screen), BMP (DIB header), WebP (its first chunk)
+  and JPEG (SOF marker, ``tf.image.extract_jpeg_shape``) are read without
+  decoding any pixel.
 
   Args:
     data: scalar string, the encoded image.
@@ -142,6 +201,8 @@ def header_pixels(data):
       (tf.logical_and(tf.equal(tf.strings.substr(data, 0, 2), b"BM"),
                       length >= 26), bmp),
       (tf.equal(tf.strings.substr(data, 0, 3), b"\xff\xd8\xff"), jpeg),
+      (tf.logical_and(_is_webp(data), length >= 30),
+       lambda: _webp_pixels(data)),
   ], default=lambda: tf.constant(-1, tf.int64), exclusive=True)
 
 
@@ -150,7 +211,8 @@ def decode_images(image_bytes, height, width,
   """Decodes encoded images to float32 [batch, height, width, 3] in [0, 1].
 
   Args:
-    image_bytes: string [batch] of PNG, JPEG, GIF (first frame) or BMP data.
+    image_bytes: string [batch] of PNG, JPEG, GIF (first frame), BMP or
+      still WebP data.
     height: output height.
     width: output width.
     max_image_pixels: largest width x height decoded; a larger image is
@@ -171,8 +233,10 @@ def decode_images(image_bytes, height, width,
         summarize=_SUMMARIZE)
     with tf.control_dependencies([size_check]):
       data = tf.identity(data)
-    image = tf.io.decode_image(data, channels=3, dtype=tf.float32,
-                               expand_animations=False)
+    image = tf.cond(
+        _is_webp(data), lambda: _decode_webp(data),
+        lambda: tf.io.decode_image(data, channels=3, dtype=tf.float32,
+                                   expand_animations=False))
     same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
     # Rounding in the resize can step just outside [0, 1], which the model's
     # input check refuses.

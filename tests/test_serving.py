@@ -352,3 +352,52 @@ def test_non_finite_values_get_their_own_message(loaded, value):
                      match="hold NaN or Inf values") as e:
     loaded.signatures["serving_default"](images=tf.constant(images))
   assert "divide 8-bit pixels" not in str(e.value)
+
+
+def _webp(image_uint8, **options):
+  buffer = io.BytesIO()
+  PIL.Image.fromarray(image_uint8).save(buffer, format="WEBP", **options)
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 90}])
+def test_header_pixels_reads_webp(options):
+  # Lossless files start with a VP8L chunk, lossy ones with VP8; an alpha
+  # channel in a lossy file adds the extended VP8X header.
+  for channels in (3, 4):
+    image = np.zeros((7, 13, channels), np.uint8)
+    data = _webp(image, **options)
+    assert int(serving.header_pixels(tf.constant(data))) == 7 * 13, data[:16]
+
+
+def test_bytes_signature_decodes_webp_like_png(loaded):
+  rng = np.random.default_rng(5)
+  pixels = rng.integers(0, 256, (3, HEIGHT, WIDTH, 3), np.uint8)
+  rgba = np.concatenate([pixels[0], np.full((HEIGHT, WIDTH, 1), 7, np.uint8)],
+                        axis=-1)
+  by_webp = loaded.signatures["serving_bytes"](image_bytes=tf.constant(
+      [_webp(p, lossless=True) for p in pixels] + [_webp(rgba,
+                                                        lossless=True)]))
+  by_png = loaded.signatures["serving_bytes"](image_bytes=tf.constant(
+      [_png(p) for p in pixels] + [_png(pixels[0])]))
+  np.testing.assert_allclose(by_webp["logits"], by_png["logits"], atol=1e-6,
+                             rtol=0)
+
+
+def test_bytes_signature_refuses_animated_webp_and_large_webp(model,
+                                                              tmp_path):
+  path = str(tmp_path / "1")
+  serving.save(model, CLASS_NAMES, path, max_image_pixels=HEIGHT * WIDTH)
+  serve = tf.saved_model.load(path).signatures["serving_bytes"]
+  frame = PIL.Image.fromarray(np.zeros((HEIGHT, WIDTH, 3), np.uint8))
+  buffer = io.BytesIO()
+  frame.save(buffer, format="WEBP", save_all=True, lossless=True,
+             append_images=[PIL.Image.fromarray(
+                 np.full((HEIGHT, WIDTH, 3), 255, np.uint8))])
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="animated WebP, which is not supported"):
+    serve(image_bytes=tf.constant([buffer.getvalue()]))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=f"more than {HEIGHT * WIDTH} pixels"):
+    serve(image_bytes=tf.constant([_webp(
+        np.zeros((HEIGHT, WIDTH + 1, 3), np.uint8), lossless=True)]))
