@@ -8,13 +8,26 @@ TensorFlow's file systems, which this module imports only for them, so that
 ``edge_eval`` can use it where TensorFlow is not installed.
 """
 
+import errno
 import json
 import os
+import re
 import tempfile
 
 from rlfat_tf import errors
 
 TEMP_SUFFIX = ".tmp"
+
+# Write failures that are the storage's, not the program's: what
+# ``write_failure`` names them, by errno and by the strerror text TensorFlow's
+# C++ file systems put in their messages (a full disk there raises
+# ResourceExhaustedError, which reads like running out of memory).
+_STORAGE_ERRORS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EIO: "input/output error",
+}
 
 
 def _is_remote(path):
@@ -115,3 +128,30 @@ def write_json(path, payload):
   cannot hold leaves the previous file in place. See ``write_bytes``.
   """
   write_text(path, json.dumps(payload, indent=2, sort_keys=True))
+
+
+def write_failure(error):
+  """What a failed write was, when the storage refused it.
+
+  Args:
+    error: an ``OSError`` or a TensorFlow ``OpError`` (``.message``).
+
+  Returns:
+    ``(reason, path)``, e.g. ``("no space left on device",
+    "run/checkpoints/ckpt-6_temp/part-00000-of-00001.data-00000-of-00001")``,
+    with ``path`` None when the error names no file; None when the error is
+    not a storage failure.
+  """
+  if isinstance(error, OSError) and error.errno in _STORAGE_ERRORS:
+    return _STORAGE_ERRORS[error.errno], error.filename
+  message = getattr(error, "message", None)
+  if not isinstance(message, str):
+    return None
+  for code, reason in _STORAGE_ERRORS.items():
+    text = os.strerror(code)
+    if text in message:
+      # TensorFlow writes "PATH[.tempstateN]; <strerror>" after the op's name.
+      named = re.search(r"(\S+?)(?:\.tempstate\d+)?; " + re.escape(text),
+                        message)
+      return reason, named.group(1) if named else None
+  return None

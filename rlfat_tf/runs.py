@@ -337,6 +337,27 @@ def check_batch_memory(record, memory_bytes):
 _FOLDERS = {"last": "checkpoints", "best": "best"}
 
 
+def remove_partial_checkpoints(model_dir):
+  """Deletes the ``*_temp`` folders of checkpoint saves that did not finish.
+
+  ``tf.train.CheckpointManager`` writes a checkpoint into ``<prefix>_temp/``
+  and renames its files only once they are complete, so such a folder is
+  never part of an intact checkpoint: a save that failed (a full disk) or
+  was killed left it.
+
+  Returns:
+    The folders removed.
+  """
+  removed = []
+  for folder in _FOLDERS.values():
+    for path in sorted(tf.io.gfile.glob(
+        os.path.join(model_dir, folder, "*_temp"))):
+      if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+        removed.append(path)
+  return removed
+
+
 def checkpoint_number(prefix):
   """The number that ends a checkpoint prefix (``ckpt-12``), or None."""
   tail = prefix.rsplit("-", 1)[-1]

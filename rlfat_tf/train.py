@@ -431,7 +431,7 @@ def run(model_dir, record):
   Raises:
     errors.UserError: bad input; an unwritable --model_dir; a folder another
       trainer holds; no intact checkpoint to resume; running out of memory
-      (named by --batch_size).
+      (named by --batch_size) or of disk space (named by the file).
     preemption.Stopped: SIGTERM stopped training after a checkpoint.
   """
   files.check_writable(model_dir, "--model_dir")
@@ -443,17 +443,18 @@ def run(model_dir, record):
       # Again under the lock: another trainer may have written the folder
       # since the first look.
       runs.check_resume(model_dir, record)
+      if runner.is_chief:
+        for path in runs.remove_partial_checkpoints(model_dir):
+          print(f"removed {path}, left by a checkpoint save that did not "
+                f"finish", flush=True)
       restored = runner.restore()
       if restored:
         print(f"resuming from {restored} (step {runner.step})", flush=True)
       try:
         result = runner.train()
-      except (tf.errors.ResourceExhaustedError, MemoryError) as e:
-        raise errors.UserError(
-            f"{type(e).__name__}: TensorFlow ran out of memory at "
-            f"--batch_size={record.batch_size}: use a smaller --batch_size, "
-            f"or more devices with --strategy=mirrored; the checkpoints on "
-            f"disk are intact") from None
+      except (tf.errors.OpError, OSError, MemoryError) as e:
+        failure = _training_failure(e, model_dir, record, runner.is_chief)
+        raise failure from None
   # The checkpoint this run just wrote: no need to read it back to check it.
   checkpoint = runner.checkpoints.latest
   if result.preempted:
@@ -463,6 +464,31 @@ def run(model_dir, record):
   print(f"trained to step {runner.step}; last checkpoint: {checkpoint}",
         flush=True)
   return result.metrics
+
+
+def _training_failure(error, model_dir, record, is_chief):
+  """The one-line error of a resource that ran out while training.
+
+  A write the storage refused (TensorFlow reports a full disk as
+  ResourceExhaustedError) is named as such, and the half-written checkpoint
+  it leaves is removed; running out of memory names --batch_size. Any other
+  error is returned as it is.
+  """
+  intact = "the checkpoints on disk are intact"
+  failure = files.write_failure(error)
+  if failure is not None:
+    if is_chief:
+      runs.remove_partial_checkpoints(model_dir)
+    reason, path = failure
+    return errors.UserError(
+        f"{reason} while writing {path or model_dir}: free space or use "
+        f"another --model_dir; {intact}")
+  if isinstance(error, (tf.errors.ResourceExhaustedError, MemoryError)):
+    return errors.UserError(
+        f"{type(error).__name__}: TensorFlow ran out of memory at "
+        f"--batch_size={record.batch_size}: use a smaller --batch_size, "
+        f"or more devices with --strategy=mirrored; {intact}")
+  return error
 
 
 def main():

@@ -12,6 +12,7 @@ cannot make a folder unwritable, so an unwritable path is one under a regular
 file (NotADirectoryError) or under /proc, where no file can be made.
 """
 
+import errno
 import filecmp
 import json
 import os
@@ -26,6 +27,7 @@ import tensorflow as tf
 
 from rlfat_tf import errors
 from rlfat_tf import evaluate
+from rlfat_tf import runs
 from rlfat_tf import train
 from rlfat_tf import trainer
 
@@ -238,6 +240,49 @@ def test_running_out_of_memory_is_one_line_and_locks_nothing(tmp_path,
     train.run(*_train_values(f"--model_dir={model_dir}", "--noprogress"))
   # No record, checkpoint or metrics: the folder is free for other flags.
   assert _listing(model_dir) == {}
+
+
+@pytest.mark.parametrize("error", ["tensorflow", "python"])
+def test_a_full_disk_is_named_and_its_partial_checkpoint_removed(
+    tmp_path, monkeypatch, error):
+  model_dir = tmp_path / "full"
+  partial = model_dir / "checkpoints" / "ckpt-6_temp"
+  data_file = partial / "part-00000-of-00001.data-00000-of-00001"
+
+  # What TensorFlow raised on a 2 MB tmpfs as --model_dir: the save of
+  # ckpt-6 filled the disk. A Python write (metrics.json) raises OSError.
+  def full(unused_self):
+    partial.mkdir(parents=True)
+    data_file.write_bytes(b"half")
+    if error == "tensorflow":
+      raise tf.errors.ResourceExhaustedError(
+          None, None,
+          "{{function_node __wrapped__SaveV2_dtypes_89_device_/job:localhost"
+          f"/replica:0/task:0/device:CPU:0}}}} {data_file}.tempstate1561363519"
+          "3078143174; No space left on device [Op:SaveV2]")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(data_file))
+
+  monkeypatch.setattr(trainer.Trainer, "train", full)
+  with pytest.raises(errors.UserError) as e:
+    train.run(*_train_values(f"--model_dir={model_dir}", "--noprogress"))
+  assert str(e.value) == (
+      f"no space left on device while writing {data_file}: free space or use "
+      f"another --model_dir; the checkpoints on disk are intact")
+  assert not partial.exists()
+
+
+def test_partial_checkpoints_are_removed_and_intact_ones_kept(tmp_path):
+  for folder in ("checkpoints", "best"):
+    (tmp_path / folder / "ckpt-4_temp").mkdir(parents=True)
+    (tmp_path / folder / "ckpt-4_temp" / "part").write_text("x")
+    (tmp_path / folder / "ckpt-3.index").write_text("x")
+  (tmp_path / "other_temp").mkdir()
+  removed = runs.remove_partial_checkpoints(str(tmp_path))
+  assert removed == [str(tmp_path / f / "ckpt-4_temp")
+                     for f in ("checkpoints", "best")]
+  assert sorted(_listing(tmp_path)) == ["best/ckpt-3.index",
+                                        "checkpoints/ckpt-3.index"]
+  assert (tmp_path / "other_temp").is_dir()
 
 
 def test_a_second_trainer_on_a_folder_is_refused_with_one_line(tmp_path):

@@ -1,5 +1,6 @@
 """Tests of the atomic writes in rlfat_tf.files."""
 
+import errno
 import json
 import os
 import pathlib
@@ -97,3 +98,24 @@ def test_check_output_file_refuses_a_folder(tmp_path):
   (tmp_path / "r.json").write_text("")
   with pytest.raises(errors.UserError, match="not a folder"):
     files.check_output_file(tmp_path / "r.json" / "x.json", "--output")
+
+
+def test_write_failure_names_storage_errors_only():
+  full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/run/metrics.json")
+  assert files.write_failure(full) == ("no space left on device",
+                                       "/run/metrics.json")
+  read_only = OSError(errno.EROFS, os.strerror(errno.EROFS), "/ro/x")
+  assert files.write_failure(read_only) == ("read-only file system", "/ro/x")
+  assert files.write_failure(FileNotFoundError(errno.ENOENT, "gone")) is None
+
+  class OpError(Exception):
+    def __init__(self, message):
+      super().__init__(message)
+      self.message = message
+
+  assert files.write_failure(OpError(
+      "{{node SaveV2}} /r/ckpt-6_temp/part.tempstate123; Disk quota exceeded "
+      "[Op:SaveV2]")) == ("disk quota exceeded", "/r/ckpt-6_temp/part")
+  assert files.write_failure(OpError(
+      "No space left on device")) == ("no space left on device", None)
+  assert files.write_failure(OpError("OOM when allocating tensor")) is None
