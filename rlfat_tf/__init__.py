@@ -16,6 +16,10 @@ one's own Keras model and data. Public names:
   a SavedModel folder as a classifier the attacks call.
 - ``wrap_model(model, input_scale=1.0)``: a SavedModel signature or a
   function (or a [0, 255] model) as such a classifier.
+- ``AdversarialTrainer(model, method="rlfat_p", epsilon=...)``: a
+  ``keras.Model`` that trains ``model`` adversarially through ``compile`` /
+  ``fit`` (callbacks, strategies, mixed precision), with the command-line
+  trainer's own gradient step.
 - ``RandomBlockShuffle``: the Random Block Shuffle as a keras-cv
   augmentation layer.
 - ``methods``: the registry of training methods (PGDAT, TRADES, RLFAT_P,
@@ -38,6 +42,7 @@ _PUBLIC = {
     "attacks": ("rlfat_tf.attacks", None),
     "load_model": ("rlfat_tf.classifier", "load"),
     "wrap_model": ("rlfat_tf.classifier", "wrap"),
+    "AdversarialTrainer": ("rlfat_tf.keras_trainer", "AdversarialTrainer"),
     "RandomBlockShuffle": ("rlfat_tf.rbs", "RandomBlockShuffle"),
     "methods": ("rlfat_tf.methods", None),
     "models": ("rlfat_tf.models", None),

@@ -14,6 +14,9 @@ run rebuilds it at ``step * batch_size`` instead of restoring an iterator,
 which also works under strategies whose distributed iterators cannot be
 saved, and for every worker of a multi-worker run.
 
+The gradient computation (``Gradients``) is shared with the Keras ``fit``
+driver, ``keras_trainer.AdversarialTrainer``: one implementation, two loops.
+
 Speed options: ``jit_compile`` compiles the gradient computation of a step
 (attack, passes, loss and backward pass) with XLA; the optimizer update stays
 outside it because it synchronises replicas. ``mixed_precision`` runs the
@@ -25,6 +28,7 @@ which on a confident model would otherwise underflow to zero.
 """
 
 import contextlib
+import functools
 
 import keras
 import tensorflow as tf
@@ -49,6 +53,176 @@ def _dtype_policy(name):
     yield
   finally:
     keras.config.set_dtype_policy(previous)
+
+
+def plan_attack_loop(model, strategy, jit_compile, attack_bn_mode):
+  """Whether the training attack's steps are unrolled into the graph.
+
+  ``pgd.perturb`` runs its steps in a ``tf.while_loop``. Two places
+  cannot take that loop:
+  - XLA's CPU backend compiles a convolution's input gradient inside a loop
+    body into a naive loop nest instead of its Eigen kernel (about 10x
+    slower; jax-ml/jax#12868), so under XLA on CPUs the steps are unrolled;
+  - synchronised BatchNorm in train mode sums batch statistics across
+    replicas with ``merge_call`` (see ``strategies.uses_merge_call``),
+    which cannot run inside a loop, so the steps are unrolled there too.
+  The unrolled attack computes exactly what the loop does.
+
+  Args:
+    model: the Keras model being trained.
+    strategy: the ``tf.distribute.Strategy`` it trains under.
+    jit_compile: whether the gradient computation is compiled with XLA.
+    attack_bn_mode: BatchNorm mode of the training attack.
+
+  Raises:
+    errors.UserError: synchronised BatchNorm under XLA on CPUs, where the
+      merge_call would sit inside the compiled function.
+  """
+  sync_bn = any(getattr(layer, "synchronized", False)
+                for layer in model.layers)
+  merge = sync_bn and strategies.uses_merge_call(strategy)
+  cpu = strategies.on_cpu(strategy)
+  if merge and jit_compile and cpu:
+    raise errors.UserError(
+        "--sync_batch_norm cannot run under --jit_compile on CPUs (XLA "
+        "cannot compile the replicas' merge_call there): drop "
+        "--jit_compile, or run on GPUs")
+  return ((jit_compile and cpu)
+          or (merge and not jit_compile and attack_bn_mode == "train"))
+
+
+def total_keys(method):
+  """Names of the sums a training step of ``method`` reports.
+
+  ``loss`` and ``loss_<term>`` for each term of the objective, summed over
+  examples; ``<pass>_correct``, correct predictions of each forward pass
+  (always "clean" and "adv"); ``examples``; and ``nonfinite``, 1 for a step
+  whose loss was NaN or Inf.
+  """
+  terms = ["loss"] + [f"loss_{t}" for t in method.terms]
+  passes = sorted(set(method.passes) | {"clean", "adv"})
+  return terms + [f"{p}_correct" for p in passes] + ["examples", "nonfinite"]
+
+
+def step_sums(terms, logits, labels):
+  """The sums of ``total_keys`` but ``nonfinite``, over a replica's batch.
+
+  Args:
+    terms: the objective's per-example terms, by name ("total" among them).
+    logits: the logits of each forward pass, by pass.
+    labels: int [B] true labels.
+  """
+  out = {f"loss_{k}" if k != "total" else "loss": tf.reduce_sum(v)
+         for k, v in terms.items()}
+  for p, z in logits.items():
+    out[f"{p}_correct"] = _count_correct(z, labels)
+  out["examples"] = tf.cast(tf.shape(labels)[0], tf.float32)
+  return out
+
+
+class Gradients:
+  """Attack, forward passes, loss and gradients of one replica's batch.
+
+  The one gradient computation of both training drivers: ``TrainStep`` (the
+  CLI's compiled loop) and ``keras_trainer.AdversarialTrainer`` (Keras
+  ``fit``). It runs the method's training attack from the batch's
+  per-example seeds, applies the batch's RBS to the adversarial example,
+  runs the passes the objective reads (each its own forward pass, BatchNorm
+  in train mode), and differentiates the objective averaged over the global
+  batch (``tf.nn.compute_average_loss``).
+  """
+
+  def __init__(self, config, model, global_batch_size=None):
+    """Holds what the computation reads.
+
+    Args:
+      config: a ``config.TrainConfig`` (its method, attack and weights).
+      model: the Keras model to train.
+      global_batch_size: the global batch the loss is averaged over, or None
+        for the replica's batch times the replicas (Keras ``fit``, whose last
+        batch may be smaller).
+    """
+    self._config = config
+    self._method = config.method_spec
+    self._model = model
+    self._global_batch_size = global_batch_size
+    # Applies the RBS that travels with each batch (drawn in tf.data).
+    self._rbs = rbs.RandomBlockShuffle(seed=rbs.APPLY_ONLY_SEED)
+
+  def __call__(self, batch, optimizer, unroll_attack=False):
+    """Computes one replica's gradients and sums.
+
+    Args:
+      batch: a batch dict of ``data.train_dataset`` (``rbs_rows`` and
+        ``rbs_cols`` only for methods that read the RBS pass).
+      optimizer: the optimizer that applies them (it scales the loss).
+      unroll_attack: write the attack's steps out (see ``plan_attack_loop``).
+
+    Returns:
+      ``(grads, sums)``: the gradients of the model's trainable variables,
+      and the sums named by ``total_keys`` over the batch's examples.
+    """
+    config, method, model = self._config, self._method, self._model
+    images, labels = batch["image"], batch["label"]
+    adv = pgd.perturb(model, config.attack_spec(), images, labels,
+                      batch["seed"], unroll=unroll_attack)
+    inputs = {"clean": images, "adv": adv}
+    if method.uses_rbs:
+      inputs["rbs"] = self._rbs.augment_images(
+          adv, {"rows": batch["rbs_rows"], "cols": batch["rbs_cols"]})
+    with tf.GradientTape() as tape:
+      logits = {p: model(inputs[p], training=True) for p in method.passes}
+      terms = method.objective(logits, labels, config.weights)
+      loss = tf.nn.compute_average_loss(
+          terms["total"], global_batch_size=self._global_batch_size)
+      scaled_loss = optimizer.scale_loss(loss)
+    grads = tape.gradient(scaled_loss, model.trainable_variables)
+    # Accuracy on x and x' is always reported; a pass the objective does not
+    # read runs in inference mode, so it neither trains nor moves BN stats.
+    for p in ("clean", "adv"):
+      if p not in logits:
+        logits[p] = model(inputs[p], training=False)
+    out = step_sums(terms, logits, labels)
+    out["nonfinite"] = tf.cast(
+        tf.logical_not(tf.math.is_finite(loss)), tf.float32)
+    return grads, out
+
+
+def validation_logits(model, spec, images, labels, seeds):
+  """The validation attack's examples and the logits of both images.
+
+  BatchNorm runs in inference mode.
+
+  Args:
+    model: a Keras model mapping images to logits.
+    spec: the attack, a ``pgd.AttackSpec``.
+    images: [B, H, W, C] clean images in [0, 1].
+    labels: int [B] true labels.
+    seeds: int [B, 2] per-example seeds of the attack's start.
+
+  Returns:
+    ``(adv, logits)``: the adversarial examples, and the logits of the
+    "clean" and "adv" images.
+  """
+  adv = pgd.perturb(model, spec, images, labels, seeds)
+  clean = model(images, training=False)
+  return adv, {"clean": clean, "adv": model(adv, training=False)}
+
+
+def robust_counts(logits, labels):
+  """Correct clean and robust predictions, float32 scalars.
+
+  As in evaluation, an example is robust only if its clean image is
+  classified correctly too.
+
+  Args:
+    logits: the "clean" and "adv" logits of ``validation_logits``.
+    labels: int [B] true labels.
+  """
+  clean = _correct(logits["clean"], labels)
+  robust = clean & _correct(logits["adv"], labels)
+  return (tf.reduce_sum(tf.cast(clean, tf.float32)),
+          tf.reduce_sum(tf.cast(robust, tf.float32)))
 
 
 class TrainStep:
@@ -90,9 +264,10 @@ class TrainStep:
       self.optimizer.build(self.model.trainable_variables)
       self.global_step = tf.Variable(0, trainable=False, dtype=tf.int64,
                                      name="step")
-    self._unroll_attack = self._plan_attack_loop()
-    # Applies the RBS that travels with each batch (drawn in tf.data).
-    self._rbs = rbs.RandomBlockShuffle(seed=rbs.APPLY_ONLY_SEED)
+    compute = Gradients(config, self.model,
+                        global_batch_size=config.batch_size)
+    unroll = plan_attack_loop(self.model, strategy, config.jit_compile,
+                              config.attack_bn_mode)
     self._train_input_fn = train_input_fn
     self._iterator = None
     loss_scaled = isinstance(self.optimizer,
@@ -101,7 +276,8 @@ class TrainStep:
                              else self.optimizer)
     self._loss_scale = (self.optimizer.dynamic_scale.value if loss_scaled
                         else None)
-    gradients = self._gradients
+    gradients = functools.partial(compute, optimizer=self.optimizer,
+                                  unroll_attack=unroll)
     if config.jit_compile:
       gradients = tf.function(gradients, jit_compile=True)
     self._gradient_fn = gradients
@@ -145,69 +321,7 @@ class TrainStep:
     """The optimizer's current learning rate, a float."""
     return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
 
-  def _plan_attack_loop(self):
-    """Whether the training attack's steps are unrolled into the graph.
-
-    ``pgd.perturb`` runs its steps in a ``tf.while_loop``. Two places
-    cannot take that loop:
-    - XLA's CPU backend compiles a convolution's input gradient inside a loop
-      body into a naive loop nest instead of its Eigen kernel (about 10x
-      slower; jax-ml/jax#12868), so under XLA on CPUs the steps are unrolled;
-    - synchronised BatchNorm in train mode sums batch statistics across
-      replicas with ``merge_call`` (see ``strategies.uses_merge_call``),
-      which cannot run inside a loop, so the steps are unrolled there too.
-    The unrolled attack computes exactly what the loop does.
-
-    Raises:
-      errors.UserError: synchronised BatchNorm under XLA on CPUs, where the
-        merge_call would sit inside the compiled function.
-    """
-    config, strategy = self.config, self.strategy
-    sync_bn = any(getattr(layer, "synchronized", False)
-                  for layer in self.model.layers)
-    merge = sync_bn and strategies.uses_merge_call(strategy)
-    cpu = strategies.on_cpu(strategy)
-    if merge and config.jit_compile and cpu:
-      raise errors.UserError(
-          "--sync_batch_norm cannot run under --jit_compile on CPUs (XLA "
-          "cannot compile the replicas' merge_call there): drop "
-          "--jit_compile, or run on GPUs")
-    return ((config.jit_compile and cpu)
-            or (merge and not config.jit_compile
-                and config.attack_bn_mode == "train"))
-
   # Replica functions --------------------------------------------------------
-
-  def _gradients(self, batch):
-    """Attack, forward passes, loss and gradients of one replica's batch."""
-    config, method, model = self.config, self.method, self.model
-    images, labels = batch["image"], batch["label"]
-    adv = pgd.perturb(model, config.attack_spec(), images, labels,
-                      batch["seed"], unroll=self._unroll_attack)
-    inputs = {"clean": images, "adv": adv}
-    if method.uses_rbs:
-      inputs["rbs"] = self._rbs.augment_images(
-          adv, {"rows": batch["rbs_rows"], "cols": batch["rbs_cols"]})
-    with tf.GradientTape() as tape:
-      logits = {p: model(inputs[p], training=True) for p in method.passes}
-      terms = method.objective(logits, labels, config.weights)
-      loss = tf.nn.compute_average_loss(terms["total"],
-                                        global_batch_size=config.batch_size)
-      scaled_loss = self.optimizer.scale_loss(loss)
-    grads = tape.gradient(scaled_loss, model.trainable_variables)
-    # Accuracy on x and x' is always reported; a pass the objective does not
-    # read runs in inference mode, so it neither trains nor moves BN stats.
-    for p in ("clean", "adv"):
-      if p not in logits:
-        logits[p] = model(inputs[p], training=False)
-    out = {f"loss_{k}" if k != "total" else "loss": tf.reduce_sum(v)
-           for k, v in terms.items()}
-    for p, z in logits.items():
-      out[f"{p}_correct"] = _count_correct(z, labels)
-    out["examples"] = tf.cast(tf.shape(labels)[0], tf.float32)
-    out["nonfinite"] = tf.cast(
-        tf.logical_not(tf.math.is_finite(loss)), tf.float32)
-    return grads, out
 
   def replica_step(self, batch):
     """One training step of one replica's batch; returns its sums.
@@ -226,14 +340,10 @@ class TrainStep:
     images, labels = batch["image"], batch["label"]
 
     def count():
-      adv = pgd.perturb(self.model, self.config.validation_attack_spec(),
-                        images, labels, batch["seed"])
-      clean = _correct(self.model(images, training=False), labels)
-      # As in evaluation, an example is robust only if its clean image is
-      # classified correctly too.
-      robust = clean & _correct(self.model(adv, training=False), labels)
-      return (tf.reduce_sum(tf.cast(clean, tf.float32)),
-              tf.reduce_sum(tf.cast(robust, tf.float32)))
+      _, logits = validation_logits(
+          self.model, self.config.validation_attack_spec(), images, labels,
+          batch["seed"])
+      return robust_counts(logits, labels)
 
     # The last batch of a split can leave a replica with no examples, and
     # TensorFlow's CPU convolution gives an empty batch the wrong shape.
@@ -245,17 +355,8 @@ class TrainStep:
   # Compiled loops -----------------------------------------------------------
 
   def total_keys(self):
-    """Names of the sums a training step reports.
-
-    ``loss`` and ``loss_<term>`` for each term of the objective, summed over
-    examples; ``<pass>_correct``, correct predictions of each forward pass
-    (always "clean" and "adv"); ``examples``; and ``nonfinite``, 1 for a step
-    whose loss was NaN or Inf.
-    """
-    terms = ["loss"] + [f"loss_{t}" for t in self.method.terms]
-    passes = sorted(set(self.method.passes) | {"clean", "adv"})
-    return (terms + [f"{p}_correct" for p in passes]
-            + ["examples", "nonfinite"])
+    """Names of the sums a training step reports (see ``total_keys``)."""
+    return total_keys(self.method)
 
   def _build_train_loop(self):
     strategy = self.strategy
