@@ -55,3 +55,15 @@ def test_rbs_augmentation_shuffles_blocks():
   assert batch.shape == images.shape
   np.testing.assert_array_equal(labels, np.arange(4))
   assert not np.array_equal(batch.numpy(), images)
+
+
+def test_train_with_fit_saves_a_classifier_that_loads(tmp_path):
+  history = _example("train_with_fit").main(
+      str(tmp_path), steps=8, batch_size=16, num_val=16, attack_steps=1)
+  assert history.history["adv_accuracy"] and history.history[
+      "val_adv_accuracy"]
+  import keras  # pylint: disable=import-outside-toplevel
+  for name in ("classifier.keras", "best.keras"):
+    assert (tmp_path / name).is_file()
+  classifier = keras.saving.load_model(str(tmp_path / "classifier.keras"))
+  assert classifier.output_shape == (None, 10)
