@@ -1,10 +1,12 @@
 """tf.data input pipelines for training and evaluation.
 
-Images enter as uint8 arrays (see ``datasets``) and leave as float32 in [0, 1];
-nothing normalises them outside the model.
+Images enter as uint8 [N, H, W, C] arrays, or as a
+``datasets.StreamedImages`` for a split too large for memory (both as
+``datasets.load_split`` returns them), and leave as float32 in [0, 1]; nothing
+normalises them outside the model.
 
 Training batches are dicts:
-- ``image`` [B, H, W, 3] float32 and ``label`` [B] int32;
+- ``image`` [B, H, W, C] float32 and ``label`` [B] int32;
 - ``seed`` [B, 2] int64: a per-example stateless seed for the attack's random
   start;
 - ``rbs_rows`` / ``rbs_cols``: the Random Block Shuffle drawn for this batch,
@@ -22,8 +24,10 @@ tf.image's stateless ops draw them and applied by keras-cv's ``RandomFlip``
 and ``RandomTranslation``, which take the draws as given transformations.
 
 Speed: the decoded uint8 images live in memory as one constant (the cache),
-a parallel map draws each example's choices, a parallel map augments each
-batch (keras-cv's vectorized layers) and batches are prefetched; under
+or, streamed, each example's file is read and decoded by its index in the
+parallel map that draws the example's choices, so the stream stays a function
+of position alone; a parallel map augments each batch (keras-cv's vectorized
+layers) and batches are prefetched; under
 a ``tf.distribute`` strategy the distributed dataset also prefetches them to
 the replicas' devices.
 """
@@ -35,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import rbs
+from rlfat_tf.datasets import streamed
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -58,19 +63,34 @@ def validation_split(images, labels, size, seed=0):
   the same data validates on the same images.
 
   Args:
-    images: [N, H, W, 3] training images.
+    images: [N, H, W, C] training images, an array or a
+      ``streamed.StreamedImages`` (which selects without reading).
     labels: [N] training labels.
     size: number of validation examples, 0 <= size < N.
     seed: seed of the permutation that picks them.
 
   Returns:
-    ``((train_images, train_labels), (val_images, val_labels))``.
+    ``((train_images, train_labels), (val_images, val_labels))``, images of
+    the type given.
   """
   if not 0 <= size < len(images):
     raise ValueError(f"validation size {size} must be in [0, {len(images)})")
   order = np.random.default_rng(seed).permutation(len(images))
   train, val = np.sort(order[size:]), np.sort(order[:size])
   return (images[train], labels[train]), (images[val], labels[val])
+
+
+def _reader(images):
+  """The example index -> uint8 [H, W, C] image function of a split.
+
+  Args:
+    images: uint8 [N, H, W, C] in memory, or a ``streamed.StreamedImages``,
+      whose example is read and decoded from its file when asked for.
+  """
+  if isinstance(images, streamed.StreamedImages):
+    return images.reader()
+  images = tf.constant(images)
+  return lambda index: tf.gather(images, index)
 
 
 def _example_keys(seed, position):
@@ -186,7 +206,7 @@ def train_dataset(images, labels, *, batch_size, seed, augmentation,
   """An endless, shuffled, augmented stream of training batches.
 
   Args:
-    images: uint8 [N, H, W, 3].
+    images: uint8 [N, H, W, C], or a ``streamed.StreamedImages``.
     labels: int [N].
     batch_size: global batch size; each input pipeline yields its per-replica
       share when ``input_context`` is given.
@@ -211,15 +231,14 @@ def train_dataset(images, labels, *, batch_size, seed, augmentation,
     raise ValueError(f"unknown RBS granularity {rbs_granularity!r}")
   num = len(images)
   height, width = images.shape[1:3]
-  images = tf.constant(images)
+  read = _reader(images)
   labels = tf.constant(labels, tf.int32)
   per_example_rbs = rbs_blocks and rbs_granularity == "example"
   augment = _Augmenter(augmentation, height, width)
 
   def example(position, index):
     aug_seed, attack_seed, rbs_seed = _example_keys(seed, position)
-    out = {"image": tf.image.convert_image_dtype(tf.gather(images, index),
-                                                 tf.float32),
+    out = {"image": tf.image.convert_image_dtype(read(index), tf.float32),
            "label": tf.gather(labels, index), "seed": attack_seed,
            "augmentation": _draw_augmentation(augmentation, aug_seed, height,
                                               width)}
@@ -280,7 +299,7 @@ def eval_dataset(images, labels, *, batch_size, seed=0, input_context=None,
   """One pass over a split in order, in batches (the last may be smaller).
 
   Args:
-    images: uint8 [N, H, W, 3].
+    images: uint8 [N, H, W, C], or a ``streamed.StreamedImages``.
     labels: int [N].
     batch_size: global batch size.
     seed: seed of the per-example attack seeds.
@@ -294,19 +313,19 @@ def eval_dataset(images, labels, *, batch_size, seed=0, input_context=None,
   """
   if positions is None:
     positions = np.arange(len(images))
+  read = _reader(images)
   ds = tf.data.Dataset.from_tensor_slices(
-      (np.asarray(positions, np.int64), (images, np.asarray(labels,
-                                                            np.int32))))
+      (np.asarray(positions, np.int64), np.arange(len(images)),
+       np.asarray(labels, np.int32)))
   per_replica = batch_size
   if input_context is not None:
     ds = ds.shard(input_context.num_input_pipelines,
                   input_context.input_pipeline_id)
     per_replica = input_context.get_per_replica_batch_size(batch_size)
 
-  def example(position, pair):
-    image, label = pair
+  def example(position, index, label):
     _, attack_seed, _ = _example_keys(seed, position)
-    return {"image": tf.image.convert_image_dtype(image, tf.float32),
+    return {"image": tf.image.convert_image_dtype(read(index), tf.float32),
             "label": label, "seed": attack_seed}
 
   return ds.map(example, num_parallel_calls=AUTOTUNE).batch(

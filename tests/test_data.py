@@ -1,10 +1,12 @@
 """Tests of the tf.data pipelines."""
 
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow as tf
 
 from rlfat_tf import data
+from rlfat_tf import datasets
 
 N, H, W = 20, 6, 5
 
@@ -282,3 +284,65 @@ def test_a_global_batch_has_one_rbs_however_it_is_sharded(arrays):
                                     batch["rbs_cols"])
   assert len({b["rbs_rows"].tobytes() + b["rbs_cols"].tobytes()
               for b in whole}) > 1
+
+
+@pytest.fixture(scope="module")
+def folder_splits(arrays, tmp_path_factory):
+  """A folder dataset of the arrays' first 12 images (test/: 3), loaded in
+  memory and streamed (a 1-byte memory budget)."""
+  images, _ = arrays
+  root = tmp_path_factory.mktemp("folder")
+  for split, indices in (("train", range(12)), ("test", range(3))):
+    for i in indices:
+      path = root / split / f"class_{i % 3}"
+      path.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(images[i]).save(path / f"{i:02d}.png")
+  load = lambda budget: datasets.load_split(  # pylint: disable=g-long-lambda
+      "folder", "train", data_dir=str(root), memory_budget=budget)
+  return load(datasets.MEMORY_BUDGET), load(1)
+
+
+def _assert_same_batches(expected, got):
+  assert len(expected) == len(got)
+  for a, b in zip(expected, got):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("granularity", ["batch", "example"])
+def test_streamed_split_gives_the_in_memory_batches(folder_splits,
+                                                    granularity):
+  (images, labels), (files, file_labels) = folder_splits
+  assert isinstance(images, np.ndarray)
+  assert isinstance(files, datasets.StreamedImages)
+  np.testing.assert_array_equal(file_labels, labels)
+  kwargs = dict(batch_size=4, seed=10, rbs_blocks=2,
+                augmentation=data.Augmentation(pad_crop=1),
+                rbs_granularity=granularity)
+  _assert_same_batches(
+      _take(data.train_dataset(images, labels, **kwargs), 7),
+      _take(data.train_dataset(files, file_labels, **kwargs), 7))
+  # A resumed stream reads the same files for the same positions.
+  _assert_same_batches(
+      _take(data.train_input_fn(images, labels, **kwargs)(None, 5), 2),
+      _take(data.train_input_fn(files, file_labels, **kwargs)(None, 5), 2))
+
+
+def test_streamed_split_evaluates_and_validates_as_in_memory(folder_splits):
+  (images, labels), (files, file_labels) = folder_splits
+  (train, val) = data.validation_split(images, labels, 3, seed=1)
+  (s_train, s_val) = data.validation_split(files, file_labels, 3, seed=1)
+  for (x, y), (sx, sy) in ((train, s_train), (val, s_val)):
+    assert isinstance(sx, datasets.StreamedImages)
+    np.testing.assert_array_equal(sx.load(), x)
+    np.testing.assert_array_equal(sy, y)
+    _assert_same_batches(
+        _take(data.eval_dataset(x, y, batch_size=2, seed=3), 1),
+        _take(data.eval_dataset(sx, sy, batch_size=2, seed=3), 1))
+  subset = np.array([1, 4, 7])
+  _assert_same_batches(
+      list(data.eval_dataset(images[subset], labels[subset], batch_size=2,
+                             positions=subset).as_numpy_iterator()),
+      list(data.eval_dataset(files[subset], file_labels[subset], batch_size=2,
+                             positions=subset).as_numpy_iterator()))

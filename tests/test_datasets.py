@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 
+import keras
 import numpy as np
+from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
@@ -15,6 +17,8 @@ from rlfat_tf import errors
 from rlfat_tf.datasets import cifar
 from rlfat_tf.datasets import sample
 from rlfat_tf.datasets import stl10
+from rlfat_tf.datasets import streamed
+from rlfat_tf.datasets import tfds_source
 
 _REAL_CIFAR10 = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
@@ -405,7 +409,7 @@ def test_reading_a_file_not_of_the_release_is_refused(tmp_path):
 ])
 def test_tfds_path_with_mock_data(monkeypatch, name, shape, num_classes):
   # Batches of 2 over 5 examples make the loader join three batches.
-  monkeypatch.setattr(datasets, "_TFDS_BATCH", 2)
+  monkeypatch.setattr(tfds_source, "BATCH", 2)
   with tfds.testing.mock_data(num_examples=5):
     for split in datasets.SPLITS:
       images, labels = datasets.load_split(name, split, data_dir="")
@@ -442,7 +446,9 @@ def test_tfds_failure_without_a_release_asks_for_the_network(monkeypatch):
   monkeypatch.setattr(tfds, "load", failing_load)
   with pytest.raises(errors.UserError) as excinfo:
     datasets.load_split("toy", "test")
-  _assert_user_error(excinfo, "could not load 'toy' with tensorflow-datasets",
+  # The message names the tensorflow-datasets name it loaded.
+  _assert_user_error(excinfo,
+                     "could not load 'cifar10' with tensorflow-datasets",
                      "with no network, connect to the network and retry")
 
 
@@ -551,3 +557,328 @@ def test_real_cifar10_matches_published_checks():
   with open(os.path.join(_REAL_CIFAR10, "batches.meta.txt")) as f:
     names = tuple(line.strip() for line in f if line.strip())
   assert datasets.get("cifar10").class_names == names
+
+
+# ------------------------------------------------------- dataset names
+
+
+@pytest.mark.parametrize("name", list(datasets.NAMES) + [
+    "folder", "tfds:mnist", "tfds:mnist_corrupted/shot_noise"])
+def test_every_form_of_name_passes_the_check(name):
+  datasets.check_name(name)
+
+
+@pytest.mark.parametrize("name", ["tfds:", "Folder", "imagenet"])
+def test_other_names_fail_the_check_with_the_forms(name):
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.check_name(name)
+  _assert_user_error(excinfo, f"unknown dataset {name!r}", "folder",
+                     "tfds:NAME[/CONFIG]", "cifar10_sample")
+
+
+# ------------------------------------------------------------ image_size
+
+
+def test_image_size_resizes_a_registered_dataset():
+  spec = datasets.get("cifar10_sample", image_size=16)
+  assert spec.image_shape == (16, 16, 3)
+  assert datasets.get("cifar10_sample", image_size=32) == datasets.get(
+      "cifar10_sample")
+  images, labels = datasets.load_split("cifar10_sample", "test",
+                                       image_size=16)
+  full, full_labels = datasets.load_split("cifar10_sample", "test")
+  assert images.shape == (1000, 16, 16, 3) and images.dtype == np.uint8
+  np.testing.assert_array_equal(labels, full_labels)
+  np.testing.assert_array_equal(images[:3],
+                                streamed.resize(full[:3], 16).numpy())
+
+
+def test_image_size_must_be_positive():
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.get("cifar10", image_size=0)
+  _assert_user_error(excinfo, "--image_size=0 is not a side length")
+
+
+def test_registered_split_over_the_budget_is_refused():
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.load_split("cifar10_sample", "test", memory_budget=2**20)
+  _assert_user_error(excinfo, "the test split of cifar10_sample decodes to "
+                     "0.00 GiB, over the memory budget of 0.00 GiB",
+                     "--image_size")
+
+
+# ---------------------------------------------------------------- folder
+
+
+def _image(path, size, seed, mode="RGB"):
+  """Writes a random image of size (height, width); returns its pixels."""
+  height, width = size
+  shape = (height, width, 3) if mode == "RGB" else (height, width)
+  pixels = np.random.RandomState(seed).randint(0, 256, shape, np.uint8)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(pixels, mode).save(path)
+  return pixels
+
+
+def _write_folder(root, size=(8, 8)):
+  """Train: 2 dogs (one grayscale, one nested), 1 cat, 1 JPEG bird; test: one
+  of each. Returns {path: pixels} of the PNGs."""
+  pixels = {}
+  for i, (split, name, mode) in enumerate([
+      ("train", "dog/b.png", "RGB"), ("train", "dog/a.png", "L"),
+      ("train", "dog/sub/c.png", "RGB"), ("train", "cat/x.PNG", "RGB"),
+      ("test", "dog/d.png", "RGB"), ("test", "cat/e.png", "RGB"),
+      ("test", "bird/f.png", "RGB")]):
+    path = root / split / name
+    pixels[str(path)] = _image(path, size, i, mode)
+  _image(root / "train" / "bird" / "g.jpg", size, 9)
+  (root / "train" / "cat" / "notes.txt").write_text("not an image")
+  return pixels
+
+
+def test_folder_spec_follows_the_keras_layout(tmp_path):
+  _write_folder(tmp_path)
+  spec = datasets.get("folder", data_dir=str(tmp_path))
+  assert spec.name == "folder" and spec.display_name == tmp_path.name
+  assert spec.class_names == ("bird", "cat", "dog") and spec.num_classes == 3
+  assert spec.image_shape == (8, 8, 3)
+  assert (spec.train_size, spec.test_size) == (5, 3)
+  assert spec.defaults == datasets.get("cifar10").defaults
+  # keras.utils.image_dataset_from_directory's classes and file order.
+  keras_ds = keras.utils.image_dataset_from_directory(
+      tmp_path / "train", image_size=(8, 8), shuffle=False, batch_size=None)
+  assert tuple(keras_ds.class_names) == spec.class_names
+  _, labels = datasets.load_split("folder", "train", data_dir=str(tmp_path))
+  assert labels.tolist() == [int(y) for _, y in keras_ds]
+  assert labels.tolist() == [0, 1, 2, 2, 2]
+
+
+def test_folder_images_decode_to_rgb(tmp_path):
+  pixels = _write_folder(tmp_path)
+  images, labels = datasets.load_split("folder", "train",
+                                       data_dir=str(tmp_path))
+  assert images.shape == (5, 8, 8, 3) and images.dtype == np.uint8
+  assert labels.dtype == np.int32
+  # Sorted within a class: dog/a.png (grayscale), dog/b.png, dog/sub/c.png.
+  gray = pixels[str(tmp_path / "train" / "dog" / "a.png")]
+  np.testing.assert_array_equal(images[2], np.stack([gray] * 3, axis=-1))
+  np.testing.assert_array_equal(
+      images[3], pixels[str(tmp_path / "train" / "dog" / "b.png")])
+  np.testing.assert_array_equal(
+      images[1], pixels[str(tmp_path / "train" / "cat" / "x.PNG")])
+
+
+def test_folder_image_size_resizes_images_of_any_size(tmp_path):
+  pixels = _write_folder(tmp_path)
+  _image(tmp_path / "test" / "cat" / "big.png", (12, 10), 20)
+  spec = datasets.get("folder", data_dir=str(tmp_path), image_size=4)
+  assert spec.image_shape == (4, 4, 3) and spec.test_size == 4
+  images, _ = datasets.load_split("folder", "test", data_dir=str(tmp_path),
+                                  image_size=4)
+  assert images.shape == (4, 4, 4, 3)
+  np.testing.assert_array_equal(images[3], streamed.resize(
+      pixels[str(tmp_path / "test" / "dog" / "d.png")], 4).numpy())
+
+
+def test_folder_over_the_budget_is_streamed_as_decoded(tmp_path):
+  _write_folder(tmp_path)
+  in_memory, labels = datasets.load_split("folder", "train",
+                                          data_dir=str(tmp_path))
+  images, streamed_labels = datasets.load_split(
+      "folder", "train", data_dir=str(tmp_path), memory_budget=1)
+  assert isinstance(images, datasets.StreamedImages)
+  assert len(images) == 5 and images.shape == (5, 8, 8, 3)
+  assert images.keys[0].endswith("g.jpg")
+  np.testing.assert_array_equal(streamed_labels, labels)
+  np.testing.assert_array_equal(images.load(), in_memory)
+  np.testing.assert_array_equal(images[3], in_memory[3])
+  np.testing.assert_array_equal(images[[4, 1]].load(), in_memory[[4, 1]])
+  assert images[1:].shape == (4, 8, 8, 3)
+
+
+def test_folder_needs_data_dir():
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.get("folder")
+  _assert_user_error(excinfo, "--dataset=folder needs --data_dir=PATH",
+                     "train/<class>/")
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_folder_without_a_split_folder(tmp_path, split):
+  _write_folder(tmp_path)
+  shutil.rmtree(tmp_path / split)
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.load_split("folder", "train", data_dir=str(tmp_path))
+  _assert_user_error(excinfo, f"{tmp_path / split} does not exist",
+                     "point --data_dir at")
+
+
+def test_folder_without_class_folders(tmp_path):
+  (tmp_path / "train").mkdir()
+  (tmp_path / "test").mkdir()
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.get("folder", data_dir=str(tmp_path))
+  _assert_user_error(excinfo, f"{tmp_path / 'train'} holds no class folders")
+
+
+def test_folder_with_an_empty_class_folder(tmp_path):
+  _write_folder(tmp_path)
+  (tmp_path / "train" / "emu").mkdir()
+  (tmp_path / "test" / "emu").mkdir()
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.get("folder", data_dir=str(tmp_path))
+  _assert_user_error(excinfo, f"{tmp_path / 'train' / 'emu'} holds no PNG or "
+                     "JPEG images", "add images or remove the folder")
+
+
+def test_folder_test_classes_must_be_the_train_classes(tmp_path):
+  _write_folder(tmp_path)
+  shutil.rmtree(tmp_path / "test" / "bird")
+  _image(tmp_path / "test" / "emu" / "h.png", (8, 8), 30)
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.get("folder", data_dir=str(tmp_path))
+  _assert_user_error(excinfo, "has other class folders than",
+                     "missing: bird; extra: emu", "the same class folders")
+
+
+def test_folder_images_of_two_sizes_need_image_size(tmp_path):
+  _write_folder(tmp_path)
+  big = tmp_path / "test" / "dog" / "big.png"
+  _image(big, (12, 10), 20)
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.get("folder", data_dir=str(tmp_path))
+  _assert_user_error(excinfo, "8x8", f"{big} is 12x10", "--image_size=N")
+
+
+def test_folder_file_that_is_no_image_is_named(tmp_path):
+  _write_folder(tmp_path)
+  bad = tmp_path / "test" / "cat" / "bad.png"
+  bad.write_bytes(b"not a png")
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.get("folder", data_dir=str(tmp_path))
+  _assert_user_error(excinfo, f"could not read {bad} as an image",
+                     "replace or remove the file")
+
+
+def test_folder_file_corrupt_past_its_header_is_named_when_loaded(tmp_path):
+  _write_folder(tmp_path)
+  bad = tmp_path / "test" / "cat" / "e.png"
+  bad.write_bytes(bad.read_bytes()[:-30])
+  datasets.get("folder", data_dir=str(tmp_path))
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.load_split("folder", "test", data_dir=str(tmp_path))
+  _assert_user_error(excinfo, f"could not read {bad} as an image",
+                     "replace or remove the file")
+
+
+# --------------------------------------------- tensorflow-datasets by name
+
+
+def _mock_metadata(root, tfds_name, splits=("train", "test"), count=5,
+                   file_format=None):
+  """Writes the dataset_info.json that mock_data reads split sizes from."""
+  builder = tfds.builder(tfds_name, data_dir=str(root))
+  builder.info.set_splits(tfds.core.SplitDict([
+      tfds.core.SplitInfo(name=s, shard_lengths=[count], num_bytes=0,
+                          filename_template=None) for s in splits]))
+  if file_format:
+    builder.info.as_proto.file_format = file_format
+  os.makedirs(builder.data_dir)
+  builder.info.write_to_directory(builder.data_dir)
+
+
+@pytest.mark.parametrize("name, shape, classes", [
+    ("mnist", (28, 28, 1), 10),
+    ("cifar10", (32, 32, 3), 10),
+    ("mnist_corrupted/shot_noise", (28, 28, 1), 10),
+])
+def test_any_tfds_dataset_by_name(tmp_path, monkeypatch, name, shape,
+                                  classes):
+  _mock_metadata(tmp_path, name)
+  monkeypatch.setattr(tfds_source, "BATCH", 2)
+  with tfds.testing.mock_data(num_examples=5, data_dir=str(tmp_path)):
+    spec = datasets.get("tfds:" + name)
+    assert (spec.name, spec.display_name, spec.tfds_name) == (
+        "tfds:" + name, name, name)
+    assert spec.image_shape == shape and spec.num_classes == classes
+    # The label feature's names: cifar10's come with its download, so the
+    # mock's are the ids.
+    assert spec.class_names == tuple(str(i) for i in range(classes))
+    assert (spec.train_size, spec.test_size) == (5, 5)
+    assert spec.defaults == datasets.get("cifar10").defaults
+    images, labels = datasets.load_split("tfds:" + name, "test")
+    assert images.shape == (5,) + shape and images.dtype == np.uint8
+    assert labels.dtype == np.int32 and labels.max() < classes
+    small, _ = datasets.load_split("tfds:" + name, "test", image_size=8)
+    assert small.shape == (5, 8, 8, shape[2])
+    np.testing.assert_array_equal(small, streamed.resize(images, 8).numpy())
+
+
+def test_tfds_images_of_varying_size_need_image_size(tmp_path):
+  _mock_metadata(tmp_path, "oxford_flowers102")
+  with tfds.testing.mock_data(num_examples=3, data_dir=str(tmp_path)):
+    with pytest.raises(errors.UserError) as excinfo:
+      datasets.get("tfds:oxford_flowers102")
+    _assert_user_error(excinfo, "tfds:oxford_flowers102 has images of "
+                       "varying size", "--image_size=N")
+    assert datasets.get("tfds:oxford_flowers102",
+                        image_size=6).image_shape == (6, 6, 3)
+    images, _ = datasets.load_split("tfds:oxford_flowers102", "train",
+                                    image_size=6)
+    assert images.shape == (3, 6, 6, 3)
+
+
+def test_tfds_dataset_without_a_test_split_names_its_splits(tmp_path):
+  _mock_metadata(tmp_path, "imagenet_resized/8x8",
+                 splits=("train", "validation"))
+  with tfds.testing.mock_data(num_examples=3, data_dir=str(tmp_path)):
+    with pytest.raises(errors.UserError) as excinfo:
+      datasets.get("tfds:imagenet_resized/8x8")
+  _assert_user_error(excinfo, "tfds:imagenet_resized/8x8 has no 'train' and "
+                     "'test' splits (its splits: train, validation)")
+
+
+def test_tfds_dataset_that_is_no_image_classification(tmp_path):
+  with tfds.testing.mock_data(num_examples=1, data_dir=str(tmp_path)):
+    with pytest.raises(errors.UserError) as excinfo:
+      datasets.get("tfds:coco/2017")
+  _assert_user_error(excinfo, "tfds:coco/2017 is not an image classification "
+                     "dataset", "supervised keys")
+
+
+def test_unknown_tfds_dataset():
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.get("tfds:no_such_dataset")
+  _assert_user_error(excinfo, "tensorflow-datasets has no dataset "
+                     "'no_such_dataset'", "tfds.list_builders()")
+
+
+def test_tfds_dataset_refuses_data_dir(tmp_path):
+  with pytest.raises(errors.UserError) as excinfo:
+    datasets.load_split("tfds:mnist", "train", data_dir=str(tmp_path))
+  _assert_user_error(excinfo, "does not apply to tfds:mnist",
+                     "--tfds_data_dir")
+
+
+def test_tfds_split_over_the_budget_needs_array_record(tmp_path):
+  _mock_metadata(tmp_path, "mnist")
+  with tfds.testing.mock_data(num_examples=5, data_dir=str(tmp_path)):
+    with pytest.raises(errors.UserError) as excinfo:
+      datasets.load_split("tfds:mnist", "train", memory_budget=1)
+  _assert_user_error(excinfo, "the train split of tfds:mnist decodes to",
+                     "over the memory budget",
+                     "tfds build mnist --file_format=array_record")
+
+
+def test_tfds_array_record_split_over_the_budget_is_streamed(tmp_path):
+  _mock_metadata(tmp_path, "mnist", file_format="array_record")
+  with tfds.testing.mock_data(num_examples=5, data_dir=str(tmp_path)):
+    images, labels = datasets.load_split("tfds:mnist", "train",
+                                         memory_budget=1, image_size=14)
+    assert isinstance(images, datasets.StreamedImages)
+    assert images.shape == (5, 14, 14, 1) and labels.shape == (5,)
+    decoded = images.load()
+    source = tfds.data_source("mnist", split="train")
+    np.testing.assert_array_equal(
+        decoded[2], streamed.resize(source[2]["image"], 14).numpy())
+    np.testing.assert_array_equal(images[[2]].load(), decoded[2:3])
