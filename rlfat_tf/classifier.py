@@ -369,6 +369,18 @@ def refuse_source_flags(values):
         f"run's model takes [0, 1] images: drop --input_scale")
 
 
+def refuse_checkpoint_choice(model, which):
+  """Refuses --which (a run's checkpoint) given --model=``model``.
+
+  Raises:
+    errors.UserError: ``which`` is not "last", the flag's default.
+  """
+  if which != "last":
+    raise errors.UserError(
+        f"--which={which} picks a run's checkpoint, and --model={model} is "
+        f"one model: drop --which")
+
+
 def load_source(values):
   """Loads --model and checks it against --dataset.
 

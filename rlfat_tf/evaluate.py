@@ -268,10 +268,7 @@ def _only_with_run(values):
     raise errors.UserError(
         f"--split={values['split']} needs a run's validation split, and "
         f"--model={values['model']} has none: drop --split")
-  if values["which"] != "last":
-    raise errors.UserError(
-        f"--which={values['which']} picks a run's checkpoint, and --model="
-        f"{values['model']} is one model: drop --which")
+  classifier.refuse_checkpoint_choice(values["model"], values["which"])
   if values["watch"]:
     raise errors.UserError(
         f"--watch follows a training run, and --model={values['model']} is "

@@ -418,10 +418,7 @@ def _export_source(flag_values):
   """Exports the --model of the flags; returns ``(version_path, manifest)``."""
   values = {name: flag_values[name].value for name in (
       "model", "signature", "dataset", "input_scale")}
-  if flag_values.which != "last":
-    raise errors.UserError(
-        f"--which={flag_values.which} picks a run's checkpoint, and --model="
-        f"{values['model']} is one model: drop --which")
+  classifier.refuse_checkpoint_choice(values["model"], flag_values.which)
   if flag_values.epsilon is None:
     raise errors.UserError(
         f"--model={values['model']} has no run whose radius the adversarial "

@@ -280,6 +280,10 @@ def test_saved_copies_of_a_run_give_its_per_image_verdicts(
      "needs a run's validation split"),
     (("--dataset=cifar10_sample", "--output=OUT", "--signature=x"),
      "applies to SavedModels"),
+    (("--dataset=cifar10_sample", "--output=OUT", "--which=best"),
+     "--which=best picks a run's checkpoint"),
+    (("--dataset=cifar10_sample", "--output=OUT", "--watch"),
+     "--watch follows a training run"),
 ])
 def test_bad_model_inputs_are_one_line(saved_copies, tmp_path, argv, message):
   argv = [a.replace("OUT", str(tmp_path / "r.json")) for a in argv]
