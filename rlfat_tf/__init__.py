@@ -26,7 +26,9 @@ one's own Keras model and data. Public names:
   RLFAT_T and the RBSAT ablations); ``methods.get(name).objective`` is a
   method's loss.
 - ``models``: the architecture registry (``models.build``).
-- ``datasets``: the dataset registry (``datasets.get``, ``load_split``).
+- ``datasets``: the dataset registry (``datasets.get``, ``load_split``), which
+  also names any tensorflow-datasets dataset (``tfds:NAME``) and folders of
+  images (``folder``).
 
 Names load on first use, so ``import rlfat_tf`` stays free of TensorFlow for
 the modules that do not need it (``rlfat_tf.edge_eval`` runs with LiteRT

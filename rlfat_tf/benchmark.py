@@ -44,6 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+from rlfat_tf import classifier
 from rlfat_tf import cli
 from rlfat_tf import data
 from rlfat_tf import datasets
@@ -74,11 +75,10 @@ def define_flags(flag_values=FLAGS):
   flag that could collide with another entry point's.
   """
   fv = {"flag_values": flag_values}
-  flags.DEFINE_enum("dataset", "cifar10_sample", datasets.NAMES,
-                    "Images to train on (the speed does not depend on them, "
-                    "only on their shape).", **fv)
-  flags.DEFINE_string("data_dir", None, "Folder of the official binary "
-                      "release, as for rlfat_tf.train.", **fv)
+  classifier.define_dataset_flags(
+      flag_values, __name__, default="cifar10_sample",
+      what="Images to train on (the speed does not depend on them, only on "
+      "their shape)")
   flags.DEFINE_integer("depth", 16, "WRN depth 6n+4.", lower_bound=10, **fv)
   flags.DEFINE_integer("width", 2, "WRN widening factor.", lower_bound=1,
                        **fv)
@@ -536,14 +536,17 @@ def run(settings):
   """Runs every measurement; returns the results as a JSON-able dict.
 
   Args:
-    settings: dict with dataset, data_dir, depth, width, batch_size,
+    settings: dict with dataset, data_dir, tfds_data_dir, image_size,
+      depth, width, batch_size,
       attack_steps, methods, xla, mixed_precision, rounds, steps_per_round,
       peak_batch, peak_repeats, pipeline_batches (the flags).
   """
   load_start = os.getloadavg()
-  info = datasets.get(settings["dataset"])
-  images, labels = datasets.load_split(settings["dataset"], "train",
-                                       settings["data_dir"])
+  where = {"data_dir": settings["data_dir"],
+           "tfds_data_dir": settings["tfds_data_dir"],
+           "image_size": settings["image_size"]}
+  info = datasets.get(settings["dataset"], **where)
+  images, labels = datasets.load_split(settings["dataset"], "train", **where)
   batch_size, steps = settings["batch_size"], settings["attack_steps"]
   runners = {(m, x): build_runner(m, x, settings, images, labels, info)
              for m in settings["methods"] for x in settings["xla"]}
@@ -697,7 +700,7 @@ def main():
     # TensorFlow's retracing detector reports as retracing.
     tf.get_logger().setLevel("ERROR")
   settings = {name: FLAGS[name].value for name in (
-      "dataset", "data_dir", "depth", "width", "batch_size", "attack_steps",
+      "dataset", "data_dir", "tfds_data_dir", "image_size", "depth", "width", "batch_size", "attack_steps",
       "methods", "xla", "mixed_precision", "rounds", "steps_per_round",
       "peak_batch", "peak_repeats", "pipeline_batches")}
   if FLAGS.output:

@@ -333,9 +333,10 @@ def define_source_flags(flag_values, module_name, command):
   flags.DEFINE_string("signature", None, "With a SavedModel --model: the "
                       "signature to call (default: serving_default, or the "
                       "only one).", **fv)
-  flags.DEFINE_string("dataset", None, f"With --model: the dataset to "
-                      f"{command} on (a run's dataset comes from its "
-                      f"record).", **fv)
+  define_dataset_flags(
+      flag_values, module_name, default=None,
+      what=f"With --model: the dataset to {command} on (a run's dataset and "
+      f"--image_size come from its record)", run_default=True)
   flags.DEFINE_float("input_scale", 1.0, "With --model: multiply the [0, 1] "
                      "images by this before the model sees them (255 for a "
                      "model that expects [0, 255] pixels); attacks and "
@@ -349,6 +350,59 @@ def define_source_flags(flag_values, module_name, command):
       flag_values=flag_values)
 
 
+def define_dataset_flags(flag_values, module_name, *, default, what,
+                         run_default=False):
+  """Defines --dataset, --data_dir, --tfds_data_dir and --image_size.
+
+  Args:
+    flag_values: the ``absl.flags.FlagValues`` to define them in.
+    module_name: the command module's ``__name__`` (see
+      ``define_source_flags``).
+    default: --dataset's default; None for none.
+    what: the start of --dataset's help, e.g. "Dataset to train on".
+    run_default: the folders default to a --model_dir run's.
+  """
+  if module_name == "__main__":
+    module_name = sys.argv[0]
+  fv = {"flag_values": flag_values, "module_name": module_name}
+  own = " (default: the run's)" if run_default else ""
+  flags.DEFINE_string("dataset", default, f"{what}: {datasets.NAME_HELP}.",
+                      **fv)
+  release_folders = ", ".join(f"{spec.release.folder}/" for spec in (
+      datasets.get(name) for name in datasets.NAMES) if spec.release)
+  flags.DEFINE_string("data_dir", None,
+                      f"The folder holding train/<class>/ and test/<class>/ "
+                      f"of --dataset={datasets.FOLDER}, or the folder of a "
+                      f"registered dataset's official binary release "
+                      f"({release_folders}){own}; without it, "
+                      f"tensorflow-datasets loads a registered dataset.",
+                      **fv)
+  flags.DEFINE_string("tfds_data_dir", None, f"tensorflow-datasets data "
+                      f"folder{own or ' (default: its own)'}.", **fv)
+  flags.DEFINE_integer("image_size", None, "Resize every image to NxN "
+                       "(default: the dataset's own size; required for a "
+                       "dataset whose images vary in size).", lower_bound=1,
+                       **fv)
+  register_dataset_validator(flag_values, "dataset")
+
+
+def register_dataset_validator(flag_values, name):
+  """Makes flag ``name`` accept only dataset names (``datasets.check_name``).
+
+  The flag may be unset (None); the message lists the forms of a name.
+  """
+
+  def known(value):
+    if value is not None:
+      try:
+        datasets.check_name(value)
+      except errors.UserError as e:
+        raise flags.ValidationError(str(e)) from None
+    return True
+
+  flags.register_validator(name, known, flag_values=flag_values)
+
+
 def refuse_source_flags(values):
   """Refuses the --model flags given with a --model_dir.
 
@@ -356,9 +410,10 @@ def refuse_source_flags(values):
     values: the command's flag values (see ``define_source_flags``).
 
   Raises:
-    errors.UserError: --dataset, --signature or --input_scale is set.
+    errors.UserError: --dataset, --signature, --image_size or --input_scale
+      is set.
   """
-  for name in ("dataset", "signature"):
+  for name in ("dataset", "signature", "image_size"):
     if values[name] is not None:
       raise errors.UserError(
           f"--{name}={values[name]} applies to --model; a run's "
@@ -400,7 +455,9 @@ def load_source(values):
     raise errors.UserError(
         f"--model={path} needs the dataset its images come from: pass "
         f"--dataset, e.g. --dataset=cifar10")
-  spec = datasets.get(values["dataset"])
+  spec = datasets.get(values["dataset"], data_dir=values["data_dir"],
+                      tfds_data_dir=values["tfds_data_dir"],
+                      image_size=values["image_size"])
   model = load(path, signature=values["signature"],
                input_scale=values["input_scale"])
   check(model, spec.image_shape, spec.num_classes, spec.name)

@@ -51,8 +51,9 @@ def load_eval_set(path):
     path: an ``.npz`` written by ``rlfat_tf.export``.
 
   Returns:
-    A dict of its arrays: ``clean_images`` uint8 [N, H, W, 3], ``adv_images``
-    float32 [N, H, W, 3] in [0, 1], ``labels`` int [N], ``clean_logits`` and
+    A dict of its arrays: ``clean_images`` uint8 [N, H, W, C] (C is 3, or 1
+    for a grayscale model), ``adv_images`` float32 [N, H, W, C] in [0, 1],
+    ``labels`` int [N], ``clean_logits`` and
     ``adv_logits`` float32 [N, classes], and the attack scalars.
 
   Raises:
@@ -85,7 +86,8 @@ def load_eval_set(path):
   clean, adv = arrays["clean_images"], arrays["adv_images"]
   num = len(arrays["labels"])
   consistent = (
-      clean.dtype == np.uint8 and clean.ndim == 4 and clean.shape[-1] == 3
+      clean.dtype == np.uint8 and clean.ndim == 4
+      and clean.shape[-1] in (1, 3)
       and adv.shape == clean.shape and arrays["labels"].shape == (num,)
       and len(clean) == num and num > 0
       and arrays["clean_logits"].ndim == 2

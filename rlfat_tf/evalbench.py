@@ -222,7 +222,8 @@ def run(model_dir, *, which="last", data_dir=None, num_examples=500,
   Args:
     model_dir: the training run.
     which: its "last" or "best" checkpoint.
-    data_dir: folder of the dataset's binary release; None means the run's.
+    data_dir: the run's data folder if it moved (see ``runs.load_split``);
+      None means the run's.
     num_examples: the first this many test images.
     epsilon: L-infinity radius; None means the run's training epsilon.
     steps, batch_size, warmup_examples, art_python, seed: as ``compare``.
@@ -236,18 +237,17 @@ def run(model_dir, *, which="last", data_dir=None, num_examples=500,
     errors.UserError: no run or checkpoint, too few test images, or no ART.
   """
   load_start = os.getloadavg()
-  model, record, checkpoint = runs.restore_model(model_dir, which)
-  images, labels = datasets.load_split(
-      record.dataset, "test", data_dir or record.data_dir,
-      record.tfds_data_dir)
+  model, record, checkpoint = runs.restore_model(model_dir, which,
+                                                 data_dir=data_dir)
+  images, labels = runs.load_split(record, "test", data_dir)
   if num_examples > len(images):
     raise errors.UserError(
         f"{num_examples} examples asked for, the test split has "
         f"{len(images)}: ask for at most {len(images)}")
-  images = robustness.as_float(images[:num_examples])
+  images = robustness.as_float(datasets.in_memory(images[:num_examples]))
   with tempfile.TemporaryDirectory() as tmp:
     saved_model = os.path.join(tmp, "saved_model")
-    serving.save(model, datasets.get(record.dataset).class_names,
+    serving.save(model, runs.dataset_spec(record, data_dir).class_names,
                  saved_model)
     results = compare(
         model, saved_model, images, labels[:num_examples],

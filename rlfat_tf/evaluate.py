@@ -99,9 +99,6 @@ def define_flags(flag_values=FLAGS):
                     **fv)
   flags.DEFINE_integer("num_examples", None, "Evaluate the first N images "
                        "(default: all).", lower_bound=1, **fv)
-  flags.DEFINE_string("data_dir", None, "Override the run's --data_dir.", **fv)
-  flags.DEFINE_string("tfds_data_dir", None, "Override the run's "
-                      "--tfds_data_dir.", **fv)
   flags.DEFINE_integer("batch_size", 100, "Images per compiled attack call.",
                        lower_bound=1, **fv)
   flags.DEFINE_integer("seed", 0, "Seed of random starts, N-attack draws and "
@@ -205,37 +202,35 @@ def load_images(record, values, split):
 
   Args:
     record: the run's ``runs.RunRecord``, or None for a --model, which reads
-      the test split of --dataset.
+      the test split of --dataset at --image_size.
     values: this module's flag values (``data_dir`` and ``tfds_data_dir``
       override the run's; ``num_examples`` keeps the first N images).
     split: "test", or "val" for the run's validation split, recomputed with
       ``data.validation_split`` and the run's ``val_size``.
 
   Returns:
-    ``(images, labels)``: uint8 [N, H, W, 3] and int [N].
+    ``(images, labels)``: uint8 [N, H, W, C] and int [N], in memory (a
+    streamed split is decoded once cut to --num_examples).
 
   Raises:
     errors.UserError: no validation split, or too few images.
   """
   if record is None:
-    images, labels = datasets.load_split(values["dataset"], "test",
-                                         values["data_dir"],
-                                         values["tfds_data_dir"])
+    images, labels = datasets.load_split(
+        values["dataset"], "test", values["data_dir"],
+        values["tfds_data_dir"], image_size=values["image_size"])
     return _first(images, labels, values["num_examples"], split)
-  data_dir = values["data_dir"] or record.data_dir
-  tfds_dir = values["tfds_data_dir"] or record.tfds_data_dir
+  folders = (values["data_dir"], values["tfds_data_dir"])
   if split == "val":
     val_size = record.val_size
     if not val_size:
       raise errors.UserError(
           f"{values['model_dir']} was trained without a validation split "
           f"(--val_size=0): evaluate --split=test, or train with --val_size")
-    images, labels = datasets.load_split(record.dataset, "train", data_dir,
-                                         tfds_dir)
+    images, labels = runs.load_split(record, "train", *folders)
     _, (images, labels) = data.validation_split(images, labels, val_size)
   else:
-    images, labels = datasets.load_split(record.dataset, "test", data_dir,
-                                         tfds_dir)
+    images, labels = runs.load_split(record, "test", *folders)
   return _first(images, labels, values["num_examples"], split)
 
 
@@ -247,7 +242,7 @@ def _first(images, labels, num, split):
           f"--num_examples={num} exceeds the {len(images)} images of the "
           f"{split} split: pass at most {len(images)}")
     images, labels = images[:num], labels[:num]
-  return images, labels
+  return datasets.in_memory(images), labels
 
 
 def eval_config(values):
@@ -294,7 +289,9 @@ def load_target(values):
   if values["model"] is None:
     classifier.refuse_source_flags(values)
     model_dir = values["model_dir"]
-    model, record, checkpoint = runs.restore_model(model_dir, values["which"])
+    model, record, checkpoint = runs.restore_model(
+        model_dir, values["which"], data_dir=values["data_dir"],
+        tfds_data_dir=values["tfds_data_dir"])
     return model, record, {
         "model_dir": model_dir, "checkpoint": checkpoint,
         "which": values["which"], "dataset": record.dataset,
@@ -361,8 +358,8 @@ def run(values):
       spec = pgd.pgd(values["epsilon"], values["step_size"],
                      values["sensitivity_pgd_steps"]
                      or (record.attack_steps if record else
-                         datasets.get(run_entry["dataset"])
-                         .defaults.attack_steps), "eval")
+                         datasets.train_defaults(run_entry["dataset"])
+                         .attack_steps), "eval")
       sensitivity_attack = spec.record()
       described = f"the PGD-{spec.steps} output of every image"
       inputs = sensitivity.attacked_inputs(
@@ -475,7 +472,8 @@ def watch(values):
     tf.train.wait_for_new_checkpoint(folder, timeout=values["watch_timeout"])
   record = runs.load_record(model_dir)
   images, labels = load_images(record, values, "val")
-  model = runs.build_model(record)
+  model = runs.build_model(record, data_dir=values["data_dir"],
+                           tfds_data_dir=values["tfds_data_dir"])
   checkpoint = tf.train.Checkpoint(model=model)
   spec = trainer.validation_attack(record.epsilon, record.step_size,
                                    record.attack_steps)

@@ -226,7 +226,7 @@ def _take(split_name, images, labels, count, flag):
     raise errors.UserError(
         f"--{flag}={count} exceeds the {len(images)} images of the "
         f"{split_name}: pass at most {len(images)}")
-  return images[:count], labels[:count]
+  return datasets.in_memory(images[:count]), labels[:count]
 
 
 def export(model_dir, export_dir, *, which="last", model_name=None,
@@ -239,10 +239,13 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
     export_dir: the TF Serving base folder; the model goes to
       ``export_dir/<model_name>/<version>``.
     which: "last" or "best" checkpoint.
-    model_name: folder name of the model; None for ``<dataset>_<method>``.
+    model_name: folder name of the model; None for ``<dataset>_<method>``,
+      with each character a folder name may not hold as "_"
+      (``tfds_mnist_rlfat_p``).
     epsilon: L-inf radius of the adversarial set; None for the run's.
     step_size: PGD step; None for the run's.
-    data_dir: official binary release folder; None for the run's.
+    data_dir: the run's data folder (``folder`` dataset or official binary
+      release) if it moved; None for the run's.
     tfds_data_dir: tensorflow-datasets folder; None for the run's.
     **options: the remaining arguments of ``export_model``.
 
@@ -253,14 +256,19 @@ def export(model_dir, export_dir, *, which="last", model_name=None,
     errors.UserError: bad arguments, a missing run, checkpoint or data.
     RuntimeError: the reloaded SavedModel disagrees with the Keras model.
   """
-  model, record, checkpoint = runs.restore_model(model_dir, which)
+  model, record, checkpoint = runs.restore_model(
+      model_dir, which, data_dir=data_dir, tfds_data_dir=tfds_data_dir)
   return export_model(
       model, export_dir, dataset=record.dataset,
-      model_name=model_name or f"{record.dataset}_{record.method}",
+      # "tfds:NAME/CONFIG" holds characters no folder name may.
+      model_name=model_name or re.sub(r"[^A-Za-z0-9._-]", "_",
+                                      f"{record.dataset}_{record.method}"),
       epsilon=record.epsilon if epsilon is None else epsilon,
       step_size=record.step_size if step_size is None else step_size,
       data_dir=data_dir or record.data_dir,
       tfds_data_dir=tfds_data_dir or record.tfds_data_dir,
+      image_size=record.image_size,
+      memory_budget=int(record.memory_budget_gib * 2**30),
       val_size=record.val_size,
       source={"model_dir": os.path.abspath(model_dir),
               "checkpoint": checkpoint, "which": which,
@@ -276,7 +284,8 @@ def export_model(model, export_dir, *, dataset, model_name, epsilon,
                  representative_examples=DEFAULT_REPRESENTATIVE_EXAMPLES,
                  eval_examples=DEFAULT_EVAL_EXAMPLES,
                  pgd_steps=DEFAULT_PGD_STEPS, batch_size=DEFAULT_BATCH_SIZE,
-                 seed=0, data_dir=None, tfds_data_dir=None, progress=True,
+                 seed=0, data_dir=None, tfds_data_dir=None, image_size=None,
+                 memory_budget=datasets.MEMORY_BUDGET, progress=True,
                  max_image_pixels=serving.DEFAULT_MAX_IMAGE_PIXELS):
   """Exports any classifier as the next version under ``export_dir``.
 
@@ -306,8 +315,13 @@ def export_model(model, export_dir, *, dataset, model_name, epsilon,
     pgd_steps: PGD steps.
     batch_size: images per batch in the attack and the checks.
     seed: seed of the attack's random starts and of the calibration sample.
-    data_dir: official binary release folder, or None.
+    data_dir: a ``folder`` dataset's folder or a registered one's official
+      binary release folder, or None.
     tfds_data_dir: tensorflow-datasets folder, or None.
+    image_size: side length the dataset's images are resized to (as the
+      model was trained), or None for their own size.
+    memory_budget: bytes over which a split is streamed; only the images
+      the export uses are decoded.
     progress: show a progress bar while the attack runs.
     max_image_pixels: largest width x height the ``serving_bytes`` signature
       decodes (``serving.decode_images``).
@@ -330,18 +344,21 @@ def export_model(model, export_dir, *, dataset, model_name, epsilon,
                            f"folder")
   model_root = os.path.join(export_dir, model_name)
   files.check_writable(model_root, "--export_dir")
-  info = datasets.get(dataset)
+  info = datasets.get(dataset, data_dir=data_dir, tfds_data_dir=tfds_data_dir,
+                      image_size=image_size)
   model = _with_shapes(classifier.wrap(model, input_scale=input_scale), info)
   step_size = epsilon / 4 if step_size is None else step_size
 
   test_images, test_labels = _take(
-      "test split", *datasets.load_split(dataset, "test", data_dir,
-                                         tfds_data_dir),
+      "test split", *datasets.load_split(
+          dataset, "test", data_dir, tfds_data_dir, image_size=image_size,
+          memory_budget=memory_budget),
       eval_examples, "eval_examples")
   representative = None
   if "int8" in tflite_variants:
-    train_images, train_labels = datasets.load_split(dataset, "train",
-                                                     data_dir, tfds_data_dir)
+    train_images, train_labels = datasets.load_split(
+        dataset, "train", data_dir, tfds_data_dir, image_size=image_size,
+        memory_budget=memory_budget)
     # Calibrate on the images the model trained on, never its validation
     # split or the test images it is evaluated on.
     (train_images, _), _ = data.validation_split(
@@ -353,7 +370,8 @@ def export_model(model, export_dir, *, dataset, model_name, epsilon,
           f"{len(train_images)}")
     picked = np.random.default_rng(seed).choice(
         len(train_images), representative_examples, replace=False)
-    representative = train_images[np.sort(picked)].astype(np.float32) / 255.0
+    representative = datasets.in_memory(
+        train_images[np.sort(picked)]).astype(np.float32) / 255.0
 
   spec = pgd.pgd(epsilon, step_size, pgd_steps, bn_mode="eval")
   print(f"crafting the adversarial evaluation set: PGD-{pgd_steps}, eps "
@@ -417,7 +435,8 @@ def _with_shapes(model, info):
 def _export_source(flag_values):
   """Exports the --model of the flags; returns ``(version_path, manifest)``."""
   values = {name: flag_values[name].value for name in (
-      "model", "signature", "dataset", "input_scale")}
+      "model", "signature", "dataset", "data_dir", "tfds_data_dir",
+      "image_size", "input_scale")}
   classifier.refuse_checkpoint_choice(values["model"], flag_values.which)
   if flag_values.epsilon is None:
     raise errors.UserError(
@@ -431,9 +450,10 @@ def _export_source(flag_values):
       input_scale=values["input_scale"],
       source={"model": os.path.abspath(values["model"]),
               "signature": values["signature"],
-              "description": model.description, "dataset": spec.name},
+              "description": model.description, "dataset": spec.name,
+              "image_size": flag_values.image_size},
       data_dir=flag_values.data_dir, tfds_data_dir=flag_values.tfds_data_dir,
-      **_options(flag_values))
+      image_size=flag_values.image_size, **_options(flag_values))
 
 
 def _options(flag_values):
@@ -600,10 +620,6 @@ def define_flags(flag_values=flags.FLAGS):
                        "in the attack and the checks.", lower_bound=1, **fv)
   flags.DEFINE_integer("seed", 0, "Seed of the attack's random starts and of "
                        "the calibration sample.", lower_bound=0, **fv)
-  flags.DEFINE_string("data_dir", None, "Official binary release folder "
-                      "(default: the run's).", **fv)
-  flags.DEFINE_string("tfds_data_dir", None, "tensorflow-datasets folder "
-                      "(default: the run's).", **fv)
   flags.DEFINE_bool("progress", True, "Show a progress bar.", **fv)
   flags.DEFINE_integer("max_image_pixels", serving.DEFAULT_MAX_IMAGE_PIXELS,
                        "Largest width x height the serving_bytes signature "
@@ -631,7 +647,7 @@ def main(flag_values=flags.FLAGS):
   if flag_values.model is None:
     classifier.refuse_source_flags(
         {name: flag_values[name].value
-         for name in ("dataset", "signature", "input_scale")})
+         for name in ("dataset", "signature", "image_size", "input_scale")})
     path, manifest = export(
         flag_values.model_dir, flag_values.export_dir,
         which=flag_values.which, model_name=flag_values.model_name,

@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import attacks
+from rlfat_tf import classifier
 from rlfat_tf import cli
 from rlfat_tf import datasets
 from rlfat_tf import errors
@@ -604,7 +605,7 @@ def sample_images(name, data_dir, count):
       picked.append(index)
     if len(picked) == count:
       break
-  return images[picked]
+  return datasets.in_memory(images[picked])
 
 
 def runs_table(results):
@@ -676,11 +677,14 @@ def define_flags():
                     "written by rlfat_tf.evaluate.")
   flags.DEFINE_string("output_dir", None, "Folder for report.md and the PNG "
                       "figures (created if needed).")
-  flags.DEFINE_enum("sample_images_from", "cifar10_sample", datasets.NAMES,
-                    "Test images of this dataset illustrate RBS in rbs.png.")
+  flags.DEFINE_string("sample_images_from", "cifar10_sample",
+                      f"Test images of this dataset illustrate RBS in "
+                      f"rbs.png: {datasets.NAME_HELP}.")
   flags.DEFINE_string("data_dir", None, "Folder holding the official binary "
-                      "release of --sample_images_from (refused for the "
-                      "embedded cifar10_sample).")
+                      "release of --sample_images_from, or the folder of "
+                      "--sample_images_from=folder (refused for the embedded "
+                      "cifar10_sample).")
+  classifier.register_dataset_validator(flags.FLAGS, "sample_images_from")
   flags.DEFINE_integer("rbs_images", 4, "Images shown in rbs.png, one per "
                        "class (at most the number of classes).",
                        lower_bound=1)

@@ -28,7 +28,7 @@ from rlfat_tf import errors
 from rlfat_tf import files
 from rlfat_tf import models
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RECORD_FILE = "run.json"
 LEGACY_FLAGS_FILE = "flags.json"
 
@@ -38,7 +38,9 @@ _LEGACY_DEFAULTS = {"strategy": "default", "cpu_devices": 1, "tpu": None,
 # The settings each schema version added, with the value every run written
 # before them ran with; an older record is read with these filled in.
 _ADDED = {2: {"train_size": None, "monitor_examples": 0},
-          3: {"model": "wrn", "model_path": None, "model_weights": None}}
+          3: {"model": "wrn", "model_path": None, "model_weights": None},
+          4: {"image_size": None,
+              "memory_budget_gib": datasets.MEMORY_BUDGET / 2**30}}
 _MAY_CHANGE = "may_change_on_resume"
 
 
@@ -59,7 +61,8 @@ class RunRecord:
   A resumed run may change how long it trains (``train_steps``), the learning
   rate and its schedule, how often it validates, checkpoints and logs, how
   many images it monitors, and the hardware and speed settings (strategy,
-  devices, XLA, precision, determinism and where the data is read from).
+  devices, XLA, precision, determinism, where the data is read from and the
+  memory budget over which it streams).
   Every other setting, the model among them, shapes what the checkpoints
   hold and must stay the same (``check_resume``).
 
@@ -70,6 +73,8 @@ class RunRecord:
   dataset: str
   data_dir: str | None = _may_change()
   tfds_data_dir: str | None = _may_change()
+  image_size: int | None
+  memory_budget_gib: float = _may_change()
   val_size: int
   train_size: int | None
   flip: bool
@@ -292,14 +297,61 @@ def architecture(record):
   return models.describe(record.model, model_settings(record))
 
 
-def build_model(record, sync_batch_norm=False):
+def dataset_spec(record, data_dir=None, tfds_data_dir=None):
+  """The ``datasets.DatasetSpec`` of a run's dataset, at its image size.
+
+  Args:
+    record: the run's ``RunRecord``.
+    data_dir, tfds_data_dir: where the data is now, overriding the record's
+      folders; None keeps the record's.
+
+  Raises:
+    errors.UserError: the dataset cannot be read there (a ``folder``
+      dataset is scanned, a ``tfds:`` one read from its builder).
+  """
+  return datasets.get(record.dataset,
+                      data_dir=data_dir or record.data_dir,
+                      tfds_data_dir=tfds_data_dir or record.tfds_data_dir,
+                      image_size=record.image_size)
+
+
+def load_split(record, split, data_dir=None, tfds_data_dir=None):
+  """One split of a run's dataset (``datasets.load_split``), as it trained.
+
+  The images come at the run's ``image_size``, streamed when they exceed
+  its memory budget.
+
+  Args:
+    record: the run's ``RunRecord``.
+    split: "train" or "test".
+    data_dir, tfds_data_dir: where the data is now, overriding the record's
+      folders; None keeps the record's.
+
+  Raises:
+    errors.UserError: see ``datasets.load_split``.
+  """
+  return datasets.load_split(
+      record.dataset, split, data_dir or record.data_dir,
+      tfds_data_dir or record.tfds_data_dir, image_size=record.image_size,
+      memory_budget=int(record.memory_budget_gib * 2**30))
+
+
+def build_model(record, sync_batch_norm=False, data_dir=None,
+                tfds_data_dir=None):
   """The (untrained) model of a run with this ``RunRecord``.
+
+  Args:
+    record: the run's ``RunRecord``.
+    sync_batch_norm: synchronise BatchNorm statistics across replicas.
+    data_dir, tfds_data_dir: where the data is now (``dataset_spec``), which
+      gives a ``folder`` or ``tfds:`` dataset's shape and classes.
 
   Raises:
     errors.UserError: the record describes no model that can be built (an
-      edited record, or a Keras model file gone since training).
+      edited record, a Keras model file gone since training, or data that
+      cannot be read).
   """
-  info = datasets.get(record.dataset)
+  info = dataset_spec(record, data_dir, tfds_data_dir)
   return models.build(record.model, num_classes=info.num_classes,
                       image_shape=info.image_shape,
                       sync_batch_norm=sync_batch_norm,
@@ -454,8 +506,15 @@ def checkpoint_path(model_dir, which="last", required=True):
       f"--model_dir")
 
 
-def restore_model(model_dir, which="last"):
+def restore_model(model_dir, which="last", *, data_dir=None,
+                  tfds_data_dir=None):
   """Rebuilds a run's model and restores its weights.
+
+  Args:
+    model_dir: the run folder.
+    which: "last" or "best" checkpoint.
+    data_dir, tfds_data_dir: where the run's data is now, overriding its
+      record's folders (see ``dataset_spec``).
 
   Returns:
     ``(model, record, checkpoint_path)``: the model, its ``RunRecord`` and
@@ -467,7 +526,7 @@ def restore_model(model_dir, which="last"):
       architecture than the record describes.
   """
   record = load_record(model_dir)
-  model = build_model(record)
+  model = build_model(record, data_dir=data_dir, tfds_data_dir=tfds_data_dir)
   path = checkpoint_path(model_dir, which)
   try:
     status = tf.train.Checkpoint(model=model).restore(path)
@@ -493,3 +552,4 @@ def register_radius_validators(flag_values, names=("epsilon", "step_size")):
         name, lambda v: v is None or 0.0 < v <= 1.0,
         message=f"--{name} must be in (0, 1] (images are in [0, 1]; e.g. "
         f"0.03 for 7.65/255)", flag_values=flag_values)
+

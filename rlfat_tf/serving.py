@@ -2,12 +2,15 @@
 
 Two signatures, both returning the same outputs:
 
-- ``serving_default`` takes ``images``, float32 [batch, H, W, 3] with values in
-  [0, 1] (the model's own input; nothing normalises outside it).
+- ``serving_default`` takes ``images``, float32 [batch, H, W, C] with values in
+  [0, 1] (the model's own input; nothing normalises outside it); C is 3, or
+  1 for a grayscale model (e.g. trained on tfds:mnist).
 - ``serving_bytes`` takes ``image_bytes``, string [batch]: encoded PNG, JPEG,
   GIF, BMP or (still) WebP images, as TensorFlow Serving's REST API passes
-  ``{"b64": ...}`` values. Each image is decoded to 3 channels and, only if its size differs
-  from H x W, resized (bilinear with antialiasing).
+  ``{"b64": ...}`` values. Each image is decoded to the model's C channels
+  (alpha dropped; for C = 1 colour images become their luma, as
+  ``tf.image.rgb_to_grayscale``) and, only if its size differs from H x W,
+  resized (bilinear with antialiasing).
 
 Outputs: ``logits`` float32 [batch, classes], ``probabilities`` (their
 softmax), ``classes`` int64 [batch] (the top-1 index) and ``class_names``
@@ -50,14 +53,18 @@ _SUMMARIZE = 8
 # allowed image stays under 50 MB.
 DEFAULT_MAX_IMAGE_PIXELS = 2048 * 2048
 
+CHANNELS = (1, 3)
 
-def check_images(images, height, width):
+
+def check_images(images, height, width, channels=3):
   """Passes ``images`` through once the graph has checked shape and range.
 
   Args:
-    images: a float32 tensor that should be [batch, height, width, 3] in [0, 1].
+    images: a float32 tensor that should be [batch, height, width, channels]
+      in [0, 1].
     height: expected image height.
     width: expected image width.
+    channels: expected channels.
 
   Returns:
     ``images``, with control dependencies on the checks, which raise
@@ -65,14 +72,14 @@ def check_images(images, height, width):
     or range.
   """
   shape = tf.shape(images)
-  # Padding lets an input of lower rank still compare with [H, W, 3].
+  # Padding lets an input of lower rank still compare with [H, W, C].
   padded = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)
   shape_ok = tf.logical_and(
       tf.equal(tf.size(shape), 4),
-      tf.reduce_all(tf.equal(padded[1:4], [height, width, 3])))
+      tf.reduce_all(tf.equal(padded[1:4], [height, width, channels])))
   shape_check = tf.debugging.Assert(
       shape_ok, [f"{IMAGES_INPUT} must be float32 [batch, {height}, {width}, "
-                 f"3]; got shape", shape], summarize=_SUMMARIZE)
+                 f"{channels}]; got shape", shape], summarize=_SUMMARIZE)
   with tf.control_dependencies([shape_check]):
     finite_check = tf.debugging.Assert(
         tf.reduce_all(tf.math.is_finite(images)),
@@ -206,9 +213,19 @@ def header_pixels(data):
   ], default=lambda: tf.constant(-1, tf.int64), exclusive=True)
 
 
+def _grayscale(image):
+  """A decoded image of 1 to 4 channels as its one luma channel.
+
+  Gray (with or without alpha) is kept exact; RGB (with or without alpha)
+  becomes ``tf.image.rgb_to_grayscale`` of its colours.
+  """
+  return tf.cond(tf.shape(image)[-1] < 3, lambda: image[..., :1],
+                 lambda: tf.image.rgb_to_grayscale(image[..., :3]))
+
+
 def decode_images(image_bytes, height, width,
-                  max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
-  """Decodes encoded images to float32 [batch, height, width, 3] in [0, 1].
+                  max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, channels=3):
+  """Decodes encoded images to float32 [batch, height, width, C] in [0, 1].
 
   Args:
     image_bytes: string [batch] of PNG, JPEG, GIF (first frame), BMP or
@@ -217,6 +234,7 @@ def decode_images(image_bytes, height, width,
     width: output width.
     max_image_pixels: largest width x height decoded; a larger image is
       refused from its header, before any pixel is decoded.
+    channels: C, 3 (alpha dropped, gray replicated) or 1 (``_grayscale``).
 
   Returns:
     The decoded batch; images of another size are resized with bilinear
@@ -235,8 +253,10 @@ def decode_images(image_bytes, height, width,
       data = tf.identity(data)
     image = tf.cond(
         _is_webp(data), lambda: _decode_webp(data),
-        lambda: tf.io.decode_image(data, channels=3, dtype=tf.float32,
-                                   expand_animations=False))
+        lambda: tf.io.decode_image(data, channels=0 if channels == 1 else 3,
+                                   dtype=tf.float32, expand_animations=False))
+    if channels == 1:
+      image = _grayscale(image)
     same_size = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
     # Rounding in the resize can step just outside [0, 1], which the model's
     # input check refuses.
@@ -245,11 +265,12 @@ def decode_images(image_bytes, height, width,
         lambda: tf.clip_by_value(
             tf.image.resize(image, [height, width], antialias=True), 0.0,
             1.0))
-    return tf.ensure_shape(resized, [height, width, 3])
+    return tf.ensure_shape(resized, [height, width, channels])
 
   return tf.map_fn(
       decode, image_bytes,
-      fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
+      fn_output_signature=tf.TensorSpec([height, width, channels],
+                                        tf.float32))
 
 
 class Servable(tf.Module):
@@ -266,16 +287,17 @@ class Servable(tf.Module):
     """Wraps ``model``.
 
     Args:
-      model: a Keras model mapping [batch, H, W, 3] images in [0, 1] to logits.
+      model: a Keras model mapping [batch, H, W, C] images in [0, 1] to
+        logits, C in `CHANNELS`.
       class_names_path: text file of class names, one a line in class order;
         it is copied into the SavedModel's assets.
       max_image_pixels: largest encoded image ``serving_bytes`` decodes.
     """
     super().__init__()
     _, height, width, channels = model.input_shape
-    if channels != 3:
+    if channels not in CHANNELS:
       raise ValueError(f"the model takes {channels} channels; serving "
-                       f"decodes RGB images")
+                       f"decodes grayscale (1) or RGB (3) images")
     self.model_variables = classifier.tf_variables(model)
     self.class_names_file = tf.saved_model.Asset(class_names_path)
     self.class_table = tf.lookup.StaticHashTable(
@@ -303,15 +325,15 @@ class Servable(tf.Module):
               "class_names": self.class_table.lookup(classes)}
 
     def serve_images(images):
-      return outputs(check_images(images, height, width))
+      return outputs(check_images(images, height, width, channels))
 
     def serve_bytes(image_bytes):
       return outputs(decode_images(image_bytes, height, width,
-                                   max_image_pixels))
+                                   max_image_pixels, channels))
 
     self.serve_images = tf.function(
         serve_images, autograph=False, input_signature=[
-            tf.TensorSpec([None, height, width, 3], tf.float32,
+            tf.TensorSpec([None, height, width, channels], tf.float32,
                           name=IMAGES_INPUT)])
     self.serve_bytes = tf.function(
         serve_bytes, autograph=False, input_signature=[
@@ -328,7 +350,8 @@ def save(model, class_names, export_dir,
   """Writes ``model`` as a servable SavedModel.
 
   Args:
-    model: a Keras model mapping [batch, H, W, 3] images in [0, 1] to logits.
+    model: a Keras model mapping [batch, H, W, C] images in [0, 1] to
+      logits, C in `CHANNELS`.
     class_names: the class names, in class-index order.
     export_dir: the SavedModel folder to write (a TF Serving version folder).
     max_image_pixels: largest width x height the bytes signature decodes.

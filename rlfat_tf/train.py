@@ -11,6 +11,11 @@ Examples:
       --model_dir=runs/c10_preact
   python -m rlfat_tf.train --model=keras --model_path=net.keras \
       --model_dir=runs/net
+  # Any tensorflow-datasets image dataset, or a folder of class folders:
+  python -m rlfat_tf.train --dataset=tfds:mnist --model=preact_resnet18 \
+      --model_dir=runs/mnist
+  python -m rlfat_tf.train --dataset=folder --data_dir=pets --image_size=64 \
+      --model_dir=runs/pets
   # All local GPUs, cross-replica BatchNorm, bfloat16 compute:
   python -m rlfat_tf.train --flagfile=flags/cifar10_rlfat_p.cfg \
       --strategy=mirrored --sync_batch_norm --mixed_precision=mixed_bfloat16 \
@@ -44,6 +49,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+from rlfat_tf import classifier
 from rlfat_tf import cli
 from rlfat_tf import data
 from rlfat_tf import datasets
@@ -78,18 +84,15 @@ def define_flags(flag_values=flags.FLAGS):
   """
   fv = {"flag_values": flag_values}
   # Data.
-  flags.DEFINE_enum("dataset", "cifar10_sample", datasets.NAMES,
-                    "Dataset; cifar10_sample is a 4,000/1,000-image CIFAR-10 "
-                    "sample embedded in the package (no download).", **fv)
-  release_folders = ", ".join(f"{spec.release.folder}/" for spec in (
-      datasets.get(name) for name in datasets.NAMES) if spec.release)
-  flags.DEFINE_string("data_dir", None,
-                      f"Folder holding the official binary release "
-                      f"({release_folders}); without it, tensorflow-datasets "
-                      f"loads the dataset.", **fv)
-  flags.DEFINE_string("tfds_data_dir", None,
-                      "tensorflow-datasets data folder (default: its own).",
-                      **fv)
+  classifier.define_dataset_flags(
+      flag_values, __name__, default="cifar10_sample",
+      what="Dataset to train on (cifar10_sample: a 4,000/1,000-image CIFAR-10 "
+      "sample embedded in the package, no download)")
+  flags.DEFINE_float("memory_budget_gib", datasets.MEMORY_BUDGET / 2**30,
+                     "GiB a split's decoded images may take in memory; a "
+                     "larger folder or array_record tensorflow-datasets "
+                     "split is streamed from its files instead.",
+                     lower_bound=1e-9, **fv)
   flags.DEFINE_integer("val_size", 0, "Training examples held out for "
                        "validation and best-checkpoint selection (0: none, as "
                        "in the paper).", lower_bound=0, **fv)
@@ -255,7 +258,17 @@ def resolve_flags(values):
     raise errors.UserError(
         f"--learning_rate={out['learning_rate']} is not a finite number: "
         f"pass e.g. 0.001")
-  defaults = dataclasses.asdict(datasets.get(out["dataset"]).defaults)
+  if out["dataset"] == datasets.FOLDER and out["data_dir"] and (
+      "://" not in out["data_dir"]):
+    # The folder is the data itself: the run resumes, evaluates and exports
+    # from any working directory.
+    out["data_dir"] = os.path.abspath(out["data_dir"])
+  # Reading the spec also checks, before anything runs, that the data is
+  # there: a folder is scanned, a tfds: dataset's builder opened.
+  defaults = dataclasses.asdict(datasets.get(
+      out["dataset"], data_dir=out["data_dir"],
+      tfds_data_dir=out["tfds_data_dir"],
+      image_size=out["image_size"]).defaults)
   if out["model"] != "wrn":
     # The dataset's depth and width are the WideResNet's: no other model
     # records them.
@@ -377,12 +390,10 @@ def build_trainer(model_dir, record, watcher=None):
   keras.utils.set_random_seed(record.seed)
 
   (images, labels), (val_images, val_labels) = training_split(
-      record, *datasets.load_split(record.dataset, "train", record.data_dir,
-                                   record.tfds_data_dir))
+      record, *runs.load_split(record, "train"))
   monitored = {}
   if record.monitor_examples:
-    test_images, test_labels = datasets.load_split(
-        record.dataset, "test", record.data_dir, record.tfds_data_dir)
+    test_images, test_labels = runs.load_split(record, "test")
     for name, split, (x, y) in (
         ("train_subset", "train", (images, labels)),
         ("test_subset", "test", (test_images, test_labels))):

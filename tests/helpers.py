@@ -111,3 +111,29 @@ def colour_data(num, seed=0):
   colours[np.arange(num), labels] += rng.uniform(0.005, 0.08, num)
   images = np.broadcast_to(colours[:, None, None, :], (num, 4, 4, 3)).copy()
   return images, labels
+
+
+def mock_tfds_metadata(root, tfds_name, splits=("train", "test"), count=5,
+                       file_format=None):
+  """Writes the dataset_info.json that ``tfds.testing.mock_data`` reads.
+
+  The mock generates ``num_examples`` records for any split, but reports the
+  split sizes (which ``datasets.get`` needs) only from this file under
+  ``root``, its ``data_dir``.
+
+  Args:
+    root: the mock's data folder.
+    tfds_name: "NAME" or "NAME/CONFIG".
+    splits: the splits to declare.
+    count: the examples declared per split (the mock's ``num_examples``).
+    file_format: e.g. "array_record", to declare a random-access dataset.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  builder = tfds.builder(tfds_name, data_dir=str(root))
+  builder.info.set_splits(tfds.core.SplitDict([
+      tfds.core.SplitInfo(name=s, shard_lengths=[count], num_bytes=0,
+                          filename_template=None) for s in splits]))
+  if file_format:
+    builder.info.as_proto.file_format = file_format
+  os.makedirs(builder.data_dir)
+  builder.info.write_to_directory(builder.data_dir)

@@ -2,6 +2,7 @@
 sample."""
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -19,6 +20,8 @@ from rlfat_tf.datasets import sample
 from rlfat_tf.datasets import stl10
 from rlfat_tf.datasets import streamed
 from rlfat_tf.datasets import tfds_source
+
+import helpers
 
 _REAL_CIFAR10 = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..",
@@ -774,17 +777,28 @@ def test_folder_file_corrupt_past_its_header_is_named_when_loaded(tmp_path):
 # --------------------------------------------- tensorflow-datasets by name
 
 
-def _mock_metadata(root, tfds_name, splits=("train", "test"), count=5,
-                   file_format=None):
-  """Writes the dataset_info.json that mock_data reads split sizes from."""
-  builder = tfds.builder(tfds_name, data_dir=str(root))
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=s, shard_lengths=[count], num_bytes=0,
-                          filename_template=None) for s in splits]))
-  if file_format:
-    builder.info.as_proto.file_format = file_format
-  os.makedirs(builder.data_dir)
-  builder.info.write_to_directory(builder.data_dir)
+def test_write_image_folder_writes_a_dataset_that_reads_back(tmp_path):
+  spec = importlib.util.spec_from_file_location(
+      "write_image_folder",
+      helpers.ROOT / "scripts" / "write_image_folder.py")
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  out = tmp_path / "sample_png"
+  script.write("cifar10_sample", str(out))
+  assert not (tmp_path / "sample_png.partial").exists()
+  assert datasets.get("folder", data_dir=str(out)).class_names == tuple(
+      sorted(sample.CLASS_NAMES))
+  for split in datasets.SPLITS:
+    images, labels = datasets.load_split("cifar10_sample", split)
+    got_images, got_labels = datasets.load_split("folder", split, str(out))
+    # Grouped by class, each class in the split's order: CIFAR-10's class
+    # names are in alphabetical order, so the label ids stay the same.
+    order = np.argsort(labels, kind="stable")
+    np.testing.assert_array_equal(got_labels, labels[order])
+    np.testing.assert_array_equal(got_images, images[order])
+  with pytest.raises(errors.UserError) as excinfo:
+    script.write("cifar10_sample", str(out))
+  _assert_user_error(excinfo, f"--out_dir={out} exists", "new folder")
 
 
 @pytest.mark.parametrize("name, shape, classes", [
@@ -794,7 +808,7 @@ def _mock_metadata(root, tfds_name, splits=("train", "test"), count=5,
 ])
 def test_any_tfds_dataset_by_name(tmp_path, monkeypatch, name, shape,
                                   classes):
-  _mock_metadata(tmp_path, name)
+  helpers.mock_tfds_metadata(tmp_path, name)
   monkeypatch.setattr(tfds_source, "BATCH", 2)
   with tfds.testing.mock_data(num_examples=5, data_dir=str(tmp_path)):
     spec = datasets.get("tfds:" + name)
@@ -815,7 +829,7 @@ def test_any_tfds_dataset_by_name(tmp_path, monkeypatch, name, shape,
 
 
 def test_tfds_images_of_varying_size_need_image_size(tmp_path):
-  _mock_metadata(tmp_path, "oxford_flowers102")
+  helpers.mock_tfds_metadata(tmp_path, "oxford_flowers102")
   with tfds.testing.mock_data(num_examples=3, data_dir=str(tmp_path)):
     with pytest.raises(errors.UserError) as excinfo:
       datasets.get("tfds:oxford_flowers102")
@@ -829,7 +843,7 @@ def test_tfds_images_of_varying_size_need_image_size(tmp_path):
 
 
 def test_tfds_dataset_without_a_test_split_names_its_splits(tmp_path):
-  _mock_metadata(tmp_path, "imagenet_resized/8x8",
+  helpers.mock_tfds_metadata(tmp_path, "imagenet_resized/8x8",
                  splits=("train", "validation"))
   with tfds.testing.mock_data(num_examples=3, data_dir=str(tmp_path)):
     with pytest.raises(errors.UserError) as excinfo:
@@ -861,7 +875,7 @@ def test_tfds_dataset_refuses_data_dir(tmp_path):
 
 
 def test_tfds_split_over_the_budget_needs_array_record(tmp_path):
-  _mock_metadata(tmp_path, "mnist")
+  helpers.mock_tfds_metadata(tmp_path, "mnist")
   with tfds.testing.mock_data(num_examples=5, data_dir=str(tmp_path)):
     with pytest.raises(errors.UserError) as excinfo:
       datasets.load_split("tfds:mnist", "train", memory_budget=1)
@@ -871,7 +885,7 @@ def test_tfds_split_over_the_budget_needs_array_record(tmp_path):
 
 
 def test_tfds_array_record_split_over_the_budget_is_streamed(tmp_path):
-  _mock_metadata(tmp_path, "mnist", file_format="array_record")
+  helpers.mock_tfds_metadata(tmp_path, "mnist", file_format="array_record")
   with tfds.testing.mock_data(num_examples=5, data_dir=str(tmp_path)):
     images, labels = datasets.load_split("tfds:mnist", "train",
                                          memory_budget=1, image_size=14)

@@ -435,6 +435,8 @@ def test_model_flag_errors(pixel_model, tmp_path, argv, message):
     (["--dataset=cifar10"], "--dataset=cifar10 applies to --model"),
     (["--signature=x"], "--signature=x applies to --model"),
     (["--input_scale=255"], "--input_scale=255 applies to --model"),
+    (["--image_size=16"], "--image_size=16 applies to --model; a run's "
+     "image_size comes from its record"),
 ])
 def test_run_refuses_model_flags(run_dir, tmp_path, argv, message):
   flag_values = _parse(f"--model_dir={run_dir}", f"--export_dir={tmp_path}",

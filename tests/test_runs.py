@@ -44,7 +44,8 @@ def test_record_round_trips_through_run_json(record, tmp_path):
   runs.save_record(str(tmp_path), record)
   written = json.loads((tmp_path / runs.RECORD_FILE).read_text())
   assert written["lr_boundaries"] == [4, 5]
-  assert written["schema_version"] == runs.SCHEMA_VERSION == 3
+  assert written["schema_version"] == runs.SCHEMA_VERSION == 4
+  assert (written["image_size"], written["memory_budget_gib"]) == (None, 4.0)
   assert (written["depth"], written["eta"]) == (10, 0.5)
   assert (written["model"], written["model_path"],
           written["model_weights"]) == ("wrn", None, None)
@@ -59,7 +60,7 @@ def test_the_settings_a_resume_may_change_are_the_documented_ones():
       "eval_every", "monitor_examples", "checkpoint_every",
       "keep_checkpoints", "steps_per_loop", "progress", "strategy", "cpu_devices", "tpu", "sync_batch_norm",
       "jit_compile", "mixed_precision", "deterministic", "data_dir",
-      "tfds_data_dir"}
+      "tfds_data_dir", "memory_budget_gib"}
 
 
 @pytest.mark.parametrize("change, message", [
@@ -71,10 +72,12 @@ def test_the_settings_a_resume_may_change_are_the_documented_ones():
      "not a list of integers"),
     (lambda c: c.update(eta="0.5"), "not a number or null"),
     (lambda c: c.update(colour="red"), "unknown setting 'colour'"),
-    (lambda c: c.update(schema_version=4),
-     "has schema_version 4, but this version reads 1 to 3"),
+    (lambda c: c.update(schema_version=5),
+     "has schema_version 5, but this version reads 1 to 4"),
     (lambda c: c.update(schema_version="2"),
-     "has schema_version '2', but this version reads 1 to 3"),
+     "has schema_version '2', but this version reads 1 to 4"),
+    (lambda c: c.update(image_size="32"),
+     "has image_size = '32', not an integer or null"),
     (lambda c: c.update(model=None), "has model = None, not a string"),
 ])
 def test_malformed_run_json_gives_one_line_naming_the_problem(
@@ -102,7 +105,7 @@ def test_a_version_1_record_reads_with_the_full_training_set_unmonitored(
   content = dataclasses.replace(record, train_size=5,
                                 monitor_examples=3).to_json()
   for name in ("train_size", "monitor_examples", "model", "model_path",
-               "model_weights"):
+               "model_weights", "image_size", "memory_budget_gib"):
     del content[name]
   content["schema_version"] = 1
   (tmp_path / runs.RECORD_FILE).write_text(json.dumps(content))
@@ -115,7 +118,8 @@ def test_a_version_1_record_reads_with_the_full_training_set_unmonitored(
 
 def test_a_version_2_record_reads_as_a_wide_resnet(record, tmp_path):
   content = record.to_json()
-  for name in ("model", "model_path", "model_weights"):
+  for name in ("model", "model_path", "model_weights", "image_size",
+               "memory_budget_gib"):
     del content[name]
   content["schema_version"] = 2
   (tmp_path / runs.RECORD_FILE).write_text(json.dumps(content))
@@ -123,6 +127,16 @@ def test_a_version_2_record_reads_as_a_wide_resnet(record, tmp_path):
   assert loaded == record
   assert (loaded.model, loaded.depth, loaded.width) == ("wrn", 10, 1)
   assert runs.architecture(loaded) == "WRN-10-1"
+
+
+def test_a_version_3_record_reads_at_the_images_own_size(record, tmp_path):
+  content = record.to_json()
+  del content["image_size"], content["memory_budget_gib"]
+  content["schema_version"] = 3
+  (tmp_path / runs.RECORD_FILE).write_text(json.dumps(content))
+  loaded = runs.load_record(str(tmp_path))
+  assert loaded == record
+  assert (loaded.image_size, loaded.memory_budget_gib) == (None, 4.0)
 
 
 def test_the_runs_kept_in_the_repository_still_load_and_restore():
@@ -154,7 +168,8 @@ def test_legacy_flags_json_is_converted_on_read(record, tmp_path):
   flags_json = dict(record.to_json(), model_dir="/old/place")
   for name in ("strategy", "cpu_devices", "tpu", "sync_batch_norm",
                "mixed_precision", "schema_version", "train_size",
-               "monitor_examples", "model", "model_path", "model_weights"):
+               "monitor_examples", "model", "model_path", "model_weights",
+               "image_size", "memory_budget_gib"):
     del flags_json[name]
   (tmp_path / runs.LEGACY_FLAGS_FILE).write_text(json.dumps(flags_json))
   loaded = runs.load_record(str(tmp_path))
@@ -188,6 +203,7 @@ def test_a_folder_without_a_checkpoint_is_not_bound_to_its_record(record,
     ({"seed": 1}, "--seed=0, not 1"),
     ({"model": "preact_resnet18", "depth": None, "width": None},
      "--model=wrn, not preact_resnet18"),
+    ({"image_size": 24}, "--image_size=unset, not 24"),
 ])
 def test_resume_refuses_a_changed_setting_by_name(record, tmp_path, change,
                                                   message):
@@ -206,7 +222,8 @@ def test_resume_accepts_every_setting_that_may_change(record, tmp_path):
       lr_decay=0.5, eval_every=7, checkpoint_every=7, keep_checkpoints=9,
       steps_per_loop=1, progress=False, strategy="mirrored", cpu_devices=2,
       sync_batch_norm=True, jit_compile=True, mixed_precision="mixed_bfloat16",
-      deterministic=True, data_dir="/data", tfds_data_dir="/tfds")
+      deterministic=True, data_dir="/data", tfds_data_dir="/tfds",
+      memory_budget_gib=0.5)
   runs.check_resume(str(tmp_path), changed)
 
 

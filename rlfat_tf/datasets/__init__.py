@@ -158,6 +158,31 @@ def check_name(name: str) -> None:
     raise errors.UserError(f"unknown dataset {name!r}; use {NAME_HELP}")
 
 
+def train_defaults(name: str) -> TrainDefaults:
+  """The training defaults of a dataset, read from no data.
+
+  Args:
+    name: one of the forms of `NAME_HELP`.
+
+  Raises:
+    errors.UserError: an unknown name.
+  """
+  check_name(name)
+  return _REGISTRY[name].defaults if name in _REGISTRY else EXTERNAL_DEFAULTS
+
+
+def in_memory(images: np.ndarray | StreamedImages) -> np.ndarray:
+  """The uint8 images of a `load_split` result, decoding streamed ones.
+
+  Commands that need every image of a selection at once (an evaluation's
+  attacks, an export's calibration and evaluation sets) call it on what
+  they selected, which is all that is decoded.
+  """
+  if isinstance(images, StreamedImages):
+    return images.load()
+  return images
+
+
 def get(name: str,
         *,
         data_dir: str | None = None,
