@@ -63,7 +63,8 @@ def _halvings(losses):
   Returns the iterate counts after which the step is halved.
   """
   is_checkpoint, stretch = apgd.schedule(100)
-  progress = apgd.start_progress(tf.constant([losses[0]], tf.float32))
+  progress = apgd.start_progress(tf.constant([losses[0]], tf.float32),
+                                  100)
   halved = []
   for i in range(1, 101):
     progress, halve = apgd.advance(progress, tf.constant([losses[i]],
@@ -98,6 +99,81 @@ def test_condition_two_skips_the_first_checkpoint_and_alternates():
   # the stretch 42..57 has 13 > 12 increases and passes.
   losses[[45, 49, 53]] = 0.0
   assert _halvings(losses) == [41, 70, 87, 99]
+
+
+def _reference_halvings(history, steps, rho=0.75):
+  """The step rule of fra31/auto-attack's ``attack_single_run`` (L-inf), on
+  per-example loss histories [steps + 1, B] (the start, then each iterate),
+  written out as it is there: ``loss_steps`` is a zero-filled [steps, B]
+  array that row i - 1 of receives iterate i's loss, and
+  ``check_oscillation`` reads ``loss_steps[j - c]`` against
+  ``loss_steps[j - c - 1]``, which at the first check reaches row -1.
+
+  Returns the iterate counts after which each example's step is halved.
+  """
+  k = max(int(0.22 * steps), 1)
+  size_decr, n_iter_min = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+  batch = history.shape[1]
+  loss_steps = np.zeros([steps, batch])
+  loss_best = history[0].copy()
+  loss_best_last_check = loss_best.copy()
+  reduced_last_check = np.ones(batch)
+  counter3 = 0
+  halved = [[] for _ in range(batch)]
+  for i in range(steps):
+    loss_steps[i] = history[i + 1]
+    loss_best = np.maximum(loss_best, history[i + 1])
+    counter3 += 1
+    if counter3 == k:
+      t = np.zeros(batch)
+      for c in range(k):
+        t += loss_steps[i - c] > loss_steps[i - c - 1]
+      fl = (t <= k * rho).astype(float)
+      fl = np.maximum(fl, (1.0 - reduced_last_check) *
+                      (loss_best_last_check >= loss_best))
+      reduced_last_check, loss_best_last_check = fl.copy(), loss_best.copy()
+      for b in np.flatnonzero(fl):
+        halved[b].append(i + 1)
+      k = max(k - size_decr, n_iter_min)
+      counter3 = 0
+  return halved
+
+
+def _halvings_of(history, steps):
+  is_checkpoint, stretch = apgd.schedule(steps)
+  progress = apgd.start_progress(tf.constant(history[0], tf.float32), steps)
+  halved = [[] for _ in range(history.shape[1])]
+  for i in range(1, steps + 1):
+    progress, halve = apgd.advance(
+        progress, tf.constant(history[i], tf.float32), is_checkpoint[i],
+        stretch[i], 0.75)
+    for b in np.flatnonzero(halve.numpy()):
+      halved[b].append(i)
+  return halved
+
+
+def test_the_first_iterate_counts_as_in_the_reference():
+  # The targeted DLR loss of an unbroken example is negative: the reference
+  # compares iterate 1 with its zero-filled history row, so never counts it.
+  # Here iterate 1 rises over the start, and iterates 2-22 rise 16 times:
+  # 16 <= 0.75 * 22 halves at the first check in the reference, while
+  # counting iterate 1 against the start would make 17 and not halve.
+  history = np.full([101, 1], -2.0)
+  history[1] = -1.5
+  history[2:18, 0] = -1.4 + 0.01 * np.arange(16)
+  history[18:, 0] = history[17, 0]
+  assert int(np.sum(np.diff(history[1:23, 0]) > 0)) == 16
+  assert _reference_halvings(history, 100)[0][0] == 22
+  assert _halvings_of(history, 100) == _reference_halvings(history, 100)
+  # Random histories of both signs (cross-entropy is positive), long and
+  # short runs, N = 1 among them (its one row is iterate 1's own loss).
+  rng = np.random.default_rng(0)
+  for steps in (1, 2, 5, 20, 100):
+    for sign in (1.0, -1.0):
+      history = sign * np.abs(rng.standard_normal([steps + 1, 64]))
+      history[:, ::2] = np.cumsum(history[:, ::2], axis=0) * 0.1
+      assert _halvings_of(history, steps) == _reference_halvings(
+          history, steps), (steps, sign)
 
 
 def test_start_lies_on_the_sign_normalised_radius():
@@ -244,7 +320,7 @@ def _reference_run(model, spec, images, labels, seeds):
 
   x_cur = x_prev = x_max = pgd.sphere_start(images, seeds, eps)
   f, g_cur, wrong = evaluate(x_cur)
-  g_max, progress = g_cur, apgd.start_progress(f)
+  g_max, progress = g_cur, apgd.start_progress(f, spec.steps)
   first = np.where(wrong, 0, -1)
   first_adv = x_cur.numpy()
   eta = tf.fill(tf.shape(labels), 2.0 * eps)

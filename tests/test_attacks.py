@@ -1,6 +1,7 @@
 """Tests of the attack registry and of the interface every attack implements
 (``attacks.base``)."""
 
+import dataclasses
 import json
 
 import keras
@@ -128,10 +129,11 @@ def test_autoattack_is_its_standard_components_in_order_with_one_run_each():
                                                         "AutoAttack")
   stages = autoattack.stages()
   assert [s.name for s in stages] == ["apgd_ce", "apgd_t", "fab_t", "square"]
-  # Each component as it runs on its own, but once: --restarts is ignored.
-  for stage in stages:
+  # Each component as it runs on its own, but once: --restarts is ignored;
+  # each draws its starts from the stream of its place (base.Attack.stage).
+  for place, stage in enumerate(stages):
     alone = attacks.build(stage.name, {**standard, "restarts": 1})
-    assert stage == alone
+    assert stage == dataclasses.replace(alone, stage=place)
   settings = json.loads(json.dumps(autoattack.settings()))
   assert settings["components"] == ["apgd_ce", "apgd_t", "fab_t", "square"]
   assert settings["apgd_ce"] == {"steps": 100, "loss": "ce", "restarts": 1,
@@ -145,3 +147,56 @@ def test_autoattack_is_its_standard_components_in_order_with_one_run_each():
                                 "rescale_schedule": False, "restarts": 1}
   for stage in stages:
     assert stage.spec.epsilon == 8 / 255
+
+
+def _starts(attack, images, labels, seeds):
+  """Every perturbed input ``attack_batch`` gives the model, deduplicated.
+
+  The model's logits do not depend on its input (its gradient is zero), so
+  no example is ever broken and every iterate stays at its run's start:
+  the distinct inputs are the distinct starts.
+  """
+  seen = []
+  logits = tf.one_hot(labels, 10) * 5.0
+
+  def model(x, training=False):
+    del training
+    seen.append(x.numpy())
+    return logits[:tf.shape(x)[0]] + 0.0 * tf.reduce_sum(x, [1, 2, 3])[:, None]
+
+  attacks.attack_batch(model, attack, images, labels, seeds)
+  clean = images.numpy()
+  return {x.tobytes(): x for x in seen
+          if x.shape == clean.shape and not np.array_equal(x, clean)}
+
+
+def test_each_autoattack_stage_starts_afresh():
+  # The reference draws every start from one generator, so APGD-T's first
+  # target does not start where APGD-CE did.
+  images = tf.fill([2, 4, 4, 3], 0.5)
+  labels = tf.constant([0, 1], tf.int32)
+  seeds = tf.constant([[3, 0], [3, 1]], tf.int64)
+  values = {**attacks.default_values(), "epsilon": EPS, "step_size": 0.0075,
+            "apgd_steps": 1, "apgd_targets": 1}
+  ce, targeted = attacks.build("autoattack", values).stages()[:2]
+  (ce_start,) = _starts(ce, images, labels, seeds).values()
+  (t_start,) = _starts(targeted, images, labels, seeds).values()
+  assert np.abs(ce_start - t_start).max() > 0.01
+  # Stage 0 starts where APGD-CE alone does; the stage's own stream is one
+  # function of each example's seed.
+  alone = attacks.build("apgd_ce", {**values, "restarts": 1})
+  (alone_start,) = _starts(alone, images, labels, seeds).values()
+  np.testing.assert_array_equal(ce_start, alone_start)
+  (second,) = _starts(targeted, images[1:], labels[1:], seeds[1:]).values()
+  np.testing.assert_array_equal(second, t_start[1:])
+
+
+def test_every_apgd_t_target_and_restart_starts_afresh():
+  # Folding the target index like a restart index gave target 1 of restart
+  # 0 the start of target 0 of restart 1.
+  images = tf.fill([1, 4, 4, 3], 0.5)
+  values = {**attacks.default_values(), "epsilon": EPS, "step_size": 0.0075,
+            "apgd_steps": 1, "apgd_targets": 3, "restarts": 3}
+  starts = _starts(attacks.build("apgd_t", values), images,
+                   tf.constant([0], tf.int32), tf.constant([[3, 0]], tf.int64))
+  assert len(starts) == 9

@@ -182,8 +182,9 @@ def attack_batch(model, attack, images, labels, seeds):
     attack: a ``base.Attack``.
     images: [B, H, W, C] clean images in [0, 1].
     labels: int [B] true labels.
-    seeds: int64 [B, 2] per-example seeds; restart r uses
-      ``pgd.restart_seeds(seeds, r)``.
+    seeds: int64 [B, 2] per-example seeds; restart r of stage s uses
+      ``pgd.restart_seeds(pgd.stream_seeds(seeds, pgd.STAGE_STREAM, s), r)``
+      (``base.Attack.stage``).
 
   Returns:
     [B, H, W, C]: per example, the clean image if it is misclassified, else
@@ -192,6 +193,7 @@ def attack_batch(model, attack, images, labels, seeds):
   """
   broken = tf.not_equal(_predictions(model, images, labels), labels)
   best = images
+  seeds = pgd.stream_seeds(seeds, pgd.STAGE_STREAM, attack.stage)
   for restart in tf.range(attack.restarts):
 
     def run(best, broken, restart=restart):

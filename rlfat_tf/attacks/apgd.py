@@ -136,7 +136,8 @@ class Progress(NamedTuple):
 
   Attributes:
     last: loss of the latest iterate; a restart from the best point does not
-      replace it, so the next increase is counted against it.
+      replace it, so the next increase is counted against it (at the start,
+      see ``start_progress``).
     best: the highest loss so far.
     increases: how often the loss rose since the last checkpoint.
     halved: whether the step was halved at the last checkpoint.
@@ -149,15 +150,27 @@ class Progress(NamedTuple):
   best_then: tf.Tensor
 
 
-def start_progress(loss):
+def start_progress(loss, steps):
   """The bookkeeping at the random start, whose loss is ``loss``.
 
   ``halved`` starts true, as the reference's ``reduced_last_check = 1``, so
   condition 2 cannot fire at the first checkpoint. The first iterate's loss
-  is compared with the start's, as in the paper; the reference compares it
-  with a not yet written (zero) slot of its loss history.
+  is compared, as in the reference, with the slot of its loss history
+  (``loss_steps``) that its oscillation check reads then: the zero-filled
+  last row, not yet written, when there are several iterations, so it counts
+  as an increase exactly when it is positive (always for cross-entropy, never
+  for the targeted DLR loss of an unbroken example); with one iteration that
+  row is the first iterate's own loss, never an increase. The paper compares
+  it with the start's loss instead.
+
+  Args:
+    loss: [B] loss of the start.
+    steps: the run's iterations N.
   """
-  return Progress(last=loss, best=loss, increases=tf.zeros_like(loss),
+  first_against = tf.zeros_like(loss) if steps > 1 else tf.fill(
+      tf.shape(loss), tf.constant(np.inf, loss.dtype))
+  return Progress(last=first_against, best=loss,
+                  increases=tf.zeros_like(loss),
                   halved=tf.ones_like(loss, tf.bool), best_then=loss)
 
 
@@ -273,7 +286,7 @@ def _run(model, spec, images, labels, seeds, targets):
   state = _keep(_Iterating(
       rows=tf.range(tf.shape(labels)[0]), images=images, labels=labels,
       targets=targets, x_prev=x0, x_cur=x0, g_cur=g0, x_max=x0, g_max=g0,
-      eta=eta, progress=start_progress(f0)), tf.logical_not(found))
+      eta=eta, progress=start_progress(f0, spec.steps)), tf.logical_not(found))
 
   for i in tf.range(spec.steps):
     # The model cannot run on an empty batch (convolutions fail on it).
@@ -339,7 +352,8 @@ def _targeted(model, spec, images, labels, seeds):
       pick = lambda t: tf.gather_nd(t, todo)
       x, f_max, found = _run(
           model, spec, pick(images), pick(labels),
-          pick(pgd.restart_seeds(seeds, j)), pick(ranked[:, j + 1]))
+          pick(pgd.stream_seeds(seeds, pgd.TARGET_STREAM, j)),
+          pick(ranked[:, j + 1]))
       # Unbroken examples keep the highest-loss point over all targets.
       kept = pgd.select(found | (f_max > pick(best)), x, pick(adv))
       return (tf.tensor_scatter_nd_update(adv, todo, kept),
@@ -364,7 +378,8 @@ def perturb(model, spec, images, labels, seeds):
     images: [B, H, W, C] clean images in [0, 1].
     labels: int [B] true labels.
     seeds: int64 [B, 2] per-example seeds of the random start; APGD-T's
-      j-th target uses ``pgd.restart_seeds(seeds, j)``.
+      j-th target uses ``pgd.stream_seeds(seeds, pgd.TARGET_STREAM, j)``,
+      a fresh start for each target, as the reference draws.
 
   Returns:
     [B, H, W, C] adversarial examples within ``spec.epsilon`` of ``images``

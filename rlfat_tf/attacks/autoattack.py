@@ -17,7 +17,9 @@ Here the components are the registered attacks ``apgd_ce``, ``apgd_t``,
 their own (``--apgd_steps``, ``--apgd_targets``, ``--fab_steps``,
 ``--fab_targets``, ``--square_queries``, ``--square_p_init``; the defaults
 are the standard ones) but with one run each, whatever the evaluation's
-``--restarts``. ``robustness`` runs them as the reference does: over the
+``--restarts``, and each from its own random starts (``base.Attack.stage``:
+the reference draws every start afresh from one generator, so APGD-T's first
+target does not start where APGD-CE did). ``robustness`` runs them as the reference does: over the
 whole set, component after component, each on the points still robust
 gathered into full batches, and reports the robust accuracy after each.
 """
@@ -70,4 +72,5 @@ def options(build: Callable[[str, dict], base.Attack]):
     that builds the components of ``COMPONENTS``, each with one run.
   """
   return lambda values: {"components": tuple(
-      build(name, {**values, "restarts": 1}) for name in COMPONENTS)}
+      dataclasses.replace(build(name, {**values, "restarts": 1}), stage=s)
+      for s, name in enumerate(COMPONENTS))}

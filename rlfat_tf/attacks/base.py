@@ -50,6 +50,10 @@ class Attack(abc.ABC):
       if it survives all of them.
     examples: the attack runs on the first this-many images of a set (None:
       all of them), for attacks too slow to run on every image.
+    stage: its place in a composite attack (0 on its own): stage s > 0 draws
+      its starts from ``pgd.stream_seeds(seeds, pgd.STAGE_STREAM, s)``, so
+      each stage of AutoAttack starts afresh, as the reference's do, while
+      stage 0 draws what the attack run alone draws.
   """
   kind = None  # "white_box" or "black_box", set by each subclass.
   name: str
@@ -57,6 +61,7 @@ class Attack(abc.ABC):
   spec: Any
   restarts: int = 1
   examples: int | None = None
+  stage: int = 0
 
   def __post_init__(self):
     if self.restarts < 1:

@@ -112,6 +112,40 @@ def restart_seeds(seeds, restart):
   return tf.where(restart > 0, folded, seeds)
 
 
+# The streams of ``stream_seeds``; each folds its own constant first, so no
+# stream's seeds equal a restart's (``restart_seeds``) or another stream's.
+STAGE_STREAM = 0x5354  # the stages of a composite attack (AutoAttack)
+TARGET_STREAM = 0x5447  # the targets of APGD-T
+
+
+def stream_seeds(seeds, stream, index):
+  """Per-example seeds of member ``index`` of a stream of random starts.
+
+  Member 0 keeps the seeds as given; member i > 0 folds the stream's
+  constant, then i, into each example's seed, so the members start
+  independently of each other, of the restarts and of the other stream, as
+  the reference's attacks, which draw each start afresh from one generator,
+  do.
+
+  Args:
+    seeds: int64 [B, 2] per-example seeds.
+    stream: ``STAGE_STREAM`` or ``TARGET_STREAM``.
+    index: scalar int (Python or tensor), the member.
+
+  Returns:
+    int64 [B, 2] seeds.
+  """
+  index = tf.cast(index, tf.int32)
+
+  def fold(s):
+    s = tf.random.experimental.stateless_fold_in(s, stream)
+    return tf.cast(tf.random.experimental.stateless_fold_in(s, index),
+                   tf.int64)
+
+  folded = tf.map_fn(fold, seeds, fn_output_signature=tf.int64)
+  return tf.where(index > 0, folded, seeds)
+
+
 def select(mask, a, b):
   """Per example, ``a`` where ``mask`` holds, else ``b``.
 
