@@ -58,6 +58,7 @@ from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import files
 from rlfat_tf import integrity
+from rlfat_tf import progress
 from rlfat_tf import results
 from rlfat_tf import robustness
 from rlfat_tf import runs
@@ -163,7 +164,7 @@ def define_flags(flag_values=FLAGS):
                        "seconds without a new checkpoint.", lower_bound=1,
                        **fv)
 
-  flags.DEFINE_bool("progress", True, "Show progress bars.", **fv)
+  flags.DEFINE_bool("progress", None, progress.FLAG_HELP, **fv)
 
   runs.register_radius_validators(flag_values)
   flags.register_validator(
@@ -325,7 +326,7 @@ def run(values):
     errors.UserError: bad input.
   """
   start = time.perf_counter()
-  verbose = int(values["progress"])
+  verbose = progress.from_flag(values["progress"])
   model_dir, which, split = (values["model_dir"], values["which"],
                              values["split"])
   brightness = tuple(float(v) for v in values["brightness"])
@@ -463,7 +464,7 @@ def watch(values):
     errors.UserError: the run has no validation split, or no record after
       --watch_timeout seconds.
   """
-  verbose = int(values["progress"])
+  verbose = progress.from_flag(values["progress"])
   model_dir = values["model_dir"]
   folder = os.path.join(model_dir, "checkpoints")
   # Training writes its record with its first checkpoint, so a sidecar

@@ -56,6 +56,7 @@ from rlfat_tf import datasets
 from rlfat_tf import edge_eval
 from rlfat_tf import errors
 from rlfat_tf import files
+from rlfat_tf import progress as progress_lib
 from rlfat_tf import runs
 from rlfat_tf import serving
 from rlfat_tf import tflite
@@ -175,7 +176,8 @@ def adversarial_set(model, images, labels, spec, batch_size, seed,
     spec: a ``pgd.AttackSpec``.
     batch_size: images per attack batch.
     seed: seed of the per-example random starts.
-    progress: show a progress bar.
+    progress: how progress is shown, a ``progress.Mode`` (True: a bar on a
+      terminal, plain lines otherwise; False: nothing).
 
   Returns:
     ``(adv_images, clean_logits, adv_logits)`` as float32 numpy arrays.
@@ -190,8 +192,8 @@ def adversarial_set(model, images, labels, spec, batch_size, seed,
 
   dataset = data.eval_dataset(images, labels, batch_size=batch_size,
                               seed=seed)
-  bar = keras.utils.Progbar(len(images), verbose=int(progress),
-                            unit_name="image")
+  bar = progress_lib.progbar(len(images), verbose=progress,
+                             unit_name="image")
   parts = []
   for batch in dataset:
     parts.append([t.numpy() for t in attack(batch)])
@@ -322,7 +324,8 @@ def export_model(model, export_dir, *, dataset, model_name, epsilon,
       model was trained), or None for their own size.
     memory_budget: bytes over which a split is streamed; only the images
       the export uses are decoded.
-    progress: show a progress bar while the attack runs.
+    progress: how the attack's progress is shown, a ``progress.Mode``
+      (True: a bar on a terminal, plain lines otherwise; False: nothing).
     max_image_pixels: largest width x height the ``serving_bytes`` signature
       decodes (``serving.decode_images``).
 
@@ -464,7 +467,7 @@ def _options(flag_values):
           "eval_examples": flag_values.eval_examples,
           "pgd_steps": flag_values.pgd_steps,
           "batch_size": flag_values.batch_size, "seed": flag_values.seed,
-          "progress": flag_values.progress,
+          "progress": progress_lib.from_flag(flag_values.progress),
           "max_image_pixels": flag_values.max_image_pixels}
 
 
@@ -620,7 +623,7 @@ def define_flags(flag_values=flags.FLAGS):
                        "in the attack and the checks.", lower_bound=1, **fv)
   flags.DEFINE_integer("seed", 0, "Seed of the attack's random starts and of "
                        "the calibration sample.", lower_bound=0, **fv)
-  flags.DEFINE_bool("progress", True, "Show a progress bar.", **fv)
+  flags.DEFINE_bool("progress", None, progress_lib.FLAG_HELP, **fv)
   flags.DEFINE_integer("max_image_pixels", serving.DEFAULT_MAX_IMAGE_PIXELS,
                        "Largest width x height the serving_bytes signature "
                        "decodes; larger images are refused from their header.",

@@ -56,6 +56,7 @@ from rlfat_tf import attacks
 from rlfat_tf import data
 from rlfat_tf import errors
 from rlfat_tf import integrity
+from rlfat_tf import progress
 from rlfat_tf.attacks import losses
 from rlfat_tf.attacks import pgd
 
@@ -182,9 +183,8 @@ def run_attack(model, attack, images, labels, *, batch_size, seed=0,
     out["adversarial"] = as_float(images)
   keys = [k for k in out if k != "attacked"]
   parts = {k: [] for k in keys}
-  progbar = keras.utils.Progbar(len(index), verbose=verbose,
-                                unit_name="image",
-                                stateful_metrics=["robust"])
+  progbar = progress.progbar(len(index), verbose=verbose, unit_name="image",
+                             stateful_metrics=["robust"])
   done, survived = 0, 0
   if len(index):
     run = _compiled(model, attack, images.shape[1:])

@@ -108,7 +108,11 @@ class RunRecord:
   monitor_examples: int = _may_change()
   seed: int
   deterministic: bool = _may_change()
-  progress: bool = _may_change()
+  # None: neither --progress nor --noprogress (``progress.from_flag``). Older
+  # records hold true or false and read as before; code older than this
+  # default refuses a null here, and only a resume with such code would
+  # meet one, so the schema version stays.
+  progress: bool | None = _may_change()
   strategy: str = _may_change()
   cpu_devices: int = _may_change()
   tpu: str | None = _may_change()

@@ -20,13 +20,13 @@ report can place several models' maps of the same images side by side.
 
 import io
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import data
 from rlfat_tf import errors
 from rlfat_tf import files
+from rlfat_tf import progress
 
 
 def smoothgrad(model, images, labels, noise_level=0.1, samples=50, seed=0,
@@ -45,7 +45,8 @@ def smoothgrad(model, images, labels, noise_level=0.1, samples=50, seed=0,
     samples: noisy copies averaged per image.
     seed: integer seed of the noise.
     batch_size: images per gradient computation.
-    verbose: 1 shows a progress bar over batches, 0 is silent.
+    verbose: how progress over batches is shown, a ``progress.Mode``
+      (1: a bar on a terminal, plain lines otherwise; 2: the bar; 0: none).
 
   Returns:
     float32 [K, H, W]: per image, the channel sum of the absolute averaged
@@ -83,8 +84,7 @@ def smoothgrad(model, images, labels, noise_level=0.1, samples=50, seed=0,
     return tf.reduce_sum(tf.abs(total / samples), axis=-1)
 
   num_batches = -(-len(images) // batch_size)
-  progbar = keras.utils.Progbar(num_batches, verbose=verbose,
-                                unit_name="batch")
+  progbar = progress.progbar(num_batches, verbose=verbose, unit_name="batch")
   maps = []
   for batch in dataset:
     maps.append(batch_maps(batch["image"], batch["label"], batch["seed"]))

@@ -20,11 +20,11 @@ a uniform start and BatchNorm in eval mode. ``attacked_inputs`` makes those
 images; ``loss_sensitivity`` measures whatever images it is given.
 """
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import data
+from rlfat_tf import progress
 from rlfat_tf.attacks import losses
 from rlfat_tf.attacks import pgd
 
@@ -77,7 +77,8 @@ def attacked_inputs(model, images, labels, spec, *, batch_size, seed=0,
       k, "eval")``).
     batch_size: images per compiled call.
     seed: seed of the per-example random starts (``data.eval_dataset``).
-    verbose: 1 shows a progress bar over batches, 0 is silent.
+    verbose: how progress over batches is shown, a ``progress.Mode``
+      (1: a bar on a terminal, plain lines otherwise; 2: the bar; 0: none).
 
   Returns:
     float32 [N, H, W, 3] adversarial examples.
@@ -88,8 +89,8 @@ def attacked_inputs(model, images, labels, spec, *, batch_size, seed=0,
   attack = tf.function(
       lambda x, y, s: pgd.perturb(model, spec, x, y, s),
       input_signature=[spec_of["image"], spec_of["label"], spec_of["seed"]])
-  progbar = keras.utils.Progbar(-(-len(images) // batch_size),
-                                verbose=verbose, unit_name="batch")
+  progbar = progress.progbar(-(-len(images) // batch_size), verbose=verbose,
+                             unit_name="batch")
   out = []
   for batch in dataset:
     out.append(attack(batch["image"], batch["label"], batch["seed"]).numpy())
@@ -125,7 +126,8 @@ def loss_sensitivity(  # pylint: disable=redefined-outer-name
     brightness: brightness deltas, one setting each.
     gamma: gamma exponents, one setting each.
     batch_size: images per gradient computation.
-    verbose: 1 shows a progress bar over batches, 0 is silent.
+    verbose: how progress over batches is shown, a ``progress.Mode``
+      (1: a bar on a terminal, plain lines otherwise; 2: the bar; 0: none).
 
   Returns:
     Dict mapping ``sensitivity/brightness_<v>`` and ``sensitivity/gamma_<v>``
@@ -156,8 +158,7 @@ def loss_sensitivity(  # pylint: disable=redefined-outer-name
 
   totals = np.zeros(len(transforms), np.float64)
   num_batches = -(-len(images) // batch_size)
-  progbar = keras.utils.Progbar(num_batches, verbose=verbose,
-                                unit_name="batch")
+  progbar = progress.progbar(num_batches, verbose=verbose, unit_name="batch")
   for batch in dataset:
     totals += gradient_norm_sums(batch["image"], batch["label"]).numpy()
     progbar.add(1)

@@ -54,6 +54,7 @@ from rlfat_tf import evaluate
 from rlfat_tf import figures
 from rlfat_tf import files
 from rlfat_tf import methods
+from rlfat_tf import progress
 from rlfat_tf import runs
 from rlfat_tf import train
 from rlfat_tf.trainer import actions
@@ -114,7 +115,7 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_bool("eval_checks", False, "Run the integrity checks in every "
                     "evaluation (slower; a failure is recorded in "
                     "study.json).", **fv)
-  flags.DEFINE_bool("progress", True, "Show progress bars.", **fv)
+  flags.DEFINE_bool("progress", None, progress.FLAG_HELP, **fv)
   flags.mark_flags_as_required(["study_dir", "train_flagfile"], **fv)
   flags.register_validator(
       "methods", lambda v: bool(v) and set(v) <= set(methods.METHODS)
@@ -188,7 +189,7 @@ def run_record(values, cell):
   # does not shape.
   argv = ["train", f"--flagfile={path}", f"--method={cell.method}",
           f"--seed={cell.seed}", "--model_dir=unused",
-          "--progress" if values["progress"] else "--noprogress"]
+          *progress.flag_argv(values["progress"])]
   if cell.train_size is not None:
     argv.append(f"--train_size={cell.train_size}")
   try:
@@ -214,7 +215,7 @@ def _eval_values(values, model_dir, which, output):
           f"--batch_size={settings['batch_size']}",
           "--checks" if settings["checks"] else "--nochecks",
           "--brightness=", "--gamma=", "--salience_images=0",
-          "--progress" if values["progress"] else "--noprogress"]
+          *progress.flag_argv(values["progress"])]
   if settings["num_examples"] is not None:
     argv.append(f"--num_examples={settings['num_examples']}")
   try:

@@ -58,6 +58,7 @@ from rlfat_tf import files
 from rlfat_tf import models
 from rlfat_tf import methods
 from rlfat_tf import preemption
+from rlfat_tf import progress
 from rlfat_tf import runlock
 from rlfat_tf import runs
 from rlfat_tf import strategies
@@ -189,7 +190,7 @@ def define_flags(flag_values=flags.FLAGS):
                        **fv)
   flags.DEFINE_bool("deterministic", False, "Turn on TensorFlow op determinism "
                     "(bit-exact reruns and resumes on CPU; slower).", **fv)
-  flags.DEFINE_bool("progress", True, "Show a progress bar.", **fv)
+  flags.DEFINE_bool("progress", None, progress.FLAG_HELP, **fv)
 
   # Devices and speed.
   flags.DEFINE_enum("strategy", "default", strategies.NAMES,
@@ -426,7 +427,7 @@ def build_trainer(model_dir, record, watcher=None):
                     else None),
       monitor_input_fns={name: eval_input_fn(*split)
                          for name, split in monitored.items()},
-      verbose=int(record.progress),
+      verbose=progress.from_flag(record.progress),
       before_first_save=lambda: runs.save_record(model_dir, record),
       **({"stop_requested": lambda: preemption.any_requested(
           strategy, watcher.requested)} if watcher else {}))
@@ -437,13 +438,16 @@ def run(model_dir, record):
 
   The chief holds the run folder's lock (``runlock``) from before it reads
   the folder to resume until training ends, so a second trainer on the same
-  folder is refused. SIGTERM saves a checkpoint at the next loop boundary.
+  folder is refused. SIGTERM or Ctrl-C (SIGINT) saves a checkpoint at the
+  next loop boundary; a second Ctrl-C ends the process at once
+  (``preemption``).
 
   Raises:
     errors.UserError: bad input; an unwritable --model_dir; a folder another
       trainer holds; no intact checkpoint to resume; running out of memory
       (named by --batch_size) or of disk space (named by the file).
-    preemption.Stopped: SIGTERM stopped training after a checkpoint.
+    preemption.Stopped: SIGTERM or SIGINT stopped training after a
+      checkpoint.
   """
   files.check_writable(model_dir, "--model_dir")
   with preemption.PreemptionWatcher() as watcher:

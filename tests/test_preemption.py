@@ -1,22 +1,31 @@
-"""Tests of graceful stops on SIGTERM and of the cluster-wide stop vote."""
+"""Tests of graceful stops on SIGTERM and Ctrl-C, and of the cluster-wide
+stop vote."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import tensorflow as tf
 
 from rlfat_tf import preemption
+from rlfat_tf import runs
 
 import helpers
 from helpers import ENV
 from helpers import ROOT
+from helpers import SMOKE
 
 TIMEOUT = 240
 FIRST = "received SIGTERM: saving a checkpoint at the next step boundary\n"
+FIRST_SIGINT = ("received SIGINT: saving a checkpoint at the next step "
+                "boundary (SIGINT again stops at once and keeps the previous "
+                "one)")
+ABORT = ("received SIGINT again: stopping at once, without saving; run the "
+         "same command again to resume from the last checkpoint")
 
 
 def _run(script, **env):
@@ -25,14 +34,24 @@ def _run(script, **env):
                         env=dict(ENV, **env))
 
 
+def _counting_handler(signum):
+  """Installs a Python handler of ``signum`` that counts its calls."""
+  calls = []
+  previous = signal.signal(signum, lambda signum, frame: calls.append(signum))
+  yield calls
+  signal.signal(signum, previous)
+
+
 @pytest.fixture(name="sentinel")
 def _sentinel():
   """A Python SIGTERM handler installed around the test, counting calls."""
-  calls = []
-  previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(
-      signum))
-  yield calls
-  signal.signal(signal.SIGTERM, previous)
+  yield from _counting_handler(signal.SIGTERM)
+
+
+@pytest.fixture(name="interrupt_sentinel")
+def _interrupt_sentinel():
+  """The same for SIGINT, so that a stray one cannot end the test session."""
+  yield from _counting_handler(signal.SIGINT)
 
 
 def test_sigterm_sets_requested_and_the_handler_comes_back(sentinel, capfd):
@@ -99,6 +118,45 @@ def test_outside_the_watcher_sigterm_ends_the_process():
   assert result.stderr.endswith(FIRST)
 
 
+def test_sigint_sets_requested_and_says_a_second_one_stops_at_once(
+    interrupt_sentinel, capfd):
+  before = signal.getsignal(signal.SIGINT)
+  with preemption.PreemptionWatcher() as watcher:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert watcher.received == signal.SIGINT
+  assert capfd.readouterr().err == FIRST_SIGINT + "\n"
+  assert interrupt_sentinel == []
+  assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_second_sigint_ends_the_process_at_once_with_130():
+  # The main thread sleeps in C, as it does in a compiled loop: the abort
+  # may not wait for it.
+  result = _run(
+      "import os, signal, time\n"
+      "from rlfat_tf import preemption\n"
+      "with preemption.PreemptionWatcher():\n"
+      "  os.kill(os.getpid(), signal.SIGINT)\n"
+      "  os.kill(os.getpid(), signal.SIGINT)\n"
+      "  time.sleep(600)\n"
+      "print('survived', flush=True)\n")
+  assert result.returncode == 130, result.stderr
+  assert result.stdout == ""
+  assert result.stderr.endswith(f"{FIRST_SIGINT}\n{ABORT}\n")
+
+
+def test_a_sigterm_during_a_stop_on_sigint_changes_nothing(
+    interrupt_sentinel, sentinel, capfd):
+  with preemption.PreemptionWatcher() as watcher:
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+  assert watcher.received == signal.SIGINT
+  assert capfd.readouterr().err == (
+      f"{FIRST_SIGINT}\nreceived SIGTERM again: the checkpoint is still being "
+      f"saved (SIGKILL stops at once and keeps the previous one)\n")
+  assert interrupt_sentinel == sentinel == []
+
+
 def test_stopped_carries_the_signal_status_and_one_line():
   error = preemption.Stopped(signal.SIGTERM, 350, "runs/x/checkpoints/ckpt-350")
   assert error.status == 143
@@ -107,6 +165,92 @@ def test_stopped_carries_the_signal_status_and_one_line():
       "runs/x/checkpoints/ckpt-350 saved: run the same command again to "
       "resume")
   assert preemption.Stopped(signal.SIGUSR1, 1, "c").status == 138
+  assert preemption.Stopped(signal.SIGINT, 1, "c").status == 130
+
+
+def _start_training(*argv):
+  return subprocess.Popen(
+      [sys.executable, "-m", "rlfat_tf.train", *argv], env=ENV, cwd=ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _read_until(stream, text):
+  """Reads ``stream`` line by line up to one that contains ``text``."""
+  seen = []
+  while text not in (line := stream.readline()):
+    assert line, f"no line with {text!r} in:\n{''.join(seen)}"
+    seen.append(line)
+  return seen + [line]
+
+
+def _reported(err):
+  """The lines of stderr that a stop or an error writes."""
+  return [line for line in err.splitlines()
+          if line.startswith(("received", "stopped", "error:", "Traceback"))]
+
+
+def test_ctrl_c_saves_a_checkpoint_exits_130_and_the_same_command_resumes(
+    run_copy):
+  # The smoke run resumed from step 6, stopping after every step: Ctrl-C
+  # while its first loop is traced stops it at the next boundary.
+  command = [f"--flagfile={SMOKE}", f"--model_dir={run_copy}",
+             "--train_steps=12", "--steps_per_loop=1", "--noprogress"]
+  proc = _start_training(*command)
+  try:
+    _read_until(proc.stdout, "resuming from")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=TIMEOUT)
+  finally:
+    proc.kill()
+  assert proc.returncode == 130, err
+  stopped = _reported(err)[-1]
+  step = int(stopped.split()[3])
+  assert 6 < step < 12, out
+  checkpoint = str(run_copy / "checkpoints" / f"ckpt-{step}")
+  assert _reported(err) == [
+      FIRST_SIGINT,
+      f"stopped at step {step} on SIGINT, with the checkpoint {checkpoint} "
+      f"saved: run the same command again to resume"]
+  assert runs.checkpoint_path(str(run_copy)) == checkpoint
+  assert not (run_copy / ".lock").exists()
+
+  result = helpers.run_module("rlfat_tf.train", *command, timeout=TIMEOUT)
+  assert result.returncode == 0, result.stderr
+  assert f"resuming from {checkpoint} (step {step})" in result.stdout
+  assert "trained to step 12" in result.stdout
+  assert _reported(result.stderr) == []
+
+
+def test_a_second_ctrl_c_ends_training_at_once_and_keeps_the_checkpoints(
+    run_copy):
+  # One loop of 100,000 steps: a stop at its end would take hours.
+  command = [f"--flagfile={SMOKE}", f"--model_dir={run_copy}",
+             "--train_steps=100000", "--steps_per_loop=100000",
+             "--checkpoint_every=100000", "--noprogress"]
+  proc = _start_training(*command)
+  try:
+    _read_until(proc.stdout, "resuming from")
+    proc.send_signal(signal.SIGINT)
+    _read_until(proc.stderr, FIRST_SIGINT)
+    # Well inside the first loop.
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 130, err
+  assert _reported(err) == [ABORT], out
+  last = str(run_copy / "checkpoints" / "ckpt-6")
+  assert runs.checkpoint_path(str(run_copy)) == last
+
+  # The run resumes from the checkpoint it had; asked for no more steps, it
+  # ends there.
+  result = helpers.run_module("rlfat_tf.train", *command[:2],
+                              "--train_steps=6", "--noprogress",
+                              timeout=TIMEOUT)
+  assert result.returncode == 0, result.stderr
+  assert f"resuming from {last} (step 6)" in result.stdout
+  assert _reported(result.stderr) == []
 
 
 def test_the_default_strategy_votes_its_own_answer():

@@ -68,7 +68,8 @@ class Trainer:
         the validation split at every validation step (``name/`` metrics),
         but never used to choose the best model; e.g. training and test
         images, whose curves show the generalization gap.
-      verbose: 1 shows a progress bar (on the chief), 0 is silent.
+      verbose: how the chief shows progress, a ``progress.Mode`` (1: a bar
+        on a terminal, plain lines otherwise; 2: the bar; 0: nothing).
       before_first_save: called on the chief just before this trainer saves
         its first checkpoint (``rlfat_tf.train`` writes the run record then,
         so that only a run with a checkpoint has one), or None.

@@ -24,11 +24,11 @@ checkpoints on disk are all good ones.
 import contextlib
 import os
 
-import keras
 import tensorflow as tf
 
 from rlfat_tf import errors
 from rlfat_tf import files
+from rlfat_tf import progress
 from rlfat_tf import runs
 from rlfat_tf import strategies
 
@@ -273,7 +273,8 @@ class Actions:
       total_keys: names of the per-step sums (``step.TrainStep.total_keys``).
       learning_rate: ``() -> float``, the current learning rate.
       weights_finite: ``() -> bool``, whether the weights are finite.
-      verbose: 1 shows a progress bar on the chief, 0 is silent.
+      verbose: how the chief shows progress, a ``progress.Mode`` (1: a bar
+        on a terminal, plain lines otherwise; 2: the bar; 0: nothing).
       eval_sets: names of the image sets scored at validation steps
         (``val_metrics``).
     """
@@ -295,9 +296,9 @@ class Actions:
              + list(filter(None, map(metric_key, total_keys))))
     # Every value shown is already an average over its loop, so none is
     # averaged again by the bar.
-    self._progbar = keras.utils.Progbar(
-        train_steps, verbose=verbose if chief else 0, unit_name="step",
-        stateful_metrics=[bar_name(k) for k in names])
+    self._progbar = progress.progbar(
+        train_steps, verbose=verbose if chief else progress.Mode.OFF,
+        unit_name="step", stateful_metrics=[bar_name(k) for k in names])
     self.latest = {}
 
   def start(self, step):
