@@ -337,7 +337,12 @@ def load_split(record, split, data_dir=None, tfds_data_dir=None):
   return datasets.load_split(
       record.dataset, split, data_dir or record.data_dir,
       tfds_data_dir or record.tfds_data_dir, image_size=record.image_size,
-      memory_budget=int(record.memory_budget_gib * 2**30))
+      memory_budget=memory_budget(record))
+
+
+def memory_budget(record):
+  """The run's memory budget in bytes (``datasets.load_split``)."""
+  return int(record.memory_budget_gib * 2**30)
 
 
 def build_model(record, sync_batch_norm=False, data_dir=None,
