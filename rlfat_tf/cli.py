@@ -9,10 +9,12 @@ so all of them end alike:
   validator refuses, a missing required flag or a stray argument;
 - 3 (``CHECK_FAILED``): the results were written, but an integrity check
   failed (``evaluate`` and ``report``; the command prints which);
-- 130 (128 + SIGINT, Ctrl-C) and 143 (128 + SIGTERM): ``train`` was asked
-  to stop, saved a checkpoint and stopped; the same command resumes it
-  (``preemption.Stopped``). A second Ctrl-C during that stop ends ``train``
-  at once, also with 130, leaving the previous checkpoint to resume from.
+- 130 (128 + SIGINT, Ctrl-C) and 143 (128 + SIGTERM): ``train``,
+  ``evaluate`` or ``study`` was asked to stop, saved a checkpoint or the
+  evaluation's progress and stopped; the same command resumes it
+  (``preemption.Stopped``). A second Ctrl-C during that stop ends the
+  command at once, also with 130, leaving what was saved before to resume
+  from.
 
 Nothing here imports TensorFlow or absl at module level: ``edge_eval``, which
 runs where only numpy and LiteRT are installed, starts through it too.

@@ -56,8 +56,10 @@ from rlfat_tf import cli
 from rlfat_tf import data
 from rlfat_tf import datasets
 from rlfat_tf import errors
+from rlfat_tf import evalstate
 from rlfat_tf import files
 from rlfat_tf import integrity
+from rlfat_tf import preemption
 from rlfat_tf import progress
 from rlfat_tf import results
 from rlfat_tf import robustness
@@ -165,6 +167,10 @@ def define_flags(flag_values=FLAGS):
                        **fv)
 
   flags.DEFINE_bool("progress", None, progress.FLAG_HELP, **fv)
+  flags.DEFINE_bool("resume", True, "Resume a stopped evaluation from the "
+                    "progress it saved beside --output (<stem>_state/); "
+                    "--noresume discards that progress and starts afresh.",
+                    **fv)
 
   runs.register_radius_validators(flag_values)
   flags.register_validator(
@@ -258,6 +264,37 @@ def eval_config(values):
       batch_size=values["batch_size"], seed=values["seed"])
 
 
+# Flags that change no verdict of the attacks a state keeps: where files
+# are, what is shown, the sidecar mode, and the sensitivity and salience,
+# which run after the attacks (the sensitivity's PGD is kept as a run named
+# by its steps, and shares --epsilon and --step_size).
+STATELESS_FLAGS = ("output", "progress", "resume", "data_dir",
+                   "tfds_data_dir", "watch", "watch_timeout", "brightness",
+                   "gamma", "sensitivity_inputs", "sensitivity_pgd_steps",
+                   "salience_images", "smoothgrad_noise",
+                   "smoothgrad_samples")
+
+
+def state_settings(values, run_entry, images, labels):
+  """What decides an evaluation's verdicts, as its state records them.
+
+  Args:
+    values: this module's flag values.
+    run_entry: the results file's "run" entry (its "checkpoint" is the one
+      --which resolved to).
+    images, labels: the evaluated images and labels.
+
+  Returns:
+    ``{"--flag": value}`` for every flag but ``STATELESS_FLAGS``, with the
+    checkpoint and a digest of the images and labels.
+  """
+  settings = {f"--{k}": v for k, v in values.items()
+              if k not in STATELESS_FLAGS}
+  settings["checkpoint"] = run_entry.get("checkpoint")
+  settings["image set"] = evalstate.digest(images, labels)
+  return settings
+
+
 def _only_with_run(values):
   """Refuses flags that name parts of a run, given a --model."""
   if values["split"] != "test":
@@ -319,12 +356,26 @@ def run(values):
   Args:
     values: dict of this module's flag values.
 
+  Every batch of every attack is saved as it finishes in a state folder
+  beside the results file (``evalstate``), and the same command, run again
+  after a stop, resumes from it (``--noresume`` starts afresh); the folder is
+  removed once the results file is written. SIGTERM or Ctrl-C stops it at
+  the next batch boundary; a second Ctrl-C ends the process at once.
+
   Returns:
     The results dict that was written.
 
   Raises:
-    errors.UserError: bad input.
+    errors.UserError: bad input, or a state folder of an evaluation with
+      other settings (named).
+    preemption.Stopped: SIGTERM or SIGINT stopped it, its progress saved.
   """
+  with preemption.PreemptionWatcher(wording=preemption.PROGRESS) as watcher:
+    return _run(values, watcher)
+
+
+def _run(values, watcher):
+  """``run`` under its watcher."""
   start = time.perf_counter()
   verbose = progress.from_flag(values["progress"])
   model_dir, which, split = (values["model_dir"], values["which"],
@@ -346,10 +397,18 @@ def run(values):
     tf.io.gfile.makedirs(os.path.dirname(output))
   config = eval_config(values)
   before = integrity.snapshot_variables(model)
+  state = evalstate.EvalState.open(
+      results.sibling(output, "state"),
+      state_settings(values, run_entry, images, labels),
+      resume=values["resume"], watcher=watcher,
+      fresh_hint="pass --noresume to start afresh")
+  if state.found:
+    print(f"resuming from {state.folder} ({state.found} "
+          f"batch{'es' if state.found > 1 else ''} saved)", flush=True)
 
   evaluation = robustness.evaluate(model, images, labels, config,
                                    prefix=split, verbose=verbose,
-                                   keep_adversarial=())
+                                   keep_adversarial=(), state=state)
   metrics, checks = evaluation["metrics"], evaluation["checks"]
   float_images = robustness.as_float(images)
   sensitivity_attack = None
@@ -365,7 +424,8 @@ def run(values):
       described = f"the PGD-{spec.steps} output of every image"
       inputs = sensitivity.attacked_inputs(
           model, images, labels, spec, batch_size=values["batch_size"],
-          seed=values["seed"], verbose=verbose)
+          seed=values["seed"], verbose=verbose,
+          saved=state.run(f"sensitivity PGD-{spec.steps}"))
     if verbose:
       print(f"loss sensitivity on {described}: brightness {brightness}, "
             f"gamma {gamma}", flush=True)
@@ -375,6 +435,7 @@ def run(values):
   salience = None
   num_maps = min(values["salience_images"], len(images))
   if num_maps:
+    state.stop_if_asked("before the salience maps")
     if verbose:
       print(f"SmoothGrad maps of {num_maps} images", flush=True)
     maps = saliency.smoothgrad(
@@ -406,7 +467,10 @@ def run(values):
       "checks": checks,
       "salience": salience,
       "time_seconds": time.perf_counter() - start,
+      # Their seconds count in the attacks' but not in time_seconds.
+      "resumed_batches": state.loaded,
   }, labels, evaluation["per_example"])
+  state.remove()
   _print_summary(payload, output)
   return payload
 
@@ -549,7 +613,11 @@ def main():
   if values["watch"]:
     watch(values)
     return None
-  payload = run(values)
+  try:
+    payload = run(values)
+  except preemption.Stopped as e:
+    print(e, file=sys.stderr, flush=True)
+    return e.status
   return cli.CHECK_FAILED if failed_checks(payload["checks"]) else None
 
 

@@ -8,7 +8,8 @@ stops every process with SIGTERM). A user stops a job in a terminal with
 Ctrl-C (SIGINT). Inside a ``PreemptionWatcher`` either signal only sets
 ``requested``; the training loop checks it at each loop boundary, saves a
 checkpoint there and returns, and the same command, run again, resumes from
-that checkpoint, as after any other stop.
+that checkpoint, as after any other stop. An evaluation checks it after
+saving each batch (``evalstate``) and stops there.
 
 Choices:
 
@@ -44,6 +45,7 @@ Choices:
   so all workers stop at the boundary where the first one asked.
 """
 
+import dataclasses
 import os
 import signal
 import threading
@@ -52,7 +54,7 @@ import tensorflow as tf
 
 
 class Stopped(Exception):
-  """Training stopped early on a signal, after saving a checkpoint.
+  """A command stopped early on a signal, after saving its progress.
 
   Entry points print the message as one line and exit with ``status``.
 
@@ -61,11 +63,38 @@ class Stopped(Exception):
       for SIGINT).
   """
 
-  def __init__(self, signum, step, checkpoint):
+  def __init__(self, signum, where, saved):
+    """``where`` it stopped ("at step 350") and what it ``saved`` ("the
+    checkpoint runs/x/checkpoints/ckpt-350")."""
     self.status = 128 + signum
     super().__init__(
-        f"stopped at step {step} on {signal.Signals(signum).name}, with the "
-        f"checkpoint {checkpoint} saved: run the same command again to resume")
+        f"stopped {where} on {signal.Signals(signum).name}, with {saved} "
+        f"saved: run the same command again to resume")
+
+
+@dataclasses.dataclass(frozen=True)
+class Wording:
+  """How a watcher's announcements name what the command saves.
+
+  Attributes:
+    saving: what is saved, and when ("a checkpoint at the next step
+      boundary").
+    saved: what is being saved, as the subject of "is still being saved".
+    previous: what a stop without saving keeps ("the previous one").
+    resume: what the same command resumes from ("the last checkpoint").
+  """
+  saving: str
+  saved: str
+  previous: str
+  resume: str
+
+
+CHECKPOINT = Wording("a checkpoint at the next step boundary",
+                     "the checkpoint", "the previous one",
+                     "the last checkpoint")
+PROGRESS = Wording("the evaluation's progress at the next batch boundary",
+                   "the progress", "the batches saved before",
+                   "the last batch saved")
 
 
 class PreemptionWatcher:
@@ -84,13 +113,16 @@ class PreemptionWatcher:
     signals: the signals it catches.
     abort_on_repeat: those of them that, arriving after any first one, end
       the process at once with status 128 + their number.
+    wording: how the announcements name what is saved (``CHECKPOINT`` or
+      ``PROGRESS``).
     received: the number of the first signal caught, or None.
   """
 
   def __init__(self, signals=(signal.SIGTERM, signal.SIGINT),
-               abort_on_repeat=(signal.SIGINT,)):
+               abort_on_repeat=(signal.SIGINT,), wording=CHECKPOINT):
     self.signals = tuple(signals)
     self.abort_on_repeat = frozenset(abort_on_repeat)
+    self.wording = wording
     self.received = None
     self._previous = None
     self._listener = None
@@ -143,17 +175,17 @@ class PreemptionWatcher:
             arrived += 1
 
   def _announce(self, signum, first):
-    name = signal.Signals(signum).name
+    name, said = signal.Signals(signum).name, self.wording
     if first:
-      line = f"received {name}: saving a checkpoint at the next step boundary"
+      line = f"received {name}: saving {said.saving}"
       if signum in self.abort_on_repeat:
-        line += f" ({name} again stops at once and keeps the previous one)"
+        line += f" ({name} again stops at once and keeps {said.previous})"
     elif signum in self.abort_on_repeat:
       line = (f"received {name} again: stopping at once, without saving; run "
-              f"the same command again to resume from the last checkpoint")
+              f"the same command again to resume from {said.resume}")
     else:
-      line = (f"received {name} again: the checkpoint is still being saved "
-              f"(SIGKILL stops at once and keeps the previous one)")
+      line = (f"received {name} again: {said.saved} is still being saved "
+              f"(SIGKILL stops at once and keeps {said.previous})")
     # A raw write: the main thread may be inside sys.stderr's own write.
     os.write(2, f"{line}\n".encode())
     if not first and signum in self.abort_on_repeat:

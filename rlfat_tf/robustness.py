@@ -55,6 +55,7 @@ import tensorflow as tf
 from rlfat_tf import attacks
 from rlfat_tf import data
 from rlfat_tf import errors
+from rlfat_tf import evalstate
 from rlfat_tf import integrity
 from rlfat_tf import progress
 from rlfat_tf.attacks import losses
@@ -139,7 +140,7 @@ def _pixel_range(images):
 
 
 def run_attack(model, attack, images, labels, *, batch_size, seed=0,
-               verbose=1, keep_adversarial=False, robust=None):
+               verbose=1, keep_adversarial=False, robust=None, saved=None):
   """Runs an attack over a set of images (its first ``attack.examples``).
 
   Only the examples still robust are attacked, gathered into full batches:
@@ -148,6 +149,9 @@ def run_attack(model, attack, images, labels, *, batch_size, seed=0,
   position in the set, so its result does not depend on which others are
   attacked.
 
+  With ``saved``, the batches it holds are taken as they are and only the
+  rest are attacked, each saved as it finishes.
+
   Args:
     model: a Keras model mapping images to logits.
     attack: a ``attacks.base.Attack``.
@@ -155,11 +159,13 @@ def run_attack(model, attack, images, labels, *, batch_size, seed=0,
     labels: int [N] true labels.
     batch_size: images per compiled call.
     seed: seed of the per-example random starts (``data.eval_dataset``).
-    verbose: 1 shows a progress bar, 0 is silent.
+    verbose: how progress is shown, a ``progress.Mode`` (1: a bar on a
+      terminal, plain lines otherwise; 2: the bar; 0: none).
     keep_adversarial: also return the adversarial examples.
     robust: bool [N], the examples still robust, the only ones attacked;
       they must be classified correctly (default: every example the model
       classifies correctly, ``correct``).
+    saved: an ``evalstate.Run`` of this attack on these examples, or None.
 
   Returns:
     Dict of NumPy arrays over the N images (or the first
@@ -185,18 +191,37 @@ def run_attack(model, attack, images, labels, *, batch_size, seed=0,
   parts = {k: [] for k in keys}
   progbar = progress.progbar(len(index), verbose=verbose, unit_name="image",
                              stateful_metrics=["robust"])
-  done, survived = 0, 0
-  if len(index):
+  batches = saved.batches if saved is not None else []
+  for part in batches:
+    for k in keys:
+      parts[k].append(part[k])
+  done = sum(len(part["robust"]) for part in batches)
+  survived = sum(int(np.sum(part["robust"])) for part in batches)
+  if done:
+    progbar.update(done, [("robust", survived / done)])
+  # The batches on disk are the first ones of the same order: the rest
+  # starts where they end, on the same batch boundaries.
+  rest = index[done:]
+  if len(rest):
     run = _compiled(model, attack, images.shape[1:])
-    for batch in data.eval_dataset(images[index], labels[index],
-                                   batch_size=batch_size, seed=seed,
-                                   positions=index):
+    total = len(batches) + -(-len(rest) // batch_size)
+    mark = time.perf_counter()
+    for number, batch in enumerate(
+        data.eval_dataset(images[rest], labels[rest], batch_size=batch_size,
+                          seed=seed, positions=rest), start=len(batches)):
       result = run(batch["image"], batch["label"], batch["seed"])
+      arrays = {k: result[k].numpy() for k in keys}
       for k in keys:
-        parts[k].append(result[k].numpy())
-      done += len(result["robust"])
-      survived += int(np.sum(result["robust"]))
+        parts[k].append(arrays[k])
+      done += len(arrays["robust"])
+      survived += int(np.sum(arrays["robust"]))
       progbar.update(done, [("robust", survived / done)])
+      if saved is not None:
+        now = time.perf_counter()
+        saved.save(number, {**arrays, "seconds": np.float64(now - mark)},
+                   total)
+        mark = now
+  if len(index):
     for k in keys:
       out[k][index] = np.concatenate(parts[k])
   return out
@@ -244,8 +269,13 @@ def _say(verbose, message):
 
 
 def evaluate(model, images, labels, config, prefix="test", verbose=1,
-             keep_adversarial=("pgd",)):
+             keep_adversarial=("pgd",), state=None):
   """Clean accuracy, robust accuracies and integrity checks.
+
+  With a ``state`` (``evalstate.EvalState``), every batch of every attack
+  run is saved as it finishes and the batches an earlier evaluation with the
+  same settings saved are taken from it, so a stopped evaluation resumes;
+  the seconds reported include those of the batches taken.
 
   Args:
     model: a Keras model mapping images in [0, 1] to logits.
@@ -253,9 +283,11 @@ def evaluate(model, images, labels, config, prefix="test", verbose=1,
     labels: int [N] true labels.
     config: an ``EvalConfig``.
     prefix: first part of every metric key ("test" or "val").
-    verbose: 1 prints each stage with a progress bar, 0 is silent.
+    verbose: prints each stage and its progress, a ``progress.Mode`` (0:
+      silent).
     keep_adversarial: white-box attacks whose adversarial examples are
       returned.
+    state: an ``evalstate.EvalState`` opened for this evaluation, or None.
 
   Returns:
     Dict with ``metrics`` (flat: "<prefix>/<name>_accuracy" per attack, the
@@ -288,11 +320,17 @@ def evaluate(model, images, labels, config, prefix="test", verbose=1,
     start = time.perf_counter()
     keep = attack.name in keep_adversarial
     robust = clean[:num]
+    taken = 0.0
     for stage in attack.stages():
       stage_start = time.perf_counter()
+      name = attack.name if stage is attack else f"{attack.name}/{stage.name}"
+      saved = state.run(name) if state is not None else None
       out = run_attack(model, stage, images[:num], labels[:num],
                        batch_size=config.batch_size, seed=config.seed,
-                       verbose=verbose, keep_adversarial=keep, robust=robust)
+                       verbose=verbose, keep_adversarial=keep, robust=robust,
+                       saved=saved)
+      stage_taken = saved.saved_seconds if saved is not None else 0.0
+      taken += stage_taken
       if keep:
         newly = (robust & ~out["robust"])[:, None, None, None]
         adversarial[attack.name] = np.where(
@@ -302,13 +340,13 @@ def evaluate(model, images, labels, config, prefix="test", verbose=1,
       if stage is attack:
         stats[attack.name] = out
       else:
-        stats[f"{attack.name}/{stage.name}"] = out
-        seconds = time.perf_counter() - stage_start
+        stats[name] = out
+        seconds = time.perf_counter() - stage_start + stage_taken
         entry[stage.name] = {**entry[stage.name], "seconds": seconds,
                              "images_per_second": num / seconds}
         metrics[f"{prefix}/{attack.name}/after_{stage.name}_accuracy"] = (
             _fraction(robust))
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start + taken
     settings[attack.name] = {**entry, "seconds": seconds,
                              "images_per_second": num / seconds}
     per_example[attack.name] = robust
@@ -331,7 +369,7 @@ def evaluate(model, images, labels, config, prefix="test", verbose=1,
   if config.checks:
     black = [a.name for a in built if a.kind == "black_box"]
     checks = _integrity_checks(model, images, labels, config, logits,
-                               per_example, stats, black, verbose)
+                               per_example, stats, black, verbose, state)
   return {"metrics": metrics, "attacks": settings, "checks": checks,
           "per_example": per_example, "adversarial": adversarial}
 
@@ -354,12 +392,12 @@ def _logits_function(model, batch_size):
 
 
 def _integrity_checks(model, images, labels, config, logits, per_example,
-                      stats, black, verbose):
+                      stats, black, verbose, state):
   """Runs the attacks of the integrity checks; returns name -> result.
 
   ``black`` names the black-box attacks that ran. The sweeps run the
   evaluation's PGD (``attacks.build("pgd", ...)``) with one restart unless
-  said otherwise.
+  said otherwise. ``state`` keeps their batches as ``evaluate``'s own.
   """
   checks = {"outputs_are_logits": integrity.check_logits(
       logits[:config.batch_size])}
@@ -371,7 +409,8 @@ def _integrity_checks(model, images, labels, config, logits, per_example,
     _say(verbose, f"check: {what} on {num} images")
     return run_attack(model, attack, subset_images, subset_labels,
                       batch_size=config.batch_size, seed=seed,
-                      verbose=verbose, keep_adversarial=keep)
+                      verbose=verbose, keep_adversarial=keep,
+                      saved=state.run(f"check {what}") if state else None)
 
   def pgd_run(epsilon=eps, step_size=config.step_size, pgd_steps=steps,
               restarts=1, seed=config.seed, keep=False):
@@ -538,7 +577,7 @@ def evaluate_robustness(model, images, labels=None, *, epsilon,
                         attacks=("autoattack",), batch_size=100, checks=True,
                         step_size=None, restarts=1, settings=None, seed=0,
                         input_scale=1.0, check_examples=500, prefix="test",
-                        verbose=0):
+                        verbose=0, state_dir=None):
   """Robust accuracy of any classifier, with the evaluation's checks.
 
   The same evaluation as ``python -m rlfat_tf.evaluate`` (the attacks,
@@ -568,7 +607,14 @@ def evaluate_robustness(model, images, labels=None, *, epsilon,
     input_scale: see ``classifier.wrap`` (255 for [0, 255] models).
     check_examples: images of the checks' own attacks.
     prefix: first part of every metric key.
-    verbose: 1 prints each stage with a progress bar.
+    verbose: 1 prints each stage and its progress (a bar on a terminal).
+    state_dir: a folder for the evaluation's progress (``evalstate``): the
+      same call, made again after a stop or a crash, resumes from it; a call
+      with other arguments or images is refused. It is removed once the
+      evaluation ends. None: nothing is saved.
+
+  A Ctrl-C (``KeyboardInterrupt``) or a crash keeps every batch saved
+  before it.
 
   Returns:
     A ``Report``.
@@ -610,16 +656,24 @@ def evaluate_robustness(model, images, labels=None, *, epsilon,
       step_size=epsilon / 4 if step_size is None else step_size,
       restarts=restarts, settings=dict(settings or {}), checks=checks,
       check_examples=check_examples, batch_size=batch_size, seed=seed)
+  description = getattr(model, "description", None) or (
+      f"Keras model {model.name}" if isinstance(model, keras.Model)
+      else type(model).__name__)
+  state = None
+  if state_dir is not None:
+    state = evalstate.EvalState.open(state_dir, {
+        "model": description, "image set": evalstate.digest(images, labels),
+        "prefix": prefix, "input_scale": input_scale,
+        **dataclasses.asdict(config)})
   before = integrity.snapshot_variables(model)
   out = evaluate(model, images, labels, config, prefix=prefix,
-                 verbose=verbose, keep_adversarial=())
+                 verbose=verbose, keep_adversarial=(), state=state)
   checks_done = out["checks"]
   if checks:
     checks_done["variables_unchanged"] = integrity.check_variables_unchanged(
         before, integrity.snapshot_variables(model))
-  description = getattr(model, "description", None) or (
-      f"Keras model {model.name}" if isinstance(model, keras.Model)
-      else type(model).__name__)
+  if state is not None:
+    state.remove()
   return Report(
       metrics=out["metrics"], per_example=out["per_example"],
       attacks=out["attacks"], checks=checks_done, labels=labels,

@@ -20,6 +20,8 @@ a uniform start and BatchNorm in eval mode. ``attacked_inputs`` makes those
 images; ``loss_sensitivity`` measures whatever images it is given.
 """
 
+import time
+
 import numpy as np
 import tensorflow as tf
 
@@ -63,7 +65,7 @@ def gamma(images, g):
 
 
 def attacked_inputs(model, images, labels, spec, *, batch_size, seed=0,
-                    verbose=1):
+                    verbose=1, saved=None):
   """The output of an attack for every image, as the official inputs.
 
   Unlike the evaluation attacks of ``robustness``, which keep the clean image
@@ -79,22 +81,38 @@ def attacked_inputs(model, images, labels, spec, *, batch_size, seed=0,
     seed: seed of the per-example random starts (``data.eval_dataset``).
     verbose: how progress over batches is shown, a ``progress.Mode``
       (1: a bar on a terminal, plain lines otherwise; 2: the bar; 0: none).
+    saved: an ``evalstate.Run`` whose batches are taken as they are, the
+      rest saved as they finish; or None.
 
   Returns:
     float32 [N, H, W, 3] adversarial examples.
   """
-  dataset = data.eval_dataset(images, labels, batch_size=batch_size,
-                              seed=seed)
+  total = -(-len(images) // batch_size)
+  out = [b["adversarial"] for b in (saved.batches if saved else [])]
+  progbar = progress.progbar(total, verbose=verbose, unit_name="batch")
+  if out:
+    progbar.update(len(out))
+  # The batches on disk are the first ones: the rest starts where they end.
+  start = sum(len(b) for b in out)
+  if start == len(images):
+    return np.concatenate(out)
+  positions = np.arange(start, len(images))
+  dataset = data.eval_dataset(images[start:], labels[start:],
+                              batch_size=batch_size, seed=seed,
+                              positions=positions)
   spec_of = dataset.element_spec
   attack = tf.function(
       lambda x, y, s: pgd.perturb(model, spec, x, y, s),
       input_signature=[spec_of["image"], spec_of["label"], spec_of["seed"]])
-  progbar = progress.progbar(-(-len(images) // batch_size), verbose=verbose,
-                             unit_name="batch")
-  out = []
-  for batch in dataset:
+  mark = time.perf_counter()
+  for number, batch in enumerate(dataset, start=len(out)):
     out.append(attack(batch["image"], batch["label"], batch["seed"]).numpy())
     progbar.add(1)
+    if saved is not None:
+      now = time.perf_counter()
+      saved.save(number, {"adversarial": out[-1],
+                          "seconds": np.float64(now - mark)}, total)
+      mark = now
   return np.concatenate(out)
 
 

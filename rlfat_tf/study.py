@@ -28,14 +28,17 @@ and best accuracies with error bars over seeds).
 
 A study stopped at any point continues where it stopped when the same
 command runs again: finished runs and evaluations are kept, an unfinished run
-resumes from its last checkpoint, and the files above are written only once
-everything is done. The grid may grow between runs of the command; the
+resumes from its last checkpoint, an unfinished evaluation resumes from the
+batches it saved (``evalstate``), and the files above are written only once
+everything is done. SIGTERM or Ctrl-C stops it at the next step or batch
+boundary with that progress saved, and exits 143 or 130. The grid may grow between runs of the command; the
 evaluation settings may not, since the evaluations already written used them.
 """
 
 import dataclasses
 import itertools
 import os
+import sys
 
 from absl import flags
 
@@ -54,6 +57,7 @@ from rlfat_tf import evaluate
 from rlfat_tf import figures
 from rlfat_tf import files
 from rlfat_tf import methods
+from rlfat_tf import preemption
 from rlfat_tf import progress
 from rlfat_tf import runs
 from rlfat_tf import train
@@ -607,7 +611,14 @@ def main():
   """Runs the study the parsed flags describe (``python -m rlfat_tf.study``)."""
   if not flags.FLAGS["verbosity"].present:
     tf.get_logger().setLevel("ERROR")
-  run(parsed_values())
+  try:
+    run(parsed_values())
+  except preemption.Stopped as e:
+    # A run's training or evaluation saved its progress; the same command
+    # resumes the study there.
+    print(e, file=sys.stderr, flush=True)
+    return e.status
+  return None
 
 
 if __name__ == "__main__":

@@ -474,8 +474,9 @@ def run(model_dir, record):
   checkpoint = runner.checkpoints.latest
   if result.preempted:
     # A worker that was not signalled itself stops because another was.
-    raise preemption.Stopped(watcher.received or signal.SIGTERM, result.step,
-                             checkpoint)
+    raise preemption.Stopped(watcher.received or signal.SIGTERM,
+                             f"at step {result.step}",
+                             f"the checkpoint {checkpoint}")
   print(f"trained to step {runner.step}; last checkpoint: {checkpoint}",
         flush=True)
   return result.metrics

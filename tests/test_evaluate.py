@@ -2,9 +2,13 @@
 
 import json
 import os
+import pathlib
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 from absl import flags
 import numpy as np
@@ -119,6 +123,9 @@ def test_results_file_holds_every_number_and_passing_checks(smoke_run,
   assert examples["autoattack"].mean() == metrics["test/autoattack_accuracy"]
   assert len(examples["nattack"]) == 4 and len(examples["labels"]) == 40
   assert not [f for f in os.listdir(folder) if f.endswith(".tmp")]
+  # The progress saved along the way goes once the results are written.
+  assert written["resumed_batches"] == 0
+  assert not os.path.exists(os.path.join(folder, "results_state"))
 
 
 def _sensitivity_by_hand(model_dir, num, batch_size, steps, gamma,
@@ -207,6 +214,101 @@ def test_watch_evaluates_each_checkpoint_once_as_the_trainer_does(smoke_run):
       "val/clean_accuracy": [3, 6], "val/pgd_ce_accuracy": [3, 6]}
   # The last step is done: a second sidecar evaluates nothing and stops.
   assert evaluate.watch(values) == history
+
+
+# AutoAttack alone, one image per batch, so that it runs through many batch
+# boundaries in seconds.
+RESUMABLE = ("--num_examples=40", "--batch_size=1", "--attacks=autoattack",
+             "--apgd_steps=20", "--apgd_targets=3", "--fab_steps=10",
+             "--fab_targets=3", "--square_queries=200", "--nochecks",
+             "--brightness=", "--gamma=", "--salience_images=0",
+             "--noprogress")
+
+
+def _batches(folder):
+  """The batch files of a state folder."""
+  return sorted(str(p) for p in pathlib.Path(folder).glob("*/*.npz"))
+
+
+def _wait_for(condition, proc, what):
+  """Polls ``condition`` until it holds; fails if ``proc`` ended first."""
+  while not condition():
+    assert proc.poll() is None, f"the evaluation ended before {what}"
+    time.sleep(0.02)
+
+
+def _start_evaluation(*argv):
+  return subprocess.Popen(
+      [sys.executable, "-m", "rlfat_tf.evaluate", *argv], env=ENV, cwd=ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_an_evaluation_killed_twice_resumes_to_an_uninterrupted_runs_verdicts(
+    smoke_run, tmp_path):
+  output = tmp_path / "killed" / "results.json"
+  state = tmp_path / "killed" / "results_state"
+  command = [f"--model_dir={smoke_run}", f"--output={output}", *RESUMABLE]
+  # SIGKILL once the first batch is on disk: what was saved stays.
+  proc = _start_evaluation(*command)
+  try:
+    _wait_for(lambda: _batches(state), proc, "its first batch")
+    proc.kill()
+    proc.wait(timeout=60)
+  finally:
+    proc.kill()
+  kept = _batches(state)
+  assert kept and not output.exists()
+
+  # Other settings are refused, naming the flag, and lose nothing.
+  with pytest.raises(errors.UserError) as raised:
+    evaluate.run(_values(*command, "--epsilon=0.02"))
+  assert str(raised.value) == (
+      f"{state} holds the progress of an evaluation with --epsilon=0.03, not "
+      f"--epsilon=0.02: rerun with --epsilon=0.03 to resume it, or pass "
+      f"--noresume to start afresh")
+  assert _batches(state) == kept
+
+  # SIGTERM once the rerun has saved a batch of its own: it saves the batch
+  # it is on and exits 143.
+  proc = _start_evaluation(*command)
+  try:
+    resumed = proc.stdout.readline()
+    assert resumed == (f"resuming from {state} ({len(kept)} "
+                       f"batch{'es' if len(kept) > 1 else ''} saved)\n")
+    _wait_for(lambda: len(_batches(state)) > len(kept), proc,
+              "a batch of its own")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 143, err
+  lines = [l for l in err.splitlines() if l.startswith(("received",
+                                                        "stopped", "error"))]
+  assert lines[0] == ("received SIGTERM: saving the evaluation's progress at "
+                      "the next batch boundary")
+  assert re.fullmatch(
+      rf"stopped after batch \d+ of \d+ of autoattack/\w+ on SIGTERM, with "
+      rf"the progress in {re.escape(str(state))} saved: run the same command "
+      rf"again to resume", lines[1]), lines
+  assert len(lines) == 2
+  saved = _batches(state)
+  assert set(kept) < set(saved) and not output.exists()
+
+  payload = evaluate.run(_values(*command))
+  assert payload["resumed_batches"] == len(saved)
+  assert not state.exists()
+  uninterrupted = tmp_path / "whole" / "results.json"
+  whole = evaluate.run(_values(f"--model_dir={smoke_run}",
+                               f"--output={uninterrupted}", *RESUMABLE))
+  assert whole["resumed_batches"] == 0
+  assert payload["metrics"] == whole["metrics"]
+  assert 0 < whole["metrics"]["test/autoattack_accuracy"] < whole["metrics"][
+      "test/clean_accuracy"]
+  verdicts = np.load(output.parent / "results_examples.npz")
+  expected = np.load(uninterrupted.parent / "results_examples.npz")
+  assert verdicts.files == expected.files
+  for key in expected.files:
+    np.testing.assert_array_equal(verdicts[key], expected[key])
 
 
 def test_cli_exits_3_and_says_so_when_a_check_fails(smoke_run, tmp_path):

@@ -129,6 +129,19 @@ def test_sigint_sets_requested_and_says_a_second_one_stops_at_once(
   assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_an_evaluation_says_it_saves_its_progress(sentinel,
+                                                  interrupt_sentinel, capfd):
+  with preemption.PreemptionWatcher(wording=preemption.PROGRESS):
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+  assert capfd.readouterr().err == (
+      "received SIGINT: saving the evaluation's progress at the next batch "
+      "boundary (SIGINT again stops at once and keeps the batches saved "
+      "before)\nreceived SIGTERM again: the progress is still being saved "
+      "(SIGKILL stops at once and keeps the batches saved before)\n")
+  assert interrupt_sentinel == sentinel == []
+
+
 def test_a_second_sigint_ends_the_process_at_once_with_130():
   # The main thread sleeps in C, as it does in a compiled loop: the abort
   # may not wait for it.
@@ -158,14 +171,15 @@ def test_a_sigterm_during_a_stop_on_sigint_changes_nothing(
 
 
 def test_stopped_carries_the_signal_status_and_one_line():
-  error = preemption.Stopped(signal.SIGTERM, 350, "runs/x/checkpoints/ckpt-350")
+  error = preemption.Stopped(signal.SIGTERM, "at step 350",
+                             "the checkpoint runs/x/checkpoints/ckpt-350")
   assert error.status == 143
   assert str(error) == (
       "stopped at step 350 on SIGTERM, with the checkpoint "
       "runs/x/checkpoints/ckpt-350 saved: run the same command again to "
       "resume")
-  assert preemption.Stopped(signal.SIGUSR1, 1, "c").status == 138
-  assert preemption.Stopped(signal.SIGINT, 1, "c").status == 130
+  assert preemption.Stopped(signal.SIGUSR1, "here", "it").status == 138
+  assert preemption.Stopped(signal.SIGINT, "here", "it").status == 130
 
 
 def _start_training(*argv):

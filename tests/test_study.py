@@ -1,6 +1,7 @@
 """Tests of `python -m rlfat_tf.study`: the grid, its summaries, a tiny study
 run whole and run with a kill in the middle."""
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from rlfat_tf import errors
+from rlfat_tf import preemption
 from rlfat_tf import study
 
 import helpers
@@ -220,7 +222,23 @@ def test_tiny_study_records_curves_evaluations_and_figures(finished):
     assert (study_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_killed_study_resumes_to_the_same_results(finished, tmp_path):
+class _StopOnceSaved(contextlib.nullcontext):
+  """A stand-in for ``preemption.PreemptionWatcher``: asks to stop, as on a
+  SIGTERM, once the evaluation state ``folder`` holds a batch."""
+
+  received = signal.SIGTERM
+
+  def __init__(self, folder):
+    super().__init__(self)
+    self.folder = folder
+
+  @property
+  def requested(self):
+    return any(self.folder.glob("*/*.npz"))
+
+
+def test_a_killed_and_stopped_study_resumes_to_the_same_results(
+    finished, tmp_path, monkeypatch):
   _, expected = finished
   study_dir = tmp_path / "study"
   argv = _study_argv(tmp_path, study_dir)
@@ -236,8 +254,20 @@ def test_a_killed_study_resumes_to_the_same_results(finished, tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
   assert not (study_dir / "study.json").exists()
+  # Resumed here, it trains to the end and is stopped, as by a SIGTERM,
+  # once its first evaluation has saved a batch.
+  state = study_dir / "evals" / "pgdat_nall_s0_last_state"
+  monkeypatch.setattr(preemption, "PreemptionWatcher",
+                      lambda **_: _StopOnceSaved(state))
+  with pytest.raises(preemption.Stopped, match="stopped after batch 1 of 1 "
+                     "of pgd on SIGTERM"):
+    study.run(_values(tmp_path), log=lambda _: None)
+  monkeypatch.undo()
+  assert len(list(state.glob("*/*.npz"))) == 1
   result = helpers.run_module("rlfat_tf.study", *argv)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert f"resuming from {state} (1 batch saved)" in result.stdout
+  assert not state.exists()
   with open(study_dir / "study.json") as f:
     assert json.load(f) == expected
   # Nothing is redone on a finished study (in this process: the same
@@ -308,3 +338,16 @@ def test_help_documents_the_study():
                  "--monitor_examples", "curves.png", "continues where it "
                  "stopped"):
     assert needle in text, needle
+
+
+def test_a_stop_ends_the_study_with_its_line_and_status(monkeypatch, capsys):
+  def stopped(values):
+    del values
+    raise preemption.Stopped(signal.SIGINT, "at step 3", "the checkpoint c")
+
+  monkeypatch.setattr(study, "parsed_values", dict)
+  monkeypatch.setattr(study, "run", stopped)
+  assert study.main() == 130
+  assert capsys.readouterr().err == (
+      "stopped at step 3 on SIGINT, with the checkpoint c saved: run the same "
+      "command again to resume\n")
