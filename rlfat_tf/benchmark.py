@@ -26,6 +26,16 @@ Example (the README's table):
 With --mode=evaluation it instead times APGD-CE against IBM ART's on a trained
 run (``rlfat_tf.evalbench``; ART comes from scripts/install_art.sh):
   python -m rlfat_tf.benchmark --mode=evaluation --model_dir=runs/c10
+
+With --mode=autoattack it runs the project's standard AutoAttack and the
+reference's (pyautoattack, fra31/auto-attack) side by side on a trained run
+and compares their per-component times and per-image verdicts
+(``rlfat_tf.aabench``; the reference comes from
+scripts/install_autoattack.sh). --batch_size is then the attacks' batch on
+both sides, 100 unless given (its training default, 32, is not used):
+  python -m rlfat_tf.benchmark --mode=autoattack \
+      --model_dir=models/c10_wrn10-2_pgdat --data_dir=/work/shared/data \
+      --num_examples=500 --output=results/benchmark_autoattack.json
 """
 
 import os
@@ -44,6 +54,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+from rlfat_tf import aabench
 from rlfat_tf import classifier
 from rlfat_tf import cli
 from rlfat_tf import data
@@ -58,7 +69,11 @@ from rlfat_tf import trainer
 from rlfat_tf.attacks import losses
 
 XLA_SETTINGS = ("off", "on")
-MODES = ("training", "evaluation")
+MODES = ("training", "evaluation", "autoattack")
+# Modes that attack a trained run (--model_dir).
+RUN_MODES = ("evaluation", "autoattack")
+# --batch_size of --mode=autoattack when the flag is not given.
+AUTOATTACK_BATCH_SIZE = 100
 # The flags of --mode=evaluation, as ``evalbench.run`` names its arguments.
 EVALUATION_FLAGS = {"model_dir": "model_dir", "data_dir": "data_dir",
                     "num_examples": "num_examples", "epsilon": "epsilon",
@@ -82,8 +97,9 @@ def define_flags(flag_values=FLAGS):
   flags.DEFINE_integer("depth", 16, "WRN depth 6n+4.", lower_bound=10, **fv)
   flags.DEFINE_integer("width", 2, "WRN widening factor.", lower_bound=1,
                        **fv)
-  flags.DEFINE_integer("batch_size", 32, "Training batch.", lower_bound=1,
-                       **fv)
+  flags.DEFINE_integer("batch_size", 32, "Training batch; autoattack: images "
+                       f"per batch on both sides, {AUTOATTACK_BATCH_SIZE} "
+                       "unless given.", lower_bound=1, **fv)
   flags.DEFINE_integer("attack_steps", 10, "Attack steps K.", lower_bound=1,
                        **fv)
   flags.DEFINE_list("methods", ["pgdat", "rlfat_p", "trades", "rlfat_t"],
@@ -108,13 +124,15 @@ def define_flags(flag_values=FLAGS):
                       **fv)
   flags.DEFINE_enum("mode", "training", MODES, "training: the cost of a "
                     "training step; evaluation: APGD-CE against IBM ART's on "
-                    "a trained run.", **fv)
-  flags.DEFINE_string("model_dir", None, "evaluation: the training run whose "
-                      "last checkpoint is attacked.", **fv)
-  flags.DEFINE_integer("num_examples", 500, "evaluation: the first N test "
-                       "images.", lower_bound=1, **fv)
-  flags.DEFINE_float("epsilon", None, "evaluation: L-infinity radius; "
-                     "default the run's.", **fv)
+                    "a trained run; autoattack: standard AutoAttack against "
+                    "the reference's (pyautoattack) on a trained run.", **fv)
+  flags.DEFINE_string("model_dir", None, "evaluation, autoattack: the "
+                      "training run whose last checkpoint is attacked.", **fv)
+  flags.DEFINE_integer("num_examples", 500, "evaluation, autoattack: the "
+                       "first N test images.", lower_bound=1, **fv)
+  flags.DEFINE_float("epsilon", None, "evaluation: L-infinity radius, "
+                     "default the run's; autoattack: default "
+                     f"{aabench.EPSILON:g}.", **fv)
   flags.DEFINE_integer("apgd_steps", 100, "evaluation: APGD iterations.",
                        lower_bound=1, **fv)
   flags.DEFINE_integer("eval_batch_size", 500, "evaluation: images per "
@@ -122,12 +140,18 @@ def define_flags(flag_values=FLAGS):
   flags.DEFINE_string("art_python", evalbench.DEFAULT_ART_PYTHON,
                       "evaluation: the Python of the environment that has "
                       "ART (scripts/install_art.sh).", **fv)
+  flags.DEFINE_integer("seed", 0, "autoattack: the seed of both sides' "
+                       "random draws.", **fv)
+  flags.DEFINE_string("venv", aabench.DEFAULT_VENV, "autoattack: the "
+                      "environment of the reference AutoAttack "
+                      "(scripts/install_autoattack.sh).", **fv)
   runs.register_radius_validators(flag_values, names=("epsilon",))
-  flags.register_multi_flags_validator(
-      ["mode", "model_dir"],
-      lambda v: v["mode"] != "evaluation" or bool(v["model_dir"]),
-      message="--mode=evaluation needs --model_dir: pass a training run",
-      **fv)
+  for mode in RUN_MODES:
+    flags.register_multi_flags_validator(
+        ["mode", "model_dir"],
+        lambda v, mode=mode: v["mode"] != mode or bool(v["model_dir"]),
+        message=f"--mode={mode} needs --model_dir: pass a training run",
+        **fv)
   flags.register_validator(
       "depth", lambda v: (v - 4) % 6 == 0,
       message="--depth must be a WideResNet depth 6n+4, e.g. 10, 16, 28 or "
@@ -693,6 +717,18 @@ def format_table(results):
   return "\n".join(lines)
 
 
+def autoattack_arguments(flag_values):
+  """``aabench.run``'s arguments from the parsed flags of --mode=autoattack."""
+  batch_size = (flag_values.batch_size if flag_values["batch_size"].present
+                else AUTOATTACK_BATCH_SIZE)
+  return {"model_dir": flag_values.model_dir,
+          "data_dir": flag_values.data_dir,
+          "num_examples": flag_values.num_examples,
+          "epsilon": flag_values.epsilon or aabench.EPSILON,
+          "batch_size": batch_size, "seed": flag_values.seed,
+          "venv": flag_values.venv}
+
+
 def main():
   """Runs the benchmark the parsed flags describe; prints and writes it."""
   if not FLAGS["verbosity"].present:
@@ -712,12 +748,16 @@ def main():
   if FLAGS.mode == "evaluation":
     results = evalbench.run(**{arg: FLAGS[name].value
                                for name, arg in EVALUATION_FLAGS.items()})
+    table = evalbench.format_table(results)
+  elif FLAGS.mode == "autoattack":
+    results = aabench.run(**autoattack_arguments(FLAGS))
+    table = aabench.format_table(results)
   else:
     results = run(settings)
+    table = format_table(results)
   if FLAGS.output:
     files.write_json(FLAGS.output, results)
-  print(evalbench.format_table(results) if FLAGS.mode == "evaluation"
-        else format_table(results))
+  print(table)
 
 
 if __name__ == "__main__":

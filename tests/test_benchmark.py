@@ -280,3 +280,29 @@ def test_missing_output_folder_gives_one_clear_line_before_measuring():
   assert "Traceback" not in result.stderr
   errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "/nonexistent/folder" in errors[0]
+
+
+def test_autoattack_mode_needs_a_run():
+  parsed = flags.FlagValues()
+  benchmark.define_flags(parsed)
+  with pytest.raises(flags.IllegalFlagValueError,
+                     match="--mode=autoattack needs --model_dir"):
+    parsed(["benchmark", "--mode=autoattack"])
+
+
+def test_autoattack_mode_defaults_and_its_own_batch_size():
+  parsed = flags.FlagValues()
+  benchmark.define_flags(parsed)
+  parsed(["benchmark", "--mode=autoattack", "--model_dir=run"])
+  assert benchmark.autoattack_arguments(parsed) == {
+      "model_dir": "run", "data_dir": None, "num_examples": 500,
+      "epsilon": 0.03, "batch_size": 100, "seed": 0,
+      "venv": "/tmp/autoattack-venv"}
+  parsed = flags.FlagValues()
+  benchmark.define_flags(parsed)
+  parsed(["benchmark", "--mode=autoattack", "--model_dir=run",
+          "--data_dir=d", "--num_examples=20", "--batch_size=32",
+          "--epsilon=0.05", "--seed=3", "--venv=v"])
+  assert benchmark.autoattack_arguments(parsed) == {
+      "model_dir": "run", "data_dir": "d", "num_examples": 20,
+      "epsilon": 0.05, "batch_size": 32, "seed": 3, "venv": "v"}
