@@ -85,10 +85,12 @@ class Method:
 
   @property
   def uses_rbs(self):
+    """Whether the method trains on the Random Block Shuffle of x'."""
     return "rbs" in self.passes
 
   @property
   def is_baseline(self):
+    """Whether the method is its framework's baseline (PGDAT, TRADES)."""
     return self.framework == self.name
 
 

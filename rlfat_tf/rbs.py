@@ -202,12 +202,15 @@ class RandomBlockShuffle(keras_cv.layers.VectorizedBaseImageAugmentationLayer):
     return apply(images, transformations["rows"], transformations["cols"])
 
   def augment_labels(self, labels, transformations, **kwargs):
+    """Labels pass through unchanged: a shuffle keeps the class."""
     return labels
 
   def augment_segmentation_masks(self, segmentation_masks, transformations,
                                  **kwargs):
+    """Masks are shuffled with the images' own blocks, pixel for pixel."""
     return self.augment_images(segmentation_masks, transformations)
 
   def get_config(self):
+    """The layer's settings (blocks, granularity, seed), for saving."""
     return {**super().get_config(), "blocks": self.blocks,
             "granularity": self.granularity, "seed": self.seed}

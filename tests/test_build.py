@@ -76,7 +76,7 @@ def test_entry_points_have_binaries(targets):
   binaries = {name for name, t in targets.items() if t["kind"] == "py_binary"}
   assert binaries == {f"{name}_main" for name in (
       "train", "evaluate", "export", "report", "edge_eval", "benchmark",
-      "evalbench_art", "aabench_reference", "study")}
+      "evalbench_art", "aabench_reference", "study", "pages")}
   for name in binaries:
     assert _deps(targets[name]) == {name[:-len("_main")]}
 

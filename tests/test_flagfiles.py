@@ -50,14 +50,14 @@ COMMON = {
     "pad_crop": 0, "val_size": 0, "checkpoint_every": 300,
     "keep_checkpoints": 3,
 }
-# What README.md promises of the smoke run: a WRN-10-1 for 6 steps on the
+# What docs/getting-started.md promises of the smoke run: a WRN-10-1 for 6 steps on the
 # embedded sample.
 SMOKE = {
     "dataset": "cifar10_sample", "depth": 10, "width": 1, "attack_steps": 2,
     "batch_size": 32, "train_steps": 6, "steps_per_loop": 3,
     "checkpoint_every": 3, "val_size": 100,
 }
-# The CPU robust-generalization study (README, "Robust generalization:
+# The CPU robust-generalization study (docs/reproducing.md, "Robust generalization:
 # rlfat_tf.study"): the official recipe on 250 images of real CIFAR-10 with a
 # WRN-10-1, PGD-5 and 1,250 steps, scored every 125 steps; and its first
 # pilot, on 1,000 images.
