@@ -125,7 +125,8 @@ def _autoattack_rows(results):
   rows = []
   for r in report.ordered(results):
     aa, pgd = r.accuracy("autoattack"), r.accuracy("pgd")
-    gap = MISSING if None in (aa, pgd) else f"{100 * (aa - pgd):+.1f}"
+    gap = (MISSING if None in (aa, pgd)
+           else f"{100 * (aa - pgd):+.1f}".replace("-", "−"))
     rows.append((r, aa, pgd, gap))
   return rows
 
