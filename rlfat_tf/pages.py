@@ -522,7 +522,7 @@ def benchmark_evaluation():
   lines += ["", f"APGD-CE, {s['steps']} iterations, ε = {s['epsilon']:g}, "
             f"{s['num_examples']:,} images, batch {s['batch_size']}, "
             f"{r['architecture']} {r['dataset']}. Speed ratio (ART's seconds "
-            f"/ ours) {data['speed_ratio']:.2f}; verdicts agree on "
+            f"/ rlfat_tf's) {data['speed_ratio']:.2f}; verdicts agree on "
             f"{data['robust_agreement']:.1%} of the images; {target['name']}:"
             f" {'met' if target['met'] else 'NOT met'}. Machine: "
             f"{m['cpus']} CPUs, {m['platform']}, TensorFlow {m['tensorflow']};"
