@@ -14,6 +14,21 @@ from rlfat_tf import errors
 from rlfat_tf.attacks import fab
 
 
+@pytest.mark.parametrize("dim", [1, 2, 7, 3072])
+def test_stable_argsort_is_tensorflows_stable_argsort(dim):
+  rng = np.random.default_rng(dim)
+  # Pixel-valued rows tie often, as the clean image's rows of the projection
+  # do; -0.0 ties with 0; 1 is the largest value p takes.
+  p = np.concatenate([rng.integers(0, 256, (3, dim)) / 255.0,
+                      rng.uniform(size=(2, dim)),
+                      np.zeros((1, dim)), np.ones((1, dim))]).astype(np.float32)
+  p[0, ::2] = -0.0
+  p = tf.constant(p)
+  got = tf.function(fab.stable_argsort)(p).numpy()
+  np.testing.assert_array_equal(
+      got, tf.argsort(p, axis=1, stable=True).numpy())
+
+
 def _project(points, w, b):
   return fab.projection_linf(tf.constant(points, tf.float32),
                              tf.constant(w, tf.float32),
