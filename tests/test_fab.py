@@ -14,6 +14,29 @@ from rlfat_tf import errors
 from rlfat_tf.attacks import fab
 
 
+@pytest.mark.parametrize("dim", [1, 2, 7, 3072])
+def test_sorted_sums_are_tensorflows_bit_for_bit(dim):
+  rng = np.random.default_rng(dim)
+  # Pixel-valued rows tie often, as the clean image's rows of the projection
+  # do; -0.0 ties with 0; 1 is the largest value p takes.
+  p = np.concatenate([rng.integers(0, 256, (3, dim)) / 255.0,
+                      rng.uniform(size=(2, dim)),
+                      np.zeros((1, dim)), np.ones((1, dim))]).astype(np.float32)
+  p[0, ::2] = -0.0
+  w = rng.normal(size=p.shape).astype(np.float32)
+  d = rng.uniform(-1, 1, p.shape).astype(np.float32)
+  p, w, d = (tf.constant(x) for x in (p, w, d))
+  got = [x.numpy() for x in tf.function(fab.sorted_sums)(p, w, d)]
+  # The TensorFlow ops the reference's steps translate to.
+  indp = tf.argsort(p, axis=1, stable=True)
+  down = tf.reverse(indp, [1])
+  ws = tf.gather(w, down, batch_dims=1)
+  want = [indp, tf.cumsum(tf.abs(ws), axis=1),
+          tf.cumsum(-ws * tf.gather(d, down, batch_dims=1), axis=1)]
+  for g, x in zip(got, want):
+    np.testing.assert_array_equal(g, x.numpy())
+
+
 def _project(points, w, b):
   return fab.projection_linf(tf.constant(points, tf.float32),
                              tf.constant(w, tf.float32),
