@@ -20,7 +20,7 @@ It writes everything as JSON (--output) and prints a table. It is a
 measurement, not a test: the numbers depend on the machine and its load,
 which the JSON records.
 
-Example (the README's table):
+Example (the table of docs/performance.md):
   python -m rlfat_tf.benchmark --output=benchmark.json
 
 With --mode=evaluation it instead times APGD-CE against IBM ART's on a trained

@@ -126,7 +126,7 @@ def render():
       "tests/test_build.py",
       "# checks that it is current. Third-party packages come from the "
       "Python environment",
-      "# (requirements.txt). See README.md, \"Bazel\".",
+      "# (requirements.txt). See docs/development.md, \"Bazel\".",
       "",
       'package(default_visibility = ["//visibility:public"])',
   ]

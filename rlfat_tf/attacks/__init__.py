@@ -75,6 +75,7 @@ class Registered:
 
   @property
   def kind(self):
+    """The attack's kind: "white_box", "black_box" or "composite"."""
     return self.cls.kind
 
   def build(self, values):
