@@ -46,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from rlfat_tf import aabench_reference
+from rlfat_tf import attacks
 from rlfat_tf import datasets
 from rlfat_tf import errors
 from rlfat_tf import robustness
@@ -76,6 +77,92 @@ def venv_python(venv):
         f"with: run scripts/install_autoattack.sh {venv}, or pass the "
         f"--venv it created")
   return python
+
+
+def model_passes(values=None):
+  """Model passes per attacked image of each component, if none breaks.
+
+  APGD iterates ``apgd_steps`` times, each a forward-backward pass, and
+  APGD-T does so for each of its ``apgd_targets``; FAB-T's ``fab_steps``
+  per target each take a forward-backward pass (the gradients) and a forward
+  pass (the new point); each of Square's ``square_queries`` is a forward
+  pass. An image broken early needs fewer.
+
+  Args:
+    values: attack settings (``attacks.default_values()`` by default).
+
+  Returns:
+    Per stage name of ``COMPONENTS``, ``(forward, forward_backward)``.
+  """
+  v = values or attacks.default_values()
+  return {"apgd_ce": (0, v["apgd_steps"]),
+          "apgd_t": (0, v["apgd_steps"] * v["apgd_targets"]),
+          "fab_t": (v["fab_steps"] * v["fab_targets"],) * 2,
+          "square": (v["square_queries"], 0)}
+
+
+def pass_costs(model, images, *, repeats=20):
+  """Seconds per image of a compiled forward, and forward-backward, pass.
+
+  Each is the mean of ``repeats`` calls on ``images`` in inference mode
+  after one untimed call (the trace), with the threads as they are.
+
+  Args:
+    model: a Keras model mapping images to logits.
+    images: float32 [B, H, W, C], the batch to time.
+    repeats: timed calls of each.
+
+  Returns:
+    Dict: ``forward`` and ``forward_backward`` seconds per image, and the
+    ``batch_size`` and ``repeats`` they were timed at.
+  """
+  x = tf.constant(images)
+  labels = tf.zeros(len(images), tf.int32)
+
+  def forward(x):
+    return model(x, training=False)
+
+  def forward_backward(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+          labels, model(x, training=False)))
+    return tape.gradient(loss, x)
+
+  out = {"batch_size": len(images), "repeats": repeats}
+  for name, fn in (("forward", forward),
+                   ("forward_backward", forward_backward)):
+    call = tf.function(fn)
+    call(x).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+      result = call(x)
+    result.numpy()
+    out[name] = (time.perf_counter() - start) / repeats / len(images)
+  return out
+
+
+def floor_seconds(seconds, costs, passes=None):
+  """What the model passes alone cost each component, and in all.
+
+  Args:
+    seconds: ``timing_table``'s dict (the images each component attacked).
+    costs: ``pass_costs``'s dict.
+    passes: ``model_passes``'s dict (default: the standard settings).
+
+  Returns:
+    Per stage name and "total", seconds: the images it attacked times its
+    passes per image (``model_passes``) at their cost per image. A bound
+    from below where no attacked image breaks.
+  """
+  passes = passes or model_passes()
+  out = {}
+  for stage, (forward, forward_backward) in passes.items():
+    out[stage] = seconds[stage]["images"]["project"] * (
+        forward * costs["forward"]
+        + forward_backward * costs["forward_backward"])
+  out["total"] = sum(out.values())
+  return out
 
 
 def two_cpus():
@@ -378,8 +465,10 @@ def run(model_dir, *, data_dir=None, num_examples=500, epsilon=EPSILON,
 
   Returns:
     ``compare``'s dict, plus ``run`` (folder, checkpoint, its step, dataset,
-    architecture) and ``machine`` (CPU model, cores, the two sides' CPUs,
-    load average before and after, versions).
+    architecture), ``machine`` (CPU model, cores, the two sides' CPUs,
+    load average before and after, versions) and ``model_passes`` (the
+    model's pass costs per image, ``pass_costs``, and the floor they put
+    under each component, ``floor_seconds``).
 
   Raises:
     errors.UserError: no reference environment, one CPU only, no run or
@@ -404,6 +493,11 @@ def run(model_dir, *, data_dir=None, num_examples=500, epsilon=EPSILON,
     results = compare(model, model_path, images, labels[:num_examples],
                       python=python, epsilon=epsilon, batch_size=batch_size,
                       seed=seed, cpus=cpus)
+  # Timed once both sides have ended, on this process's CPU and thread.
+  costs = pass_costs(model, images[:batch_size])
+  results["model_passes"] = {
+      "seconds_per_image": costs,
+      "floor_seconds": floor_seconds(results["seconds"], costs)}
   results["run"] = {
       "model_dir": model_dir, "checkpoint": checkpoint,
       "step": runs.checkpoint_number(checkpoint), "dataset": record.dataset,
@@ -440,16 +534,30 @@ def format_table(results):
       f"{s['seed']}", "",
       f"{'':<9}{'images':>8}{'rlfat_tf s':>12}{'reference s':>13}"
       f"{'ref/rlfat_tf':>14}"]
+  floor = results.get("model_passes", {}).get("floor_seconds")
+  if floor:
+    lines[-1] += f"{'passes s':>10}"
   for key, row in sec.items():
     label = COMPONENTS[key][1] if key in COMPONENTS else "total"
     images = (f"{row['images']['project']}/{row['images']['reference']}"
               if "images" in row else "")
     ratio = f"{row['ratio']:.2f}" if row["ratio"] is not None else "-"
     lines.append(f"{label:<9}{images:>8}{row['project']:>12.1f}"
-                 f"{row['reference']:>13.1f}{ratio:>14}")
+                 f"{row['reference']:>13.1f}{ratio:>14}"
+                 + (f"{floor[key]:>10.1f}" if floor else ""))
   lines += [
       "(images: attacked by rlfat_tf / by the reference, those still robust "
-      "when the component starts)", "",
+      "when the component starts)"]
+  if floor:
+    costs = results["model_passes"]["seconds_per_image"]
+    lines.append(
+        f"(passes: what the model's passes alone cost the images rlfat_tf "
+        f"attacked, {1e3 * costs['forward']:.2f} ms forward and "
+        f"{1e3 * costs['forward_backward']:.2f} ms forward-backward per "
+        f"image at batch {costs['batch_size']}; below it where images "
+        f"break)")
+  lines += [
+      "",
       f"clean accuracy {ours['clean_accuracy']:.1%} / "
       f"{theirs['clean_accuracy']:.1%}, robust accuracy "
       f"{ours['robust_accuracy']:.1%} / {theirs['robust_accuracy']:.1%} "

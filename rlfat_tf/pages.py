@@ -399,6 +399,7 @@ def benchmark_autoattack():
   s, sec, v = data["settings"], data["seconds"], data["verdicts"]
   ours, theirs = data["project"], data["reference"]
   versions = theirs["versions"]
+  passes = data.get("model_passes")
   rows = []
   for key, row in sec.items():
     name = aabench.COMPONENTS[key][1] if key in aabench.COMPONENTS else (
@@ -406,11 +407,28 @@ def benchmark_autoattack():
     images = (f"{row['images']['project']} / {row['images']['reference']}"
               if "images" in row else "")
     rows.append([name, images, f"{row['project']:,.1f}",
-                 f"{row['reference']:,.1f}", _ratio(row["ratio"])])
+                 f"{row['reference']:,.1f}", _ratio(row["ratio"])]
+                + ([f"{passes['floor_seconds'][key]:,.1f}"] if passes else []))
   lines = report.markdown_table(
       ["component", "images attacked (rlfat_tf / reference)", "rlfat_tf s",
        f"pyautoattack {versions.get('pyautoattack', '?')} s",
-       "reference / rlfat_tf"], rows)
+       "reference / rlfat_tf"]
+      + (["model passes alone s"] if passes else []), rows)
+  if passes:
+    costs, floor = passes["seconds_per_image"], passes["floor_seconds"]
+    lines += ["", "The last column is what the model's passes alone cost the "
+              "images each component attacked, if none broke "
+              "(`aabench.model_passes`: APGD's iterations, each a "
+              "forward-backward pass, for each APGD-T target; FAB-T's, each a "
+              "forward-backward and a forward pass, for each target; Square's "
+              "queries, each a forward pass), timed on the project's CPU and "
+              f"thread after both sides ended: {1e3 * costs['forward']:.2f} "
+              f"ms forward and {1e3 * costs['forward_backward']:.2f} ms "
+              f"forward-backward per image at batch {costs['batch_size']}. "
+              f"Both sides run the same model, so neither can go much below "
+              f"it: rlfat_tf takes {sec['total']['project'] / floor['total']:.2f}"
+              f" times it, the reference "
+              f"{sec['total']['reference'] / floor['total']:.2f} times."]
   lines += ["", f"Standard AutoAttack, L∞ ε = {s['epsilon']:g}, "
             f"{s['num_examples']:,} images, batch {s['batch_size']}, seed "
             f"{s['seed']}; a ratio above 1 means the reference took longer. "

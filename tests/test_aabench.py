@@ -114,6 +114,59 @@ def test_table_shows_every_component_the_total_and_the_verdicts():
                               "(1 robust only for rlfat_tf")
 
 
+def test_model_passes_follow_the_attack_settings():
+  # The standard version: 100 APGD steps, 9 targets for APGD-T and FAB-T,
+  # 100 FAB steps, 5,000 Square queries.
+  assert aabench.model_passes() == {"apgd_ce": (0, 100),
+                                    "apgd_t": (0, 900),
+                                    "fab_t": (900, 900),
+                                    "square": (5000, 0)}
+  values = {"apgd_steps": 4, "apgd_targets": 2, "fab_steps": 3,
+            "fab_targets": 5, "square_queries": 7}
+  assert aabench.model_passes(values) == {
+      "apgd_ce": (0, 4), "apgd_t": (0, 8), "fab_t": (15, 15),
+      "square": (7, 0)}
+
+
+def test_floor_counts_each_components_images_and_passes_by_hand():
+  project, reference = _sides([2.0, 4.0, 5.0, 0.0, 12.0],
+                              [6.0, 4.0, 10.0, 0.5, 30.0], [9, 5, 4, 0])
+  seconds = aabench.timing_table(project, reference)
+  costs = {"forward": 0.5, "forward_backward": 1.0}
+  floor = aabench.floor_seconds(seconds, costs, {
+      "apgd_ce": (0, 2), "apgd_t": (0, 6), "fab_t": (3, 3),
+      "square": (10, 0)})
+  # 9 x 2 x 1.0; 5 x 6 x 1.0; 4 x 3 x (0.5 + 1.0); nothing left for Square.
+  assert floor == {"apgd_ce": 18.0, "apgd_t": 30.0, "fab_t": 18.0,
+                   "square": 0.0, "total": 66.0}
+  results = {
+      "settings": {"num_examples": 10, "epsilon": 0.03, "batch_size": 100,
+                   "seed": 0},
+      "seconds": seconds,
+      "verdicts": {"differing": 0, "robust_only_in_project": 0,
+                   "robust_only_in_reference": 0},
+      "project": {"clean_accuracy": 0.9, "robust_accuracy": 0.4},
+      "reference": {"clean_accuracy": 0.9, "robust_accuracy": 0.4,
+                    "versions": {}},
+      "model_passes": {"floor_seconds": floor, "seconds_per_image": {
+          **costs, "batch_size": 100}}}
+  lines = aabench.format_table(results).splitlines()
+  assert lines[2].split()[-3:] == ["ref/rlfat_tf", "passes", "s"]
+  rows = {line.split()[0]: line.split() for line in lines[3:8]}
+  assert rows["FAB-T"] == ["FAB-T", "4/5", "5.0", "10.0", "2.00", "18.0"]
+  assert rows["total"][-1] == "66.0"
+  assert "500.00 ms forward and 1000.00 ms forward-backward" in lines[9]
+
+
+def test_pass_costs_time_both_passes_per_image(model, batch):
+  costs = aabench.pass_costs(model, batch[0], repeats=2)
+  assert (costs["batch_size"], costs["repeats"]) == (6, 2)
+  # Seconds per image, whatever they are (timings are not asserted).
+  assert set(costs) == {"forward", "forward_backward", "batch_size",
+                        "repeats"}
+  assert costs["forward"] > 0 and costs["forward_backward"] > 0
+
+
 def test_missing_venv_names_the_install_script(tmp_path):
   with pytest.raises(errors.UserError,
                      match=f"--venv={tmp_path} has no bin/python.*"

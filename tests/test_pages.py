@@ -147,6 +147,21 @@ def test_autoattack_benchmark_is_not_measured_until_its_file_exists(root):
   assert "load average (1 min) 0.50 at the start, 2.00 at the end" in text
   assert "--num_examples=4 --output=results/benchmark_autoattack.json" in text
   assert pages.stale() == []
+  # With the model passes' floor, a column and the two sides against it.
+  data = _aabench_results()
+  data["model_passes"] = {
+      "seconds_per_image": {"forward": 0.001, "forward_backward": 0.002,
+                            "batch_size": 100, "repeats": 20},
+      "floor_seconds": {"apgd_ce": 1.0, "apgd_t": 2.0, "fab_t": 3.0,
+                        "square": 4.0, "total": 10.0}}
+  path.write_text(json.dumps(data))
+  pages.write()
+  text = (root / "docs" / "performance.md").read_text()
+  assert "| APGD-T | 3 / 3 | 4.0 | 8.0 | 2.00 | 2.0 |" in text
+  assert "| **total** |  | 20.0 | 50.0 | 2.50 | 10.0 |" in text
+  assert ("1.00 ms forward and 2.00 ms forward-backward per image at batch "
+          "100. Both sides run the same model, so neither can go much below "
+          "it: rlfat_tf takes 2.00 times it, the reference 5.00 times.") in text
 
 
 def test_training_benchmark_renders_its_table_and_targets(root):
