@@ -47,8 +47,8 @@ import tensorflow as tf
 
 from rlfat_tf import aabench_reference
 from rlfat_tf import attacks
-from rlfat_tf import datasets
 from rlfat_tf import errors
+from rlfat_tf import evalbench
 from rlfat_tf import robustness
 from rlfat_tf import runs
 
@@ -481,16 +481,12 @@ def run(model_dir, *, data_dir=None, num_examples=500, epsilon=EPSILON,
   aabench_reference.limit_threads()
   model, record, checkpoint = runs.restore_model(
       model_dir, "last", data_dir=data_dir, tfds_data_dir=None)
-  images, labels = runs.load_split(record, "test", data_dir, None)
-  if num_examples > len(images):
-    raise errors.UserError(
-        f"{num_examples} examples asked for, the test split has "
-        f"{len(images)}: ask for at most {len(images)}")
-  images = robustness.as_float(datasets.in_memory(images[:num_examples]))
+  images, labels = evalbench.first_test_images(record, data_dir,
+                                               num_examples)
   with tempfile.TemporaryDirectory() as tmp:
     model_path = os.path.join(tmp, "model.keras")
     model.save(model_path)
-    results = compare(model, model_path, images, labels[:num_examples],
+    results = compare(model, model_path, images, labels,
                       python=python, epsilon=epsilon, batch_size=batch_size,
                       seed=seed, cpus=cpus)
   # Timed once both sides have ended, on this process's CPU and thread.

@@ -214,6 +214,29 @@ def compare(model, saved_model, images, labels, *, epsilon, steps=100,
   }
 
 
+def first_test_images(record, data_dir, num_examples):
+  """A run's first ``num_examples`` test images, as float32 in [0, 1].
+
+  Args:
+    record: the run's ``runs.RunRecord``.
+    data_dir: the run's data folder if it moved; None means the run's.
+    num_examples: how many.
+
+  Returns:
+    ``(images, labels)``: float32 [N, H, W, C] and int [N].
+
+  Raises:
+    errors.UserError: the test split has fewer images.
+  """
+  images, labels = runs.load_split(record, "test", data_dir)
+  if num_examples > len(images):
+    raise errors.UserError(
+        f"{num_examples} examples asked for, the test split has "
+        f"{len(images)}: ask for at most {len(images)}")
+  return (robustness.as_float(datasets.in_memory(images[:num_examples])),
+          labels[:num_examples])
+
+
 def run(model_dir, *, which="last", data_dir=None, num_examples=500,
         epsilon=None, steps=100, batch_size=500, warmup_examples=16,
         art_python=DEFAULT_ART_PYTHON, seed=0):
@@ -239,18 +262,13 @@ def run(model_dir, *, which="last", data_dir=None, num_examples=500,
   load_start = os.getloadavg()
   model, record, checkpoint = runs.restore_model(model_dir, which,
                                                  data_dir=data_dir)
-  images, labels = runs.load_split(record, "test", data_dir)
-  if num_examples > len(images):
-    raise errors.UserError(
-        f"{num_examples} examples asked for, the test split has "
-        f"{len(images)}: ask for at most {len(images)}")
-  images = robustness.as_float(datasets.in_memory(images[:num_examples]))
+  images, labels = first_test_images(record, data_dir, num_examples)
   with tempfile.TemporaryDirectory() as tmp:
     saved_model = os.path.join(tmp, "saved_model")
     serving.save(model, runs.dataset_spec(record, data_dir).class_names,
                  saved_model)
     results = compare(
-        model, saved_model, images, labels[:num_examples],
+        model, saved_model, images, labels,
         epsilon=epsilon or record.epsilon, steps=steps,
         batch_size=batch_size, warmup_examples=warmup_examples,
         art_python=art_python, seed=seed)
