@@ -7,17 +7,24 @@ Examples:
   python -m rlfat_tf.study --train_flagfile=flags/cifar10_rlfat_p.cfg \
       --methods=pgdat,rlfat_p --seeds=0,1,2 --train_sizes=5000,49000 \
       --study_dir=studies/c10
+  python -m rlfat_tf.study --train_flagfile=flags/study/cifar10_cpu_train.cfg \
+      --methods=pgdat,rlfat_p,trades,rlfat_t --train_sizes=250,1000 \
+      --train_epochs=160 --eval_examples=1000 --study_dir=studies/c10
 
 Every cell of the grid (--methods x --seeds x --train_sizes) is an ordinary
 run folder of ``rlfat_tf.train`` under STUDY/runs/, trained with the settings
-of --train_flagfile plus its method, seed and training-set size. Set
+of --train_flagfile plus its method, seed and training-set size (and, with
+--train_epochs, as many steps as that many epochs of that size take). Set
 --monitor_examples and --eval_every there: every run then records, at each
 validation step and in inference mode, clean and PGD accuracy on the first N
 images it trains on and on the first N test images (``history.json``), the
 curves of its generalization gap. Once trained, its last checkpoint, and its
 best one when it holds out a validation split, are evaluated with
 ``rlfat_tf.evaluate`` (--eval_attacks; by default PGD-20 and the standard
-AutoAttack) into STUDY/evals/.
+AutoAttack) into STUDY/evals/. Robust accuracy is the per-image worst case
+over those attacks, and each attack's own accuracy is kept beside it
+("final/autoattack", "final/pgd"), so one study gives the verdict under
+AutoAttack and under PGD-20 on the same checkpoints.
 
 The study then writes STUDY/study.json (every run's curves and evaluations,
 their mean and sample standard deviation over seeds, and each method against
@@ -37,6 +44,7 @@ evaluation settings may not, since the evaluations already written used them.
 
 import dataclasses
 import itertools
+import math
 import os
 import sys
 
@@ -63,8 +71,10 @@ from rlfat_tf import runs
 from rlfat_tf import train
 from rlfat_tf.trainer import actions
 
-# 2: study.json holds "comparisons".
-SCHEMA_VERSION = 2
+# 2: study.json holds "comparisons". 3: the summaries and comparisons hold
+# each evaluation attack's own accuracy too ("final/<attack>"), and what each
+# run cost ("cost/...", and "cost" for the whole study).
+SCHEMA_VERSION = 3
 EVAL_SETTINGS_FILE = "eval_settings.json"
 # The metrics a study reports, by its own short names.
 CLEAN = "test/clean_accuracy"
@@ -76,13 +86,23 @@ SUMMARY_KEYS = (
     "final/clean", "final/robust", "best/clean", "best/robust", "best/step",
     "curve/test_robust_peak", "curve/test_robust_peak_step",
     "curve/test_robust_final", "curve/test_robust_drop",
-    "curve/train_robust_final", "curve/robust_gap_final")
+    "curve/train_robust_final", "curve/robust_gap_final",
+    "cost/train_seconds", "cost/eval_seconds")
 # What a method is compared on against the method it builds on (RLFAT_P
 # against PGDAT): test accuracies, and how much the robust gap and the fall
 # from the test robust peak shrink.
 COMPARED_KEYS = (
     "final/clean", "final/robust", "best/clean", "best/robust",
     "curve/robust_gap_final", "curve/test_robust_drop")
+
+
+def attack_keys(entries):
+  """The per-attack keys the runs' summaries hold: "final/<attack>" and
+  "best/<attack>", the accuracy under each evaluation attack alone, in the
+  registry's order (e.g. "final/pgd", "final/autoattack")."""
+  held = set().union(*(e["summary"] for e in entries)) if entries else set()
+  return tuple(f"{which}/{name}" for which in ("final", "best")
+               for name in attacks.NAMES if f"{which}/{name}" in held)
 
 
 def _ints(values):
@@ -108,6 +128,11 @@ def define_flags(flag_values=flags.FLAGS):
                     "method and training-set size.", **fv)
   flags.DEFINE_list("train_sizes", [], "Training-set sizes (--train_size of "
                     "rlfat_tf.train); empty: the whole training set.", **fv)
+  flags.DEFINE_integer("train_epochs", None, "Train every run for this many "
+                       "passes over its training set: --train_steps = "
+                       "ceil(epochs x size / --batch_size), so that larger "
+                       "sizes train longer (default: the train flagfile's "
+                       "--train_steps for every size).", lower_bound=1, **fv)
   flags.DEFINE_list("eval_attacks", ["pgd", "autoattack"], "Attacks of the "
                     "final evaluation (--attacks of rlfat_tf.evaluate); the "
                     "robust accuracy reported is the per-image worst case "
@@ -196,12 +221,24 @@ def run_record(values, cell):
           *progress.flag_argv(values["progress"])]
   if cell.train_size is not None:
     argv.append(f"--train_size={cell.train_size}")
-  try:
-    _, record = train.values_from_argv(argv)
-  except flags.Error as e:
-    raise errors.UserError(f"--train_flagfile={path}: {e}") from None
+  record = _train_record(argv, path)
+  epochs = values.get("train_epochs")
+  if epochs is not None:
+    if record.train_size is None:
+      raise errors.UserError(
+          f"--train_epochs needs each run's training-set size: pass "
+          f"--train_sizes, or set --train_size in {path}")
+    steps = math.ceil(epochs * record.train_size / record.batch_size)
+    record = _train_record([*argv, f"--train_steps={steps}"], path)
   return (os.path.join(values["study_dir"], "runs", run_name(record)),
           record)
+
+
+def _train_record(argv, path):
+  try:
+    return train.values_from_argv(argv)[1]
+  except flags.Error as e:
+    raise errors.UserError(f"--train_flagfile={path}: {e}") from None
 
 
 def eval_settings(values):
@@ -284,6 +321,33 @@ def run_cell(values, model_dir, record, log=print):
   return outputs
 
 
+def training_seconds(model_dir):
+  """Wall-clock seconds the run's training took, from its summary files.
+
+  Each process that trains the run writes its own file, whose first event
+  is stamped when the file is made and whose last is the last summary, so
+  the sum over files leaves out the pauses between a stop and its resume.
+
+  Returns:
+    The seconds, or None for a run without summaries.
+  """
+  paths = tf.io.gfile.glob(os.path.join(model_dir, "summaries",
+                                        "events.out.tfevents.*"))
+  total = None
+  for path in sorted(paths):
+    stamps = [tf.compat.v1.Event.FromString(record.numpy()).wall_time
+              for record in tf.data.TFRecordDataset(path)]
+    if stamps:
+      total = (total or 0.0) + max(stamps) - min(stamps)
+  return total
+
+
+def evaluation_seconds(results):
+  """Seconds an evaluation's attacks took, batches taken from a stopped run's
+  saved progress included at what they cost when they ran."""
+  return float(sum(a["seconds"] for a in results["attacks"].values()))
+
+
 def curves(model_dir):
   """The run's monitored scores at each validation step, from history.json.
 
@@ -334,6 +398,9 @@ def run_entry(values, model_dir, record, outputs):
            "model_dir": os.path.relpath(model_dir, values["study_dir"]),
            "train_record": record.to_json(), "curves": points,
            "evaluations": {}, "summary": curve_summary(points)}
+  seconds = training_seconds(model_dir)
+  if seconds is not None:
+    entry["summary"]["cost/train_seconds"] = seconds
   for which, output in outputs.items():
     results = runs.read_json(output)
     key = "final" if which == "last" else "best"
@@ -345,8 +412,14 @@ def run_entry(values, model_dir, record, outputs):
         "failed_checks": failed}
     entry["summary"][f"{key}/clean"] = results["metrics"][CLEAN]
     entry["summary"][f"{key}/robust"] = results["metrics"][ROBUST]
+    for attack in values["eval_attacks"]:
+      entry["summary"][f"{key}/{attack}"] = (
+          results["metrics"][f"test/{attack}_accuracy"])
     if key == "best":
       entry["summary"]["best/step"] = step
+    entry["summary"]["cost/eval_seconds"] = (
+        entry["summary"].get("cost/eval_seconds", 0.0)
+        + evaluation_seconds(results))
   return entry
 
 
@@ -376,7 +449,7 @@ def summarise(entries):
     row = {"method": method,
            "display_name": methods.get(method).display_name,
            "train_size": size, "seeds": [e["seed"] for e in group]}
-    for key in SUMMARY_KEYS:
+    for key in SUMMARY_KEYS + attack_keys(group):
       numbers = [e["summary"][key] for e in group if key in e["summary"]]
       if len(numbers) == len(group):
         row[key] = mean_std(numbers)
@@ -420,7 +493,7 @@ def compare(entries):
     if base == method or (base, size) not in groups:
       continue
     row = {"method": method, "baseline": base, "train_size": size}
-    for key in COMPARED_KEYS:
+    for key in COMPARED_KEYS + attack_keys(group):
       ours = [e["summary"][key] for e in group if key in e["summary"]]
       theirs = [e["summary"][key] for e in groups[(base, size)]
                 if key in e["summary"]]
@@ -489,11 +562,20 @@ def _fmt(stat, percent=True):
 
 
 def table(summary):
-  """The study's Markdown table: one row per method and training-set size."""
+  """The study's Markdown table: one row per method and training-set size.
+
+  Robust is the per-image worst case over the evaluation attacks; the
+  accuracy under each of them alone follows it.
+  """
+  def alone(which):
+    return [(f"{which}/{name}", f"{which} {entry.display_name}")
+            for name, entry in attacks.ATTACKS.items()]
+
   columns = [
       ("final/clean", "final clean"), ("final/robust", "final robust"),
+      *alone("final"),
       ("best/clean", "best clean"), ("best/robust", "best robust"),
-      ("best/step", "best step"),
+      *alone("best"), ("best/step", "best step"),
       ("curve/test_robust_peak", "test robust peak (curve)"),
       ("curve/test_robust_peak_step", "peak step"),
       ("curve/test_robust_final", "test robust end (curve)"),
@@ -520,7 +602,9 @@ def comparison_table(comparisons):
             f"{methods.get(row['baseline']).display_name}")
     if row["train_size"] is not None:
       name += f", n={row['train_size']}"
-    for key in (k for k in COMPARED_KEYS if k in row):
+    alone = tuple(f"{which}/{name}" for which in ("final", "best")
+                  for name in attacks.NAMES)
+    for key in (k for k in COMPARED_KEYS + alone if k in row):
       test = row[key]
       numbers = ([f"{test['t']:.2f}", f"{test['df']:.1f}",
                   f"{test['p']:.3f}" if test["p"] >= 0.001 else "< 0.001"]
@@ -547,6 +631,9 @@ def write_outputs(values, entries):
       "runs": entries,
       "summary": summary,
       "comparisons": comparisons,
+      "cost": {key: sum(e["summary"].get(f"cost/{key}", 0.0)
+                        for e in entries)
+               for key in ("train_seconds", "eval_seconds")},
   }
   files.write_json(os.path.join(study_dir, "study.json"), payload)
   tables = table(summary)

@@ -28,8 +28,8 @@ def _values(tmp_path, **overrides):
   values = {"study_dir": str(tmp_path / "study"),
             "train_flagfile": str(tmp_path / "train.cfg"),
             "methods": ["pgdat"], "seeds": ["0"], "train_sizes": [],
-            "eval_attacks": ["pgd"], "eval_examples": 16,
-            "eval_batch_size": 16, "eval_checks": False, "progress": False}
+            "eval_attacks": ["pgd", "autoattack"], "eval_examples": 16,
+            "train_epochs": None, "eval_batch_size": 16, "eval_checks": False, "progress": False}
   values.update(overrides)
   return values
 
@@ -45,7 +45,7 @@ def _train_flagfile(path):
 
 def _study_argv(tmp_path, study_dir):
   return [f"--train_flagfile={_train_flagfile(tmp_path / 'train.cfg')}",
-          "--methods=pgdat", "--seeds=0", "--eval_attacks=pgd",
+          "--methods=pgdat", "--seeds=0", "--eval_attacks=pgd,autoattack",
           "--eval_examples=16", "--eval_batch_size=16", "--noprogress",
           f"--study_dir={study_dir}"]
 
@@ -80,6 +80,43 @@ def test_grid_is_method_major_with_seeds_fastest(tmp_path):
   values = _values(tmp_path, train_flagfile=str(tmp_path / "sized.cfg"))
   (cell,) = study.grid(values)
   assert study.run_name(study.run_record(values, cell)[1]) == "pgdat_n64_s0"
+
+
+def test_train_epochs_sets_each_sizes_steps(tmp_path):
+  _train_flagfile(tmp_path / "train.cfg")
+  values = _values(tmp_path, train_sizes=["250", "1000", "100"],
+                   train_epochs=160)
+  steps = [study.run_record(values, cell)[1].train_steps
+           for cell in study.grid(values)]
+  # Batch 32: 160 x 250 / 32 = 1,250 and 160 x 1,000 / 32 = 5,000; 100
+  # images make 500 steps exactly too, and 3 epochs of them 9.375, so 10.
+  assert steps == [1250, 5000, 500]
+  values = dict(values, train_sizes=["100"], train_epochs=3)
+  (cell,) = study.grid(values)
+  assert study.run_record(values, cell)[1].train_steps == 10
+  # Without it every size keeps the flagfile's steps.
+  values = dict(values, train_epochs=None)
+  assert study.run_record(values, cell)[1].train_steps == TRAIN_STEPS
+  # The whole training set has no size the study can count epochs of.
+  values = dict(values, train_sizes=[], train_epochs=3)
+  with pytest.raises(errors.UserError, match=(
+      "--train_epochs needs each run's training-set size: pass "
+      "--train_sizes, or set --train_size in .*train.cfg")):
+    study.run_record(values, study.grid(values)[0])
+
+
+def test_training_seconds_sum_each_processs_summary_file(tmp_path):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  summaries = tmp_path / "run" / "summaries"
+  summaries.mkdir(parents=True)
+  # Two processes: 100 to 130 s, a pause, then 500 to 520 s: 30 + 20.
+  for name, stamps in (("1", [100.0, 105.0, 130.0]), ("2", [500.0, 520.0])):
+    with tf.io.TFRecordWriter(
+        str(summaries / f"events.out.tfevents.{name}")) as writer:
+      for stamp in stamps:
+        writer.write(tf.compat.v1.Event(wall_time=stamp).SerializeToString())
+  assert study.training_seconds(tmp_path / "run") == 50.0
+  assert study.training_seconds(tmp_path / "none") is None
 
 
 def test_curve_summary_finds_the_peak_and_the_final_gap():
@@ -134,6 +171,32 @@ def test_seeds_are_summarised_per_method_over_common_steps():
   table = study.table(summary)
   assert "| PGDAT | 2 | 30.0 ± 7.1 | 375 ± 177 |" in table
   assert "| RLFAT_P | 1 | 50.0 | 500 |" in table
+
+
+def test_each_attacks_own_accuracy_is_summarised_and_compared():
+  def entry(method, seed, pgd, autoattack):
+    return {"method": method, "seed": seed, "train_size": 250,
+            "summary": {"final/robust": min(pgd, autoattack),
+                        "final/pgd": pgd, "final/autoattack": autoattack}}
+
+  entries = [entry("pgdat", 0, 0.10, 0.08), entry("pgdat", 1, 0.12, 0.10),
+             entry("rlfat_p", 0, 0.16, 0.10), entry("rlfat_p", 1, 0.18, 0.08)]
+  assert study.attack_keys(entries) == ("final/pgd", "final/autoattack")
+  assert study.attack_keys([]) == ()
+  summary = study.summarise(entries)
+  assert summary[1]["final/pgd"]["mean"] == pytest.approx(0.17)
+  assert summary[1]["final/autoattack"]["mean"] == pytest.approx(0.09)
+  table = study.table(summary).splitlines()
+  assert table[0] == ("| model | seeds | final robust | final PGD | "
+                      "final AutoAttack |")
+  assert table[2] == "| PGDAT, n=250 | 2 | 9.0 ± 1.4 | 11.0 ± 1.4 | 9.0 ± 1.4 |"
+  # Under PGD alone RLFAT_P leads by 6 points; under AutoAttack by none.
+  (row,) = study.compare(entries)
+  assert row["final/pgd"]["difference"] == pytest.approx(0.06)
+  assert row["final/autoattack"]["difference"] == pytest.approx(0.0)
+  measures = [line.split(" | ")[1]
+              for line in study.comparison_table([row]).splitlines()[2:]]
+  assert measures == ["final/robust", "final/pgd", "final/autoattack"]
 
 
 def test_welch_t_test_by_hand():
@@ -211,7 +274,29 @@ def test_tiny_study_records_curves_evaluations_and_figures(finished):
     assert results["eval"]["num_examples"] == 16
     assert run["summary"][f"{key}/robust"] == (
         results["metrics"][study.ROBUST])
+    # Evaluated with the standard AutoAttack too, each attack's own
+    # accuracy is kept beside the per-image worst case.
+    assert results["attacks"]["autoattack"]["components"] == [
+        "apgd_ce", "apgd_t", "fab_t", "square"]
+    for attack in ("pgd", "autoattack"):
+      assert run["summary"][f"{key}/{attack}"] == (
+          results["metrics"][f"test/{attack}_accuracy"])
+      assert run["summary"][f"{key}/robust"] <= run["summary"][
+          f"{key}/{attack}"]
   assert run["evaluations"]["final"]["step"] == TRAIN_STEPS
+  # What the run cost: its training's seconds from its summary file, and
+  # the seconds of both evaluations' attacks.
+  assert 0 < run["summary"]["cost/train_seconds"] == study.training_seconds(
+      study_dir / run["model_dir"])
+  eval_seconds = 0.0
+  for evaluation in run["evaluations"].values():
+    with open(study_dir / evaluation["file"]) as f:
+      eval_seconds += sum(a["seconds"] for a in json.load(f)[
+          "attacks"].values())
+  assert run["summary"]["cost/eval_seconds"] == pytest.approx(eval_seconds)
+  assert payload["cost"] == {
+      "train_seconds": run["summary"]["cost/train_seconds"],
+      "eval_seconds": run["summary"]["cost/eval_seconds"]}
   (row,) = payload["summary"]
   assert row["final/robust"] == {"mean": run["summary"]["final/robust"],
                                  "std": None, "n": 1}
@@ -222,9 +307,20 @@ def test_tiny_study_records_curves_evaluations_and_figures(finished):
     assert (study_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _without_costs(payload):
+  """study.json without the seconds things took, which no rerun repeats."""
+  def strip(summary):
+    return {k: v for k, v in summary.items() if not k.startswith("cost/")}
+  return dict(payload, cost=None,
+              runs=[dict(r, summary=strip(r["summary"]))
+                    for r in payload["runs"]],
+              summary=[strip(r) for r in payload["summary"]])
+
+
 class _StopOnceSaved(contextlib.nullcontext):
   """A stand-in for ``preemption.PreemptionWatcher``: asks to stop, as on a
-  SIGTERM, once the evaluation state ``folder`` holds a batch."""
+  SIGTERM, once the evaluation state ``folder`` holds a batch of AutoAttack's
+  first component."""
 
   received = signal.SIGTERM
 
@@ -234,7 +330,7 @@ class _StopOnceSaved(contextlib.nullcontext):
 
   @property
   def requested(self):
-    return any(self.folder.glob("*/*.npz"))
+    return any(self.folder.glob("*_autoattack_apgd_ce/*.npz"))
 
 
 def test_a_killed_and_stopped_study_resumes_to_the_same_results(
@@ -255,25 +351,26 @@ def test_a_killed_and_stopped_study_resumes_to_the_same_results(
   proc.communicate()
   assert not (study_dir / "study.json").exists()
   # Resumed here, it trains to the end and is stopped, as by a SIGTERM,
-  # once its first evaluation has saved a batch.
+  # once its first evaluation has saved PGD's batch and AutoAttack's first.
   state = study_dir / "evals" / "pgdat_nall_s0_last_state"
   monkeypatch.setattr(preemption, "PreemptionWatcher",
                       lambda **_: _StopOnceSaved(state))
   with pytest.raises(preemption.Stopped, match="stopped after batch 1 of 1 "
-                     "of pgd on SIGTERM"):
+                     "of autoattack/apgd_ce on SIGTERM"):
     study.run(_values(tmp_path), log=lambda _: None)
   monkeypatch.undo()
-  assert len(list(state.glob("*/*.npz"))) == 1
+  assert len(list(state.glob("*/*.npz"))) == 2
   result = helpers.run_module("rlfat_tf.study", *argv)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert f"resuming from {state} (1 batch saved)" in result.stdout
+  assert f"resuming from {state} (2 batches saved)" in result.stdout
   assert not state.exists()
   with open(study_dir / "study.json") as f:
-    assert json.load(f) == expected
+    assert _without_costs(json.load(f)) == _without_costs(expected)
   # Nothing is redone on a finished study (in this process: the same
   # settings as argv, through the command's own function).
   logged = []
-  assert study.run(_values(tmp_path), log=logged.append) == expected
+  assert _without_costs(study.run(_values(tmp_path), log=logged.append)) == (
+      _without_costs(expected))
   assert logged and not any(
       line.startswith(("== training", "== evaluating")) for line in logged)
 
