@@ -27,25 +27,10 @@ if [[ -x "$venv_python" ]] && "$venv_python" -c \
   exit 0
 fi
 
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-# Pinned lines only: editable or URL installs cannot be constraints.
-"$PYTHON" -m pip freeze --disable-pip-version-check |
-    grep -E '^[A-Za-z0-9_.-]+==' >"$WORK/constraints.txt"
-
-"$PYTHON" -m venv --system-site-packages "$VENV"
-"$venv_python" -m pip install --quiet --disable-pip-version-check \
-    -c "$WORK/constraints.txt" "adversarial-robustness-toolbox==$ART_VERSION"
-
-versions='import importlib.metadata as m
-print(" ".join(f"{p}=={m.version(p)}" for p in ("numpy", "scipy", "tensorflow", "keras")))'
-main_versions="$("$PYTHON" -c "$versions")"
-venv_versions="$("$venv_python" -c "$versions")"
-if [[ "$main_versions" != "$venv_versions" ]]; then
-  echo "error: $VENV resolves $venv_versions, the main environment" \
-       "$main_versions: delete $VENV and run this script again" >&2
-  exit 1
-fi
+# shellcheck source=scripts/side_venv.sh
+source "$(dirname "$0")/side_venv.sh"
+side_venv_install "$VENV" "$PYTHON" "adversarial-robustness-toolbox==$ART_VERSION"
+main_versions="$(side_venv_check_shared "$VENV" "$PYTHON")"
 echo "ART $ART_VERSION installed in $VENV (shares $main_versions)"
 echo "added: $("$venv_python" -m pip list --local --format=freeze \
     --disable-pip-version-check 2>/dev/null | grep -v -E '^(pip|setuptools)==' | tr '\n' ' ')"

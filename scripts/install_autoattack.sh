@@ -36,26 +36,11 @@ if [[ -x "$venv_python" ]] && "$venv_python" -c "$installed" \
   exit 0
 fi
 
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-# Pinned lines only: editable or URL installs cannot be constraints.
-"$PYTHON" -m pip freeze --disable-pip-version-check |
-    grep -E '^[A-Za-z0-9_.-]+==' >"$WORK/constraints.txt"
-
-"$PYTHON" -m venv --system-site-packages "$VENV"
-"$venv_python" -m pip install --quiet --disable-pip-version-check \
-    -c "$WORK/constraints.txt" "torch==$TORCH_VERSION" \
+# shellcheck source=scripts/side_venv.sh
+source "$(dirname "$0")/side_venv.sh"
+side_venv_install "$VENV" "$PYTHON" "torch==$TORCH_VERSION" \
     "pyautoattack==$AUTOATTACK_VERSION"
-
-versions='import importlib.metadata as m
-print(" ".join(f"{p}=={m.version(p)}" for p in ("numpy", "scipy", "tensorflow", "keras")))'
-main_versions="$("$PYTHON" -c "$versions")"
-venv_versions="$("$venv_python" -c "$versions")"
-if [[ "$main_versions" != "$venv_versions" ]]; then
-  echo "error: $VENV resolves $venv_versions, the main environment" \
-       "$main_versions: delete $VENV and run this script again" >&2
-  exit 1
-fi
+main_versions="$(side_venv_check_shared "$VENV" "$PYTHON")"
 # The reference imports both, and the benchmark runs it on the CPU.
 TF_CPP_MIN_LOG_LEVEL=2 "$venv_python" -c 'import pyautoattack, torch
 from pyautoattack import utils_tf2
