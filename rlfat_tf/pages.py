@@ -225,27 +225,36 @@ STUDY_LOAD = ("as two processes, one per core (`TF_NUM_INTRAOP_THREADS=1`), "
               "the machine at times")
 
 
-def study_summary():
-  """The study's two tables, as ``rlfat_tf.study`` writes them."""
+def _study_tables(folder, caption, date, load, command):
+  """A study's two tables as ``rlfat_tf.study`` writes them, between the
+  ``caption(evaluation settings)`` of the first and the command."""
   from rlfat_tf import study  # pylint: disable=import-outside-toplevel
-  data = _read_json(f"{STUDY}/study.json")
-  ev = data["evaluation"]
+  data = _read_json(f"{folder}/study.json")
   lines = study.table(data["summary"]).splitlines()
-  lines += ["", "Mean ± sample standard deviation over seeds (%; steps for "
-            "best step and peak step). Final and best: the last checkpoint "
-            "and the one with the best validation PGD, on the first "
-            f"{ev['num_examples']:,} test images, robust = the per-image worst "
-            f"case of {', '.join(ev['attacks'])}. Curves: every 125 steps on "
-            "the training images and as many test images.", ""]
+  lines += ["", caption(data["evaluation"]), ""]
   comparisons = study.comparison_table(data["comparisons"])
   if comparisons:
     lines += comparisons.splitlines()
-    lines += ["", "Each method against the method it builds on: the "
-              "difference of the means in points, Welch's t-test over seeds "
-              "(t, degrees of freedom, two-sided p).", ""]
-  lines += [f"Measured on {STUDY_DATE}, {MACHINE}, {STUDY_LOAD}; from "
-            f"`{STUDY}/study.json`, by:", ""]
-  return lines + _command(STUDY_COMMAND)
+    lines += ["", "Each method against the method it builds on (RLFAT_P "
+              "against PGDAT, RLFAT_T against TRADES): the difference of the "
+              "means in points, Welch's t-test over seeds (t, degrees of "
+              "freedom, two-sided p).", ""]
+  lines += [f"Measured on {date}, {MACHINE}, {load}; from "
+            f"`{folder}/study.json`, by:", ""]
+  return lines + _command(command)
+
+
+def study_summary():
+  """The first study's two tables, as ``rlfat_tf.study`` wrote them."""
+  return _study_tables(
+      STUDY, lambda ev: (
+          "Mean ± sample standard deviation over seeds (%; steps for best "
+          "step and peak step). Final and best: the last checkpoint and the "
+          "one with the best validation PGD, on the first "
+          f"{ev['num_examples']:,} test images, robust = the per-image worst "
+          f"case of {', '.join(ev['attacks'])}. Curves: every 125 steps on "
+          "the training images and as many test images."),
+      STUDY_DATE, STUDY_LOAD, STUDY_COMMAND)
 
 
 STUDY_AUTOATTACK_COMMAND = """
@@ -336,6 +345,105 @@ def pilot_curves():
       f"python -m rlfat_tf.study --train_flagfile={flagfile} --methods=pgdat "
       f"--seeds=0 \\\n    --eval_attacks=pgd --eval_examples={examples} "
       f"--study_dir={study_dir}" for _, flagfile, study_dir in PILOTS))
+
+
+# --- The study under AutoAttack: four methods, two training-set sizes -------
+
+AA_STUDY = "results/study_cifar10_cpu_autoattack"
+AA_STUDY_DATE = "2026-12-07"
+AA_STUDY_COMMAND = """
+python -m rlfat_tf.study --train_flagfile=flags/study/cifar10_cpu_train.cfg --methods=pgdat,rlfat_p,trades,rlfat_t \\
+    --seeds=0,1,2 --train_sizes={sizes} --train_epochs=160 --eval_examples=1000 --study_dir=studies/c10_autoattack"""
+AA_STUDY_LOAD = ("as two processes, one per core (`TF_NUM_INTRAOP_THREADS=1`, "
+                 "`taskset`), each running the command below with its part "
+                 "of `--methods` and `--train_sizes`, then the command whole, "
+                 "which found every run and evaluation done and wrote the "
+                 "files; test runs shared the machine at times")
+
+
+def _aa_study():
+  data = _read_json(f"{AA_STUDY}/study.json")
+  sizes = ",".join(str(n) for n in data["grid"]["train_sizes"]) or "250"
+  methods = ",".join(data["grid"]["methods"])
+  command = AA_STUDY_COMMAND.format(sizes=sizes).replace(
+      "pgdat,rlfat_p,trades,rlfat_t", methods)
+  return data, command
+
+
+def aa_study_summary():
+  """The study's two tables, as ``rlfat_tf.study`` writes them."""
+  _, command = _aa_study()
+  return _study_tables(
+      AA_STUDY, lambda ev: (
+          "Mean ± sample standard deviation over seeds (%; steps for best "
+          "step and peak step). Final: the last checkpoint; best: the one "
+          "with the best validation PGD-5. Both on the first "
+          f"{ev['num_examples']:,} test images; robust is the per-image worst "
+          "case of PGD-20 and the standard AutoAttack, followed by each "
+          "alone. Curves: PGD-5 every 125 steps on 250 of the training "
+          "images and on 250 test images."),
+      AA_STUDY_DATE, AA_STUDY_LOAD, command)
+
+
+def _test_cell(test):
+  """A Welch comparison as "+1.9 (p 0.122)"."""
+  if test is None:
+    return MISSING
+  text = f"{100 * test['difference']:+.1f}"
+  if test["p"] is not None:
+    text += (f" (p {test['p']:.3f})" if test["p"] >= 0.001
+             else " (p < 0.001)")
+  return text
+
+
+def aa_study_verdicts():
+  """Each comparison under AutoAttack beside PGD-20 on the same checkpoints."""
+  from rlfat_tf import report  # pylint: disable=import-outside-toplevel
+  data, _ = _aa_study()
+  rows = []
+  for row in data["comparisons"]:
+    name = (f"{report.METHOD_NAMES[row['method']]} − "
+            f"{report.METHOD_NAMES[row['baseline']]}, n={row['train_size']}")
+    for which in ("final", "best"):
+      rows.append([name, which] + [
+          _test_cell(row.get(f"{which}/{key}"))
+          for key in ("autoattack", "pgd", "robust", "clean")] + [
+          _test_cell(row.get("curve/robust_gap_final")) if which == "final"
+          else MISSING])
+  lines = report.markdown_table(
+      ["comparison", "checkpoint", "AutoAttack", "PGD-20",
+       "worst case of both", "clean", "train − test robust gap (curves)"],
+      rows)
+  return lines + [
+      "", "Difference of the means over seeds in points (Welch's two-sided "
+      f"p), from `{AA_STUDY}/study.json`: the same checkpoints and test "
+      "images under each attack. The gap is PGD-5 robust accuracy on the "
+      "training images minus on the test images at the end of training."]
+
+
+def aa_study_cost():
+  """What each cell of the study cost, measured, and the whole."""
+  from rlfat_tf import report  # pylint: disable=import-outside-toplevel
+  data, _ = _aa_study()
+  rows = []
+  for row in data["summary"]:
+    train, evaluate = row.get("cost/train_seconds"), row.get(
+        "cost/eval_seconds")
+    rows.append([
+        f"{row['display_name']}, n={row['train_size']}",
+        str(len(row["seeds"])),
+        *(MISSING if s is None else f"{s['mean'] / 60:.1f} ± "
+          f"{(s['std'] or 0.0) / 60:.1f} min" for s in (train, evaluate))])
+  cost = data["cost"]
+  lines = report.markdown_table(
+      ["cells", "seeds", "training, per cell",
+       "evaluating both checkpoints, per cell"], rows)
+  return lines + [
+      "", f"In all: {cost['train_seconds'] / 3600:.2f} hours of training and "
+      f"{cost['eval_seconds'] / 3600:.2f} hours of evaluation, each on one "
+      "core. Training: wall-clock seconds from the runs' summary files; "
+      "evaluation: the seconds of the attacks, from the results files. From "
+      f"`{AA_STUDY}/study.json`."]
 
 
 # --- Benchmarks ------------------------------------------------------------
@@ -666,6 +774,9 @@ GENERATORS = {
     "study_summary": study_summary,
     "study_autoattack": study_autoattack,
     "pilot_curves": pilot_curves,
+    "aa_study_summary": aa_study_summary,
+    "aa_study_verdicts": aa_study_verdicts,
+    "aa_study_cost": aa_study_cost,
     "benchmark_autoattack": benchmark_autoattack,
     "benchmark_training": benchmark_training,
     "benchmark_evaluation": benchmark_evaluation,
@@ -673,7 +784,8 @@ GENERATORS = {
 }
 
 # Figures the pages show, copied into docs/ (which mkdocs serves alone).
-FIGURES = {f"docs/figures/study_{name}.png": f"{STUDY}/{name}.png"
+FIGURES = {f"docs/figures/{prefix}_{name}.png": f"{folder}/{name}.png"
+           for prefix, folder in (("study", STUDY), ("aa_study", AA_STUDY))
            for name in ("curves", "gap", "final")}
 
 

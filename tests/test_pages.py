@@ -59,12 +59,12 @@ def test_a_results_file_edited_by_hand_makes_its_blocks_stale(root):
 
 
 def test_a_table_edited_by_hand_is_stale_and_rewritten(root):
-  page = root / "docs" / "results.md"
+  page = root / "docs" / "study.md"
   text = page.read_text()
   assert "| 35.5 ± 0.7 |" in text
   page.write_text(text.replace("| 35.5 ± 0.7 |", "| 37.5 ± 0.7 |", 1))
-  assert pages.stale() == ["docs/results.md: study_summary"]
-  assert pages.write() == ["docs/results.md: study_summary"]
+  assert pages.stale() == ["docs/study.md: study_summary"]
+  assert pages.write() == ["docs/study.md: study_summary"]
   assert page.read_text() == text
 
 
@@ -72,7 +72,7 @@ def test_a_study_file_edited_by_hand_is_stale(root):
   def shift(data):
     data["summary"][0]["final/clean"]["mean"] += 0.01
   _edit_json(root / "results/study_cifar10_cpu/study.json", shift)
-  assert pages.stale() == ["docs/results.md: study_summary"]
+  assert pages.stale() == ["docs/study.md: study_summary"]
 
 
 def test_a_changed_figure_is_stale_and_copied(root):
@@ -80,6 +80,40 @@ def test_a_changed_figure_is_stale_and_copied(root):
   assert pages.stale() == ["docs/figures/study_gap.png"]
   pages.write()
   assert (root / "docs/figures/study_gap.png").read_bytes() == b"not a png"
+
+
+def _welch(difference, p):
+  return {"difference": difference, "t": 1.0, "df": 4.0, "p": p}
+
+
+def test_the_study_verdicts_and_costs_are_its_files_numbers(root):
+  def hand_made(data):
+    data["grid"]["train_sizes"] = [250, 1000]
+    data["comparisons"] = [{
+        "method": "rlfat_t", "baseline": "trades", "train_size": 1000,
+        "final/autoattack": _welch(0.019, 0.1224),
+        "final/pgd": _welch(0.043, 0.0004), "final/robust": _welch(0.02, 0.2),
+        "final/clean": _welch(-0.005, 0.9),
+        "curve/robust_gap_final": _welch(-0.44, 0.0004),
+        "best/autoattack": _welch(-0.015, 0.413)}]
+    row = data["summary"][0]
+    row.update({"cost/train_seconds": {"mean": 180.0, "std": 6.0, "n": 3},
+                "cost/eval_seconds": {"mean": 600.0, "std": None, "n": 1}})
+    data["cost"] = {"train_seconds": 7200.0, "eval_seconds": 1800.0}
+  _edit_json(root / pages.AA_STUDY / "study.json", hand_made)
+  verdicts = pages.aa_study_verdicts()
+  assert verdicts[0] == ("| comparison | checkpoint | AutoAttack | PGD-20 | "
+                         "worst case of both | clean | train − test robust "
+                         "gap (curves) |")
+  assert verdicts[2:4] == [
+      "| RLFAT_T − TRADES, n=1000 | final | +1.9 (p 0.122) | +4.3 (p < "
+      "0.001) | +2.0 (p 0.200) | -0.5 (p 0.900) | -44.0 (p < 0.001) |",
+      "| RLFAT_T − TRADES, n=1000 | best | -1.5 (p 0.413) | — | — | — | — |"]
+  cost = pages.aa_study_cost()
+  assert cost[2].endswith("| 3.0 ± 0.1 min | 10.0 ± 0.0 min |")
+  assert ("In all: 2.00 hours of training and 0.50 hours of evaluation"
+          in cost[-1])
+  assert "--train_sizes=250,1000" in "\n".join(pages.aa_study_summary())
 
 
 def test_check_exits_1_naming_the_stale_block(root, capsys):
