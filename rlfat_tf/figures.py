@@ -209,36 +209,48 @@ def _chart():
   return fig, fig.subplots()
 
 
-def study_curves(series, path, ylabel):
-  """Curves over training steps, each a mean with a band of one std.
+def study_curves(series, path, ylabel, xlabel="training step"):
+  """Curves over training, each a mean with a band of one std.
 
   Args:
     series: sequence of dicts with ``label``, ``group`` (curves of one group
-      share a colour), ``dashed``, ``steps``, and ``mean`` and ``std`` as
-      fractions (drawn in percent, or points for a difference).
+      share a colour in every panel), ``dashed``, ``x`` (where each point
+      was measured, in ``xlabel``'s unit), ``mean`` and ``std`` as fractions
+      (drawn in percent, or points for a difference), and optionally
+      ``panel``: curves of different panels are drawn side by side, under
+      the panel as title, on a shared y axis.
     path: PNG file to write.
     ylabel: the y axis' label.
+    xlabel: the x axis' label.
 
   Raises:
     ValueError: ``series`` is empty.
   """
   if not series:
     raise ValueError("a curve chart needs at least one curve")
-  fig, ax = _chart()
+  panels = list(dict.fromkeys(s.get("panel") for s in series))
+  width, height = PANEL_INCHES
+  fig = mpl_figure.Figure(figsize=(width * len(panels), height), dpi=DPI,
+                          layout="constrained")
+  axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
   groups = list(dict.fromkeys(s["group"] for s in series))
   for curve in series:
+    ax = axes[panels.index(curve.get("panel"))]
     colour = f"C{groups.index(curve['group']) % 10}"
-    steps = np.asarray(curve["steps"])
+    x = np.asarray(curve["x"])
     mean = 100.0 * np.asarray(curve["mean"])
     std = 100.0 * np.asarray(curve["std"])
-    ax.plot(steps, mean, color=colour, label=curve["label"],
+    ax.plot(x, mean, color=colour, label=curve["label"],
             linestyle="--" if curve["dashed"] else "-")
-    ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.15,
+    ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.15,
                     linewidth=0)
-  ax.set_xlabel("training step")
-  ax.set_ylabel(ylabel)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
+  for ax, panel in zip(axes, panels):
+    if panel is not None:
+      ax.set_title(panel, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  axes[0].set_ylabel(ylabel)
   _save(fig, path)
 
 

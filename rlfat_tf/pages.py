@@ -446,6 +446,64 @@ def aa_study_cost():
       f"`{AA_STUDY}/study.json`."]
 
 
+SIZE_PILOT = "results/study_pilot_e160"
+SIZE_PILOT_COMMAND = """
+python -m rlfat_tf.study --train_flagfile=flags/study/cifar10_cpu_train.cfg --methods=pgdat --seeds=0 \\
+    --train_sizes=500,1000 --train_epochs=160 --eval_attacks=pgd --eval_examples=1000 --study_dir=studies/pilot_e160"""
+# The curves' columns: every size scores itself at these epochs (125 steps
+# of batch 32 are 16 epochs of 250 images, 8 of 500 and 4 of 1,000).
+PILOT_EPOCHS = tuple(range(16, 161, 16))
+
+
+def _epochs(entry, step):
+  return step * entry["train_record"]["batch_size"] / entry["train_size"]
+
+
+def size_pilot():
+  """PGDAT's robust curves at 250, 500 and 1,000 images, 160 epochs each."""
+  from rlfat_tf import report  # pylint: disable=import-outside-toplevel
+  from rlfat_tf import study  # pylint: disable=import-outside-toplevel
+  pilot = _read_json(f"{SIZE_PILOT}/study.json")
+  main, _ = _aa_study()
+  entries = [e for e in main["runs"] if e["name"] == "pgdat_n250_s0"]
+  entries += sorted(pilot["runs"], key=lambda e: e["train_size"])
+  curve_rows, end_rows = [], []
+  for entry in entries:
+    points = {_epochs(entry, p["step"]): p for p in entry["curves"]}
+    for key, what in ((study.TRAIN_ROBUST, "train"),
+                      (study.TEST_ROBUST, "test")):
+      curve_rows.append([f"{entry['train_size']:,} images: {what}"] + [
+          f"{100 * points[e][key]:.1f}" if e in points else MISSING
+          for e in PILOT_EPOCHS])
+    s = entry["summary"]
+    end_rows.append([
+        f"{entry['train_size']:,}", f"{entry['train_record']['train_steps']:,}",
+        f"{100 * s['curve/test_robust_peak']:.1f} (epoch "
+        f"{_epochs(entry, s['curve/test_robust_peak_step']):.0f})",
+        f"{100 * s['curve/test_robust_final']:.1f}",
+        f"{100 * s['curve/train_robust_final']:.1f}",
+        f"{100 * s['final/pgd']:.1f}",
+        f"{100 * s['best/pgd']:.1f} (epoch "
+        f"{_epochs(entry, s['best/step']):.0f})"])
+  lines = report.markdown_table(
+      ["epoch"] + [str(e) for e in PILOT_EPOCHS], curve_rows)
+  lines += ["", "PGDAT, seed 0: robust accuracy (%, PGD-5, BatchNorm in "
+            "inference mode) as training goes, on 250 of the images the run "
+            "trains on (train) and on the first 250 test images (test).", ""]
+  lines += report.markdown_table(
+      ["training images", "steps", "test robust peak (curve)",
+       "test robust end", "train robust end", "final PGD-20",
+       "best PGD-20 (validation)"], end_rows)
+  examples = pilot["evaluation"]["num_examples"]
+  lines += ["", f"PGD-20 on the first {examples:,} test images (%) of the "
+            "final checkpoint and of the one with the best validation PGD-5. "
+            f"Measured on {AA_STUDY_DATE}, {MACHINE}, one process per size "
+            "on its own core; the 250-image run is the study's "
+            f"(`{AA_STUDY}/study.json`, its PGD-20 on the same images), the "
+            f"others from `{SIZE_PILOT}/study.json`, by:", ""]
+  return lines + _command(SIZE_PILOT_COMMAND)
+
+
 # --- Benchmarks ------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -777,6 +835,7 @@ GENERATORS = {
     "aa_study_summary": aa_study_summary,
     "aa_study_verdicts": aa_study_verdicts,
     "aa_study_cost": aa_study_cost,
+    "size_pilot": size_pilot,
     "benchmark_autoattack": benchmark_autoattack,
     "benchmark_training": benchmark_training,
     "benchmark_evaluation": benchmark_evaluation,

@@ -614,6 +614,38 @@ def comparison_table(comparisons):
   return "\n".join(lines) + "\n"
 
 
+def _drawn(entries):
+  """How the curve figures draw a ``mean_curves`` curve, and their x label.
+
+  Sizes train for different numbers of steps, so curves are drawn over
+  epochs of their own training set (over steps when a run trains on the
+  whole set, whose size the study does not know), one panel per size.
+
+  Returns:
+    ``(drawn, xlabel)``: ``drawn(curve, label, dashed)`` is the
+    ``figures.study_curves`` series of a curve.
+  """
+  sizes = list(dict.fromkeys(e["train_size"] for e in entries))
+  batch = {(e["method"], e["train_size"]): e["train_record"]["batch_size"]
+           for e in entries}
+  per_epoch = None not in sizes
+
+  def drawn(curve, label, dashed):
+    size = curve["train_size"]
+    x = curve["steps"]
+    if per_epoch:
+      x = [s * batch[(curve["method"], size)] / size for s in x]
+    panel = None
+    if len(sizes) > 1:
+      panel = ("all training images" if size is None
+               else f"{size:,} training images")
+    return {**curve, "label": label, "dashed": dashed, "x": x,
+            "group": methods.get(curve["method"]).display_name,
+            "panel": panel}
+
+  return drawn, "epoch" if per_epoch else "training step"
+
+
 def write_outputs(values, entries):
   """Writes study.json, study.md and the figures; returns the payload."""
   study_dir = values["study_dir"]
@@ -640,19 +672,18 @@ def write_outputs(values, entries):
   if comparisons:
     tables += "\n" + comparison_table(comparisons)
   files.write_text(os.path.join(study_dir, "study.md"), tables)
+  drawn, xlabel = _drawn(entries)
   series = [
-      {**curve, "label": f"{_cell_label(curve)}, {which}",
-       "group": _cell_label(curve), "dashed": which == "train"}
+      drawn(curve, f"{_cell_label(curve)}, {which}", dashed=which == "train")
       for key, which in ((TRAIN_ROBUST, "train"), (TEST_ROBUST, "test"))
       for curve in mean_curves(entries, _score(key))]
   if series:
     figures.study_curves(series, os.path.join(study_dir, "curves.png"),
-                         "robust accuracy (%)")
-    gaps = [{**curve, "label": _cell_label(curve),
-             "group": _cell_label(curve), "dashed": False}
+                         "robust accuracy (%)", xlabel)
+    gaps = [drawn(curve, _cell_label(curve), dashed=False)
             for curve in mean_curves(entries, _gap)]
     figures.study_curves(gaps, os.path.join(study_dir, "gap.png"),
-                         "train − test robust accuracy (points)")
+                         "train − test robust accuracy (points)", xlabel)
   bars = [{"label": _cell_label(row),
            "values": {name: row[key] for key, name in (
                ("final/clean", "final clean"),

@@ -79,3 +79,25 @@ def test_ablation_bars(tmp_path):
   assert pixels.var() > 0
   with pytest.raises(ValueError, match="at least one row"):
     figures.ablation_bars([], str(tmp_path / "empty.png"))
+
+
+def _curve(group, panel, dashed=False):
+  return {"label": f"{group}, {panel}", "group": group, "dashed": dashed,
+          "x": [16, 32, 48], "mean": [0.1, 0.2, 0.15],
+          "std": [0.01, 0.02, 0.0], "panel": panel}
+
+
+def test_study_curves_draw_one_panel_per_size(tmp_path):
+  one, two = str(tmp_path / "one.png"), str(tmp_path / "two.png")
+  figures.study_curves([_curve("PGDAT", None), _curve("RLFAT_P", None)],
+                       one, "robust accuracy (%)")
+  figures.study_curves(
+      [_curve("PGDAT", "250 training images"),
+       _curve("PGDAT", "1,000 training images"),
+       _curve("RLFAT_P", "1,000 training images", dashed=True)],
+      two, "robust accuracy (%)", "epoch")
+  # 6 x 4 inches per panel at 100 dpi.
+  assert _decoded(one).shape == (400, 600, 3)
+  assert _decoded(two).shape == (400, 1200, 3)
+  with pytest.raises(ValueError, match="at least one curve"):
+    figures.study_curves([], one, "robust accuracy (%)")

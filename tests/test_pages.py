@@ -116,6 +116,22 @@ def test_the_study_verdicts_and_costs_are_its_files_numbers(root):
   assert "--train_sizes=250,1000" in "\n".join(pages.aa_study_summary())
 
 
+def test_the_size_pilot_lines_runs_up_by_epoch(root):
+  from rlfat_tf import study  # pylint: disable=import-outside-toplevel
+
+  def mark(data):
+    (run,) = [r for r in data["runs"] if r["train_size"] == 1000]
+    # 500 steps of 32 images are 16 epochs of 1,000 (of 250 they are 64).
+    (point,) = [p for p in run["curves"] if p["step"] == 500]
+    point[study.TEST_ROBUST] = 0.999
+  _edit_json(root / pages.SIZE_PILOT / "study.json", mark)
+  lines = pages.size_pilot()
+  assert lines[0].startswith("| epoch | 16 | 32 |")
+  (row,) = [l for l in lines if l.startswith("| 1,000 images: test |")]
+  assert row.startswith("| 1,000 images: test | 99.9 |")
+  assert pages.stale() == ["docs/study.md: size_pilot"]
+
+
 def test_check_exits_1_naming_the_stale_block(root, capsys):
   page = root / "README.md"
   page.write_text(page.read_text().replace("| 46.1 |", "| 47.1 |", 1))

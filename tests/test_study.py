@@ -199,6 +199,27 @@ def test_each_attacks_own_accuracy_is_summarised_and_compared():
   assert measures == ["final/robust", "final/pgd", "final/autoattack"]
 
 
+def test_curves_are_drawn_over_epochs_one_panel_per_size():
+  def entry(method, size):
+    return {"method": method, "train_size": size,
+            "train_record": {"batch_size": 32}}
+
+  curve = {"method": "rlfat_p", "train_size": 1000, "steps": [125, 5000]}
+  drawn, xlabel = study._drawn([entry("pgdat", 250), entry("rlfat_p", 1000)])
+  # 125 steps of 32 images are 4 epochs of 1,000 images; 5,000 are 160.
+  assert xlabel == "epoch"
+  assert drawn(curve, "a label", dashed=True) == {
+      **curve, "label": "a label", "dashed": True, "x": [4.0, 160.0],
+      "group": "RLFAT_P", "panel": "1,000 training images"}
+  # One size: one panel; the whole training set: over steps.
+  drawn, xlabel = study._drawn([entry("rlfat_p", 1000)])
+  assert drawn(curve, "a", dashed=False)["panel"] is None
+  drawn, xlabel = study._drawn([entry("rlfat_p", None)])
+  assert xlabel == "training step"
+  whole = dict(curve, train_size=None)
+  assert drawn(whole, "a", dashed=False)["x"] == [125, 5000]
+
+
 def test_welch_t_test_by_hand():
   # Means 5 and 2; sample variances 1 and 1; standard error
   # sqrt(1/3 + 1/3); Welch-Satterthwaite df (2/3)^2 / (2 * (1/3)^2 / 2) = 4.
