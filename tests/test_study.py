@@ -426,6 +426,7 @@ def test_a_bad_train_flag_names_the_flagfile(tmp_path):
     (["--seeds=0,x"], "--seeds must be distinct non-negative integers"),
     (["--seeds=-1"], "--seeds must be distinct non-negative integers"),
     (["--train_sizes=0"], "--train_sizes must be distinct positive"),
+    (["--train_epochs=0"], "--train_epochs=0: 0 is not a positive integer"),
     (["--eval_attacks=pgd,deepfool"], "--eval_attacks must be a non-empty"),
 ])
 def test_bad_flags_are_refused(argv, needle):
@@ -452,7 +453,8 @@ def test_help_documents_the_study():
   study.define_flags(flag_values)
   text = study.__doc__ + flag_values.module_help(study)
   for needle in ("--study_dir", "--train_flagfile", "--methods", "--seeds",
-                 "--train_sizes", "--eval_attacks", "study.json",
+                 "--train_sizes", "--train_epochs", "--eval_attacks",
+                 "study.json", "final/autoattack",
                  "--monitor_examples", "curves.png", "continues where it "
                  "stopped"):
     assert needle in text, needle
