@@ -424,26 +424,25 @@ def aa_study_verdicts():
 def aa_study_cost():
   """What each cell of the study cost, measured, and the whole."""
   from rlfat_tf import report  # pylint: disable=import-outside-toplevel
-  data, _ = _aa_study()
+  cost = _read_json(f"{AA_STUDY}/cost.json")
   rows = []
-  for row in data["summary"]:
-    train, evaluate = row.get("cost/train_seconds"), row.get(
-        "cost/eval_seconds")
+  for row in cost["summary"]:
     rows.append([
         f"{row['display_name']}, n={row['train_size']}",
         str(len(row["seeds"])),
-        *(MISSING if s is None else f"{s['mean'] / 60:.1f} ± "
-          f"{(s['std'] or 0.0) / 60:.1f} min" for s in (train, evaluate))])
-  cost = data["cost"]
+        *(MISSING if row.get(key) is None else
+          f"{row[key]['mean'] / 60:.1f} ± {(row[key]['std'] or 0.0) / 60:.1f}"
+          " min" for key in ("train_seconds", "eval_seconds"))])
+  total = cost["total"]
   lines = report.markdown_table(
       ["cells", "seeds", "training, per cell",
        "evaluating both checkpoints, per cell"], rows)
   return lines + [
-      "", f"In all: {cost['train_seconds'] / 3600:.2f} hours of training and "
-      f"{cost['eval_seconds'] / 3600:.2f} hours of evaluation, each on one "
-      "core. Training: wall-clock seconds from the runs' summary files; "
+      "", f"In all: {total['train_seconds'] / 3600:.2f} hours of training "
+      f"and {total['eval_seconds'] / 3600:.2f} hours of evaluation, each on "
+      "one core. Training: wall-clock seconds from the runs' summary files; "
       "evaluation: the seconds of the attacks, from the results files. From "
-      f"`{AA_STUDY}/study.json`."]
+      f"`{AA_STUDY}/cost.json`."]
 
 
 SIZE_PILOT = "results/study_pilot_e160"

@@ -29,9 +29,12 @@ AutoAttack and under PGD-20 on the same checkpoints.
 The study then writes STUDY/study.json (every run's curves and evaluations,
 their mean and sample standard deviation over seeds, and each method against
 the method it builds on, e.g. RLFAT_P against PGDAT, by Welch's t-test over
-seeds), STUDY/study.md (the tables) and three figures: curves.png (train and test robust accuracy as
-training goes, per method), gap.png (their difference) and final.png (final
-and best accuracies with error bars over seeds).
+seeds), STUDY/study.md (the tables), STUDY/cost.json (what each run cost:
+its training's wall-clock seconds, from its summary files, and its
+evaluations' attack seconds; their mean over seeds and the total) and three
+figures: curves.png (train and test robust accuracy as training goes, per
+method and training-set size), gap.png (their difference) and final.png
+(final and best accuracies with error bars over seeds).
 
 A study stopped at any point continues where it stopped when the same
 command runs again: finished runs and evaluations are kept, an unfinished run
@@ -72,10 +75,12 @@ from rlfat_tf import train
 from rlfat_tf.trainer import actions
 
 # 2: study.json holds "comparisons". 3: the summaries and comparisons hold
-# each evaluation attack's own accuracy too ("final/<attack>"), and what each
-# run cost ("cost/...", and "cost" for the whole study).
+# each evaluation attack's own accuracy too ("final/<attack>").
 SCHEMA_VERSION = 3
 EVAL_SETTINGS_FILE = "eval_settings.json"
+# What the runs cost, apart from study.json: seconds differ from one run of
+# the study to the next, and study.json does not.
+COST_FILE = "cost.json"
 # The metrics a study reports, by its own short names.
 CLEAN = "test/clean_accuracy"
 ROBUST = "test/overall_worst_case_accuracy"
@@ -86,8 +91,7 @@ SUMMARY_KEYS = (
     "final/clean", "final/robust", "best/clean", "best/robust", "best/step",
     "curve/test_robust_peak", "curve/test_robust_peak_step",
     "curve/test_robust_final", "curve/test_robust_drop",
-    "curve/train_robust_final", "curve/robust_gap_final",
-    "cost/train_seconds", "cost/eval_seconds")
+    "curve/train_robust_final", "curve/robust_gap_final")
 # What a method is compared on against the method it builds on (RLFAT_P
 # against PGDAT): test accuracies, and how much the robust gap and the fall
 # from the test robust peak shrink.
@@ -398,9 +402,6 @@ def run_entry(values, model_dir, record, outputs):
            "model_dir": os.path.relpath(model_dir, values["study_dir"]),
            "train_record": record.to_json(), "curves": points,
            "evaluations": {}, "summary": curve_summary(points)}
-  seconds = training_seconds(model_dir)
-  if seconds is not None:
-    entry["summary"]["cost/train_seconds"] = seconds
   for which, output in outputs.items():
     results = runs.read_json(output)
     key = "final" if which == "last" else "best"
@@ -417,10 +418,46 @@ def run_entry(values, model_dir, record, outputs):
           results["metrics"][f"test/{attack}_accuracy"])
     if key == "best":
       entry["summary"]["best/step"] = step
-    entry["summary"]["cost/eval_seconds"] = (
-        entry["summary"].get("cost/eval_seconds", 0.0)
-        + evaluation_seconds(results))
   return entry
+
+
+def run_cost(model_dir, outputs):
+  """What one run cost: its training's and its evaluations' seconds.
+
+  Args:
+    model_dir: the run folder.
+    outputs: ``{which: results file}`` of its evaluations.
+
+  Returns:
+    ``{"train_seconds": float or None, "eval_seconds": float}``.
+  """
+  return {"train_seconds": training_seconds(model_dir),
+          "eval_seconds": sum(evaluation_seconds(runs.read_json(output))
+                              for output in outputs.values())}
+
+
+def cost_report(entries, costs):
+  """cost.json: each run's cost, their mean over seeds, and the total.
+
+  Args:
+    entries: the runs' study.json entries.
+    costs: ``run_cost`` of each, in the same order.
+  """
+  rows = [{"name": e["name"], "method": e["method"], "seed": e["seed"],
+           "train_size": e["train_size"], **c}
+          for e, c in zip(entries, costs)]
+  summary = []
+  for (method, size), group in _groups(rows).items():
+    row = {"method": method, "train_size": size,
+           "display_name": methods.get(method).display_name,
+           "seeds": [r["seed"] for r in group]}
+    for key in ("train_seconds", "eval_seconds"):
+      if all(r[key] is not None for r in group):
+        row[key] = mean_std([r[key] for r in group])
+    summary.append(row)
+  return {"runs": rows, "summary": summary,
+          "total": {key: sum(r[key] or 0.0 for r in rows)
+                    for key in ("train_seconds", "eval_seconds")}}
 
 
 def mean_std(numbers):
@@ -646,8 +683,9 @@ def _drawn(entries):
   return drawn, "epoch" if per_epoch else "training step"
 
 
-def write_outputs(values, entries):
-  """Writes study.json, study.md and the figures; returns the payload."""
+def write_outputs(values, entries, costs=None):
+  """Writes study.json, study.md, the figures and, given each entry's
+  ``run_cost``, cost.json; returns the study.json payload."""
   study_dir = values["study_dir"]
   summary = summarise(entries)
   comparisons = compare(entries)
@@ -663,11 +701,11 @@ def write_outputs(values, entries):
       "runs": entries,
       "summary": summary,
       "comparisons": comparisons,
-      "cost": {key: sum(e["summary"].get(f"cost/{key}", 0.0)
-                        for e in entries)
-               for key in ("train_seconds", "eval_seconds")},
   }
   files.write_json(os.path.join(study_dir, "study.json"), payload)
+  if costs is not None:
+    files.write_json(os.path.join(study_dir, COST_FILE),
+                     cost_report(entries, costs))
   tables = table(summary)
   if comparisons:
     tables += "\n" + comparison_table(comparisons)
@@ -715,12 +753,13 @@ def run(values, log=print):
   for model_dir, record in planned:
     runs.check_resume(model_dir, record)
   _check_eval_settings(values)
-  entries = []
+  entries, costs = [], []
   for i, (model_dir, record) in enumerate(planned):
     log(f"== run {i + 1} of {len(planned)}")
     outputs = run_cell(values, model_dir, record, log)
     entries.append(run_entry(values, model_dir, record, outputs))
-  payload = write_outputs(values, entries)
+    costs.append(run_cost(model_dir, outputs))
+  payload = write_outputs(values, entries, costs)
   log(f"study: {os.path.join(study_dir, 'study.json')}")
   return payload
 

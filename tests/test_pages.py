@@ -96,11 +96,14 @@ def test_the_study_verdicts_and_costs_are_its_files_numbers(root):
         "final/clean": _welch(-0.005, 0.9),
         "curve/robust_gap_final": _welch(-0.44, 0.0004),
         "best/autoattack": _welch(-0.015, 0.413)}]
-    row = data["summary"][0]
-    row.update({"cost/train_seconds": {"mean": 180.0, "std": 6.0, "n": 3},
-                "cost/eval_seconds": {"mean": 600.0, "std": None, "n": 1}})
-    data["cost"] = {"train_seconds": 7200.0, "eval_seconds": 1800.0}
+
+  def spent(cost):
+    cost["summary"][0].update(
+        train_seconds={"mean": 180.0, "std": 6.0, "n": 3},
+        eval_seconds={"mean": 600.0, "std": None, "n": 1})
+    cost["total"] = {"train_seconds": 7200.0, "eval_seconds": 1800.0}
   _edit_json(root / pages.AA_STUDY / "study.json", hand_made)
+  _edit_json(root / pages.AA_STUDY / "cost.json", spent)
   verdicts = pages.aa_study_verdicts()
   assert verdicts[0] == ("| comparison | checkpoint | AutoAttack | PGD-20 | "
                          "worst case of both | clean | train − test robust "

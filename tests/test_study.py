@@ -119,6 +119,27 @@ def test_training_seconds_sum_each_processs_summary_file(tmp_path):
   assert study.training_seconds(tmp_path / "none") is None
 
 
+def test_cost_report_sums_and_averages_the_runs_costs():
+  entries = [{"name": f"{m}_n250_s{s}", "method": m, "seed": s,
+              "train_size": 250} for m, s in (("pgdat", 0), ("pgdat", 1),
+                                              ("rlfat_p", 0))]
+  costs = [{"train_seconds": 100.0, "eval_seconds": 300.0},
+           {"train_seconds": 140.0, "eval_seconds": 500.0},
+           {"train_seconds": None, "eval_seconds": 50.0}]
+  report = study.cost_report(entries, costs)
+  assert report["runs"][1] == {"name": "pgdat_n250_s1", "method": "pgdat",
+                               "seed": 1, "train_size": 250,
+                               "train_seconds": 140.0, "eval_seconds": 500.0}
+  pgdat, rlfat = report["summary"]
+  # Mean 120, sample std sqrt((20^2 + 20^2) / 1) = 28.28.
+  assert pgdat["train_seconds"] == {"mean": 120.0,
+                                    "std": pytest.approx(28.28427), "n": 2}
+  assert pgdat["eval_seconds"]["mean"] == 400.0
+  # A run without summary files has no training seconds to average.
+  assert "train_seconds" not in rlfat and rlfat["seeds"] == [0]
+  assert report["total"] == {"train_seconds": 240.0, "eval_seconds": 850.0}
+
+
 def test_curve_summary_finds_the_peak_and_the_final_gap():
   points = [
       {"step": 10, study.TRAIN_ROBUST: 0.20, study.TEST_ROBUST: 0.18},
@@ -305,19 +326,26 @@ def test_tiny_study_records_curves_evaluations_and_figures(finished):
       assert run["summary"][f"{key}/robust"] <= run["summary"][
           f"{key}/{attack}"]
   assert run["evaluations"]["final"]["step"] == TRAIN_STEPS
-  # What the run cost: its training's seconds from its summary file, and
-  # the seconds of both evaluations' attacks.
-  assert 0 < run["summary"]["cost/train_seconds"] == study.training_seconds(
+  # What the run cost, in a file of its own: its training's seconds from
+  # its summary file, and the seconds of both evaluations' attacks.
+  with open(study_dir / study.COST_FILE) as f:
+    cost = json.load(f)
+  (spent,) = cost["runs"]
+  assert spent["name"] == "pgdat_nall_s0"
+  assert 0 < spent["train_seconds"] == study.training_seconds(
       study_dir / run["model_dir"])
   eval_seconds = 0.0
   for evaluation in run["evaluations"].values():
     with open(study_dir / evaluation["file"]) as f:
       eval_seconds += sum(a["seconds"] for a in json.load(f)[
           "attacks"].values())
-  assert run["summary"]["cost/eval_seconds"] == pytest.approx(eval_seconds)
-  assert payload["cost"] == {
-      "train_seconds": run["summary"]["cost/train_seconds"],
-      "eval_seconds": run["summary"]["cost/eval_seconds"]}
+  assert spent["eval_seconds"] == pytest.approx(eval_seconds) and (
+      eval_seconds > 0)
+  (row,) = cost["summary"]
+  assert row["train_seconds"] == {"mean": spent["train_seconds"],
+                                  "std": None, "n": 1}
+  assert cost["total"] == {"train_seconds": spent["train_seconds"],
+                           "eval_seconds": spent["eval_seconds"]}
   (row,) = payload["summary"]
   assert row["final/robust"] == {"mean": run["summary"]["final/robust"],
                                  "std": None, "n": 1}
@@ -326,16 +354,6 @@ def test_tiny_study_records_curves_evaluations_and_figures(finished):
   assert (study_dir / "study.md").read_text().startswith("| model | seeds |")
   for name in ("curves.png", "gap.png", "final.png"):
     assert (study_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def _without_costs(payload):
-  """study.json without the seconds things took, which no rerun repeats."""
-  def strip(summary):
-    return {k: v for k, v in summary.items() if not k.startswith("cost/")}
-  return dict(payload, cost=None,
-              runs=[dict(r, summary=strip(r["summary"]))
-                    for r in payload["runs"]],
-              summary=[strip(r) for r in payload["summary"]])
 
 
 class _StopOnceSaved(contextlib.nullcontext):
@@ -386,12 +404,11 @@ def test_a_killed_and_stopped_study_resumes_to_the_same_results(
   assert f"resuming from {state} (2 batches saved)" in result.stdout
   assert not state.exists()
   with open(study_dir / "study.json") as f:
-    assert _without_costs(json.load(f)) == _without_costs(expected)
+    assert json.load(f) == expected
   # Nothing is redone on a finished study (in this process: the same
   # settings as argv, through the command's own function).
   logged = []
-  assert _without_costs(study.run(_values(tmp_path), log=logged.append)) == (
-      _without_costs(expected))
+  assert study.run(_values(tmp_path), log=logged.append) == expected
   assert logged and not any(
       line.startswith(("== training", "== evaluating")) for line in logged)
 
