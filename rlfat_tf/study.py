@@ -100,13 +100,17 @@ COMPARED_KEYS = (
     "curve/robust_gap_final", "curve/test_robust_drop")
 
 
+# Each attack's own accuracy at each checkpoint, in the registry's order.
+ALONE_KEYS = tuple(f"{which}/{name}" for which in ("final", "best")
+                   for name in attacks.NAMES)
+
+
 def attack_keys(entries):
   """The per-attack keys the runs' summaries hold: "final/<attack>" and
   "best/<attack>", the accuracy under each evaluation attack alone, in the
   registry's order (e.g. "final/pgd", "final/autoattack")."""
   held = set().union(*(e["summary"] for e in entries)) if entries else set()
-  return tuple(f"{which}/{name}" for which in ("final", "best")
-               for name in attacks.NAMES if f"{which}/{name}" in held)
+  return tuple(key for key in ALONE_KEYS if key in held)
 
 
 def _ints(values):
@@ -639,9 +643,7 @@ def comparison_table(comparisons):
             f"{methods.get(row['baseline']).display_name}")
     if row["train_size"] is not None:
       name += f", n={row['train_size']}"
-    alone = tuple(f"{which}/{name}" for which in ("final", "best")
-                  for name in attacks.NAMES)
-    for key in (k for k in COMPARED_KEYS + alone if k in row):
+    for key in (k for k in COMPARED_KEYS + ALONE_KEYS if k in row):
       test = row[key]
       numbers = ([f"{test['t']:.2f}", f"{test['df']:.1f}",
                   f"{test['p']:.3f}" if test["p"] >= 0.001 else "< 0.001"]
