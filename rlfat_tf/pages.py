@@ -353,12 +353,15 @@ AA_STUDY = "results/study_cifar10_cpu_autoattack"
 AA_STUDY_DATE = "2026-12-07"
 AA_STUDY_COMMAND = """
 python -m rlfat_tf.study --train_flagfile=flags/study/cifar10_cpu_train.cfg --methods=pgdat,rlfat_p,trades,rlfat_t \\
-    --seeds=0,1,2 --train_sizes={sizes} --train_epochs=160 --eval_examples=1000 --study_dir=studies/c10_autoattack"""
+    --seeds=0,1,2 --train_sizes={sizes} --train_epochs=160 --eval_examples=1000 \\
+    --study_dir=results/study_cifar10_cpu_autoattack"""
 AA_STUDY_LOAD = ("as two processes, one per core (`TF_NUM_INTRAOP_THREADS=1`, "
                  "`taskset`), each running the command below with its part "
-                 "of `--methods` and `--train_sizes`, then the command whole, "
-                 "which found every run and evaluation done and wrote the "
-                 "files; test runs shared the machine at times")
+                 "of `--methods` and `--train_sizes`, over several sessions "
+                 "(the study folder's `cells/` and `evals/` are in the "
+                 "repository, so each resumed where the last stopped), then "
+                 "the command whole, which found every cell done and wrote "
+                 "the files; test runs shared the machine at times")
 
 
 def _aa_study():

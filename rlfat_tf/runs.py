@@ -256,6 +256,24 @@ def _flag_text(value):
   return "unset" if value is None else str(value)
 
 
+def changed_setting(previous, record, may_differ):
+  """The first setting that ``record`` changes, of those that must not.
+
+  Args:
+    previous, record: ``RunRecord``s, the run's as trained and as now asked.
+    may_differ: names of the settings that may differ.
+
+  Returns:
+    ``(name, old text, new text)`` in flag syntax, or None when none differs.
+  """
+  fixed = set(may_differ) | {"schema_version"}
+  for field in dataclasses.fields(RunRecord):
+    old, new = getattr(previous, field.name), getattr(record, field.name)
+    if field.name not in fixed and old != new:
+      return field.name, _flag_text(old), _flag_text(new)
+  return None
+
+
 def check_resume(model_dir, record):
   """Refuses to resume the run in ``model_dir`` with a setting it may not change.
 
@@ -273,16 +291,13 @@ def check_resume(model_dir, record):
   """
   if not has_checkpoint(model_dir):
     return
-  previous = load_record(model_dir)
-  fixed = RunRecord.may_change() | {"schema_version"}
-  for field in dataclasses.fields(RunRecord):
-    old, new = getattr(previous, field.name), getattr(record, field.name)
-    if field.name in fixed or old == new:
-      continue
+  changed = changed_setting(load_record(model_dir), record,
+                            RunRecord.may_change())
+  if changed:
+    name, old, new = changed
     raise errors.UserError(
-        f"{model_dir} holds a run trained with --{field.name}="
-        f"{_flag_text(old)}, not {_flag_text(new)}: pass the same value to "
-        f"resume it, or a new --model_dir")
+        f"{model_dir} holds a run trained with --{name}={old}, not {new}: "
+        f"pass the same value to resume it, or a new --model_dir")
 
 
 def model_settings(record):

@@ -36,13 +36,17 @@ figures: curves.png (train and test robust accuracy as training goes, per
 method and training-set size), gap.png (their difference) and final.png
 (final and best accuracies with error bars over seeds).
 
-A study stopped at any point continues where it stopped when the same
-command runs again: finished runs and evaluations are kept, an unfinished run
-resumes from its last checkpoint, an unfinished evaluation resumes from the
-batches it saved (``evalstate``), and the files above are written only once
-everything is done. SIGTERM or Ctrl-C stops it at the next step or batch
-boundary with that progress saved, and exits 143 or 130. The grid may grow between runs of the command; the
-evaluation settings may not, since the evaluations already written used them.
+A study stopped at any point continues where it stopped when the same command
+runs again: finished runs and evaluations are kept, an unfinished run resumes
+from its last checkpoint, an unfinished evaluation resumes from the batches it
+saved (``evalstate``), and the files above are written only once everything is
+done. Each finished cell's entry and cost are kept in STUDY/cells/, so a study
+folder copied without its runs/ (the checkpoints: e.g. cells/, evals/ and
+eval_settings.json committed to a repository) also continues where it stopped,
+training only the cells it has not finished. SIGTERM or Ctrl-C stops it at the
+next step or batch boundary with that progress saved, and exits 143 or 130.
+The grid may grow between runs of the command; the evaluation settings may
+not, since the evaluations already written used them.
 """
 
 import dataclasses
@@ -81,6 +85,15 @@ EVAL_SETTINGS_FILE = "eval_settings.json"
 # What the runs cost, apart from study.json: seconds differ from one run of
 # the study to the next, and study.json does not.
 COST_FILE = "cost.json"
+# Each finished cell's study.json entry and cost, so that a study folder
+# kept without its runs/ (the checkpoints) still holds everything it reports.
+CELLS_DIR = "cells"
+# The settings a recorded cell may differ in from the one asked: where the
+# data is and how the run displays its progress, not what it computes. Every
+# other one, the number of steps among them, shapes what the cell reports.
+RECORDED_MAY_DIFFER = frozenset(
+    {"data_dir", "tfds_data_dir", "memory_budget_gib", "progress",
+     "keep_checkpoints"})
 # The metrics a study reports, by its own short names.
 CLEAN = "test/clean_accuracy"
 ROBUST = "test/overall_worst_case_accuracy"
@@ -734,8 +747,53 @@ def write_outputs(values, entries, costs=None):
   return payload
 
 
+def cell_path(values, record):
+  """Where a finished cell's entry and cost are kept: STUDY/cells/NAME.json."""
+  return os.path.join(values["study_dir"], CELLS_DIR,
+                      f"{run_name(record)}.json")
+
+
+def recorded_cell(values, record):
+  """A finished cell's ``{"entry", "cost"}`` from STUDY/cells/, or None.
+
+  Raises:
+    errors.UserError: the cell was trained with a setting the train
+      flagfile now changes.
+  """
+  path = cell_path(values, record)
+  if not tf.io.gfile.exists(path):
+    return None
+  cell = runs.read_json(path)
+  trained = runs.RunRecord.from_json(cell["entry"]["train_record"], path)
+  changed = runs.changed_setting(trained, record, RECORDED_MAY_DIFFER)
+  if changed:
+    name, old, new = changed
+    raise errors.UserError(
+        f"{path} records a run trained with --{name}={old}, not {new}: "
+        f"pass the study's train flags, or use a new --study_dir")
+  return cell
+
+
+def finish_cell(values, model_dir, record, log=print):
+  """Trains and evaluates a cell (``run_cell``) and records it in cells/.
+
+  Returns:
+    The cell's ``{"entry", "cost"}``.
+  """
+  outputs = run_cell(values, model_dir, record, log)
+  cell = {"entry": run_entry(values, model_dir, record, outputs),
+          "cost": run_cost(model_dir, outputs)}
+  path = cell_path(values, record)
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  files.write_json(path, cell)
+  return cell
+
+
 def run(values, log=print):
   """Runs (or continues) the whole study and writes its outputs.
+
+  A cell recorded in STUDY/cells/ is taken from there, with or without its
+  run folder; the others are trained and evaluated, or resumed.
 
   Args:
     values: dict of this module's flag values.
@@ -752,16 +810,17 @@ def run(values, log=print):
   tf.io.gfile.makedirs(study_dir)
   planned = [run_record(values, cell) for cell in grid(values)]
   # Every run's settings are checked before the first one trains.
-  for model_dir, record in planned:
-    runs.check_resume(model_dir, record)
+  recorded = [recorded_cell(values, record) for _, record in planned]
+  for (model_dir, record), cell in zip(planned, recorded):
+    if cell is None:
+      runs.check_resume(model_dir, record)
   _check_eval_settings(values)
-  entries, costs = [], []
-  for i, (model_dir, record) in enumerate(planned):
+  cells = []
+  for i, ((model_dir, record), cell) in enumerate(zip(planned, recorded)):
     log(f"== run {i + 1} of {len(planned)}")
-    outputs = run_cell(values, model_dir, record, log)
-    entries.append(run_entry(values, model_dir, record, outputs))
-    costs.append(run_cost(model_dir, outputs))
-  payload = write_outputs(values, entries, costs)
+    cells.append(cell or finish_cell(values, model_dir, record, log))
+  payload = write_outputs(values, [c["entry"] for c in cells],
+                          [c["cost"] for c in cells])
   log(f"study: {os.path.join(study_dir, 'study.json')}")
   return payload
 

@@ -3,6 +3,7 @@ run whole and run with a kill in the middle."""
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -411,6 +412,43 @@ def test_a_killed_and_stopped_study_resumes_to_the_same_results(
   assert study.run(_values(tmp_path), log=logged.append) == expected
   assert logged and not any(
       line.startswith(("== training", "== evaluating")) for line in logged)
+  # Nor on one kept without its checkpoints: the cells it recorded are
+  # all it reports.
+  with open(study_dir / study.COST_FILE) as f:
+    cost = json.load(f)
+  shutil.rmtree(study_dir / "runs")
+  logged = []
+  assert study.run(_values(tmp_path), log=logged.append) == expected
+  assert not (study_dir / "runs").exists() and not any(
+      line.startswith(("== training", "== evaluating")) for line in logged)
+  with open(study_dir / study.COST_FILE) as f:
+    assert json.load(f) == cost
+
+
+def test_a_recorded_cell_trained_otherwise_is_refused(finished, tmp_path):
+  study_dir, _ = finished
+  _train_flagfile(tmp_path / "train.cfg")
+  cells = tmp_path / "study" / study.CELLS_DIR
+  cells.mkdir(parents=True)
+  with open(study_dir / study.CELLS_DIR / "pgdat_nall_s0.json") as f:
+    cell = json.load(f)
+  # A resumed run may train longer; a finished cell reports the steps it
+  # was trained for, so another number is not that cell.
+  cell["entry"]["train_record"]["train_steps"] = 99
+  (cells / "pgdat_nall_s0.json").write_text(json.dumps(cell))
+  with pytest.raises(errors.UserError, match=(
+      r"cells/pgdat_nall_s0.json records a run trained with "
+      r"--train_steps=99, not 12: pass the study's train flags, or use a "
+      r"new --study_dir")):
+    study.run(_values(tmp_path), log=lambda _: None)
+  assert not (tmp_path / "study" / "runs").exists()
+  # Where the data is read from is not what the cell computed.
+  cell["entry"]["train_record"].update(train_steps=TRAIN_STEPS,
+                                       data_dir="/elsewhere")
+  (cells / "pgdat_nall_s0.json").write_text(json.dumps(cell))
+  _, record = study.run_record(_values(tmp_path),
+                               study.grid(_values(tmp_path))[0])
+  assert study.recorded_cell(_values(tmp_path), record) == cell
 
 
 def test_changed_evaluation_settings_are_refused(tmp_path):
