@@ -442,9 +442,13 @@ def test_a_recorded_cell_trained_otherwise_is_refused(finished, tmp_path):
       r"new --study_dir")):
     study.run(_values(tmp_path), log=lambda _: None)
   assert not (tmp_path / "study" / "runs").exists()
-  # Where the data is read from is not what the cell computed.
-  cell["entry"]["train_record"].update(train_steps=TRAIN_STEPS,
-                                       data_dir="/elsewhere")
+  # Where the data is read from, how progress shows and how many
+  # checkpoints are kept are not what the cell computed.
+  cell["entry"]["train_record"].update(
+      train_steps=TRAIN_STEPS, data_dir="/elsewhere",
+      tfds_data_dir="/elsewhere/tfds", memory_budget_gib=1.5,
+      progress=not cell["entry"]["train_record"]["progress"],
+      keep_checkpoints=cell["entry"]["train_record"]["keep_checkpoints"] + 7)
   (cells / "pgdat_nall_s0.json").write_text(json.dumps(cell))
   _, record = study.run_record(_values(tmp_path),
                                study.grid(_values(tmp_path))[0])
