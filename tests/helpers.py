@@ -12,6 +12,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -59,6 +60,23 @@ def checkpoint_values(path, prefix="model/"):
           for k, dtype in reader.get_variable_to_dtype_map().items()
           if k.startswith(prefix) and dtype != tf.variant
           and "OBJECT_GRAPH" not in k}
+
+
+def wait_for_checkpoint(folder, step, alive, timeout=240):
+  """Waits until checkpoint ``step`` in ``folder`` is wholly written.
+
+  A checkpoint's ``.index`` file appears before its last byte is written, so
+  a process killed the moment it appears leaves that checkpoint damaged; the
+  ``checkpoint`` state file, replaced atomically once the save is done, names
+  it only then. Returns early once ``alive()`` is false or after ``timeout``
+  seconds: the caller's own assertions say what went wrong.
+  """
+  state = pathlib.Path(folder) / "checkpoint"
+  deadline = time.time() + timeout
+  while time.time() < deadline and alive():
+    if state.exists() and f'"ckpt-{step}"' in state.read_text():
+      return
+    time.sleep(0.01)
 
 
 def free_ports(n):

@@ -150,11 +150,9 @@ def test_killed_worker_resumes_from_the_chiefs_checkpoint(uninterrupted,
   model_dir = tmp_path / "run"
   procs = _start_workers(model_dir, tmp_path)
   try:
-    index = model_dir / "checkpoints" / "ckpt-4.index"
-    deadline = time.time() + TIMEOUT
-    while (not index.exists() and time.time() < deadline
-           and all(p.poll() is None for p in procs)):
-      time.sleep(0.01)
+    helpers.wait_for_checkpoint(
+        model_dir / "checkpoints", 4,
+        lambda: all(p.poll() is None for p in procs), timeout=TIMEOUT)
     procs[1].kill()
     procs[1].wait()
     # The chief cannot go on without its peer: it stops with one clear line.

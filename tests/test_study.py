@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 from absl import flags
 import numpy as np
@@ -381,12 +380,11 @@ def test_a_killed_and_stopped_study_resumes_to_the_same_results(
   proc = subprocess.Popen([sys.executable, "-m", "rlfat_tf.study", *argv],
                           env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
-  first = study_dir / "runs" / "pgdat_nall_s0" / "checkpoints" / "ckpt-3.index"
-  deadline = time.monotonic() + 300
-  while not first.exists():
-    assert proc.poll() is None, proc.stderr.read()[-3000:]
-    assert time.monotonic() < deadline
-    time.sleep(0.05)
+  checkpoints = study_dir / "runs" / "pgdat_nall_s0" / "checkpoints"
+  helpers.wait_for_checkpoint(checkpoints, 3, lambda: proc.poll() is None,
+                              timeout=300)
+  assert proc.poll() is None, proc.stderr.read()[-3000:]
+  assert (checkpoints / "ckpt-3.index").exists(), "no checkpoint in 300 s"
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
   assert not (study_dir / "study.json").exists()

@@ -184,20 +184,6 @@ def _wait_for(path, proc):
     time.sleep(0.01)
 
 
-def _wait_for_checkpoint(run, step, proc):
-  """Waits until checkpoint ``step`` is wholly written.
-
-  Its ``.index`` file appears before its last byte is written; the state file,
-  replaced atomically once the save is done, names it only then.
-  """
-  state = run / "checkpoints" / "checkpoint"
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    if state.exists() and f'"ckpt-{step}"' in state.read_text():
-      return
-    time.sleep(0.01)
-
-
 def _assert_same_weights(a_dir, b_dir, step):
   a = _checkpoint_values(str(a_dir / "checkpoints" / f"ckpt-{step}"),
                          prefix="")
@@ -234,7 +220,8 @@ def test_killed_or_preempted_run_resumes_to_the_same_weights(tmp_path):
   # second; both stops must leave it on the uninterrupted run's path.
   run = tmp_path / "run"
   proc = _start_training(*common, f"--model_dir={run}")
-  _wait_for_checkpoint(run, 8, proc)
+  helpers.wait_for_checkpoint(run / "checkpoints", 8,
+                              lambda: proc.poll() is None)
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
   assert proc.returncode == -signal.SIGKILL
