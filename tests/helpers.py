@@ -68,15 +68,16 @@ def wait_for_checkpoint(folder, step, alive, timeout=240):
   A checkpoint's ``.index`` file appears before its last byte is written, so
   a process killed the moment it appears leaves that checkpoint damaged; the
   ``checkpoint`` state file, replaced atomically once the save is done, names
-  it only then. Returns early once ``alive()`` is false or after ``timeout``
-  seconds: the caller's own assertions say what went wrong.
+  it only then. Returns whether it was, giving up once ``alive()`` is false
+  or after ``timeout`` seconds.
   """
   state = pathlib.Path(folder) / "checkpoint"
   deadline = time.time() + timeout
   while time.time() < deadline and alive():
     if state.exists() and f'"ckpt-{step}"' in state.read_text():
-      return
+      return True
     time.sleep(0.01)
+  return False
 
 
 def free_ports(n):

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 from absl import flags
 import keras
@@ -178,12 +177,6 @@ def _start_training(*argv):
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(path, proc):
-  deadline = time.time() + 240
-  while not path.exists() and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.01)
-
-
 def _assert_same_weights(a_dir, b_dir, step):
   a = _checkpoint_values(str(a_dir / "checkpoints" / f"ckpt-{step}"),
                          prefix="")
@@ -231,7 +224,8 @@ def test_killed_or_preempted_run_resumes_to_the_same_weights(tmp_path):
   # SIGTERM: a checkpoint at the next loop boundary, off the checkpoint
   # cadence, then exit 143; the rerun resumes from it.
   proc = _start_training(*common, f"--model_dir={run}")
-  _wait_for(run / "checkpoints" / "ckpt-16.index", proc)
+  helpers.wait_for_checkpoint(run / "checkpoints", 16,
+                              lambda: proc.poll() is None)
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=240)
   assert proc.returncode == 143, err
