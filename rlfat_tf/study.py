@@ -40,7 +40,9 @@ A study stopped at any point continues where it stopped when the same command
 runs again: finished runs and evaluations are kept, an unfinished run resumes
 from its last checkpoint, an unfinished evaluation resumes from the batches it
 saved (``evalstate``), and the files above are written only once everything is
-done. Each finished cell's entry and cost are kept in STUDY/cells/, so a study
+done (never with --nowrite_outputs: several processes, e.g. one per core, may
+each run part of the grid in one study folder, and the whole grid's command
+then writes them from the cells they recorded). Each finished cell's entry and cost are kept in STUDY/cells/, so a study
 folder copied without its runs/ (the checkpoints: e.g. cells/, evals/ and
 eval_settings.json committed to a repository) also continues where it stopped,
 training only the cells it has not finished. SIGTERM or Ctrl-C stops it at the
@@ -165,6 +167,12 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_bool("eval_checks", False, "Run the integrity checks in every "
                     "evaluation (slower; a failure is recorded in "
                     "study.json).", **fv)
+  flags.DEFINE_bool("write_outputs", True, "Once every cell is done, write "
+                    "study.json, study.md, cost.json and the figures; with "
+                    "--nowrite_outputs only train, evaluate and record the "
+                    "cells (STUDY/cells/), so that processes sharing a "
+                    "study folder, each on part of the grid, leave its "
+                    "files to the command that runs the whole grid.", **fv)
   flags.DEFINE_bool("progress", None, progress.FLAG_HELP, **fv)
   flags.mark_flags_as_required(["study_dir", "train_flagfile"], **fv)
   flags.register_validator(
@@ -800,7 +808,7 @@ def run(values, log=print):
     log: prints a progress line.
 
   Returns:
-    The study.json payload.
+    The study.json payload, or None with ``values["write_outputs"]`` off.
 
   Raises:
     errors.UserError: bad input, here or in a run's settings.
@@ -819,6 +827,10 @@ def run(values, log=print):
   for i, ((model_dir, record), cell) in enumerate(zip(planned, recorded)):
     log(f"== run {i + 1} of {len(planned)}")
     cells.append(cell or finish_cell(values, model_dir, record, log))
+  if not values["write_outputs"]:
+    log(f"study: cells recorded in {os.path.join(study_dir, CELLS_DIR)}; "
+        "the whole grid's command writes study.json from them")
+    return None
   payload = write_outputs(values, [c["entry"] for c in cells],
                           [c["cost"] for c in cells])
   log(f"study: {os.path.join(study_dir, 'study.json')}")

@@ -29,7 +29,8 @@ def _values(tmp_path, **overrides):
             "train_flagfile": str(tmp_path / "train.cfg"),
             "methods": ["pgdat"], "seeds": ["0"], "train_sizes": [],
             "eval_attacks": ["pgd", "autoattack"], "eval_examples": 16,
-            "train_epochs": None, "eval_batch_size": 16, "eval_checks": False, "progress": False}
+            "train_epochs": None, "eval_batch_size": 16, "eval_checks": False, "progress": False,
+            "write_outputs": True}
   values.update(overrides)
   return values
 
@@ -451,6 +452,29 @@ def test_a_recorded_cell_trained_otherwise_is_refused(finished, tmp_path):
   _, record = study.run_record(_values(tmp_path),
                                study.grid(_values(tmp_path))[0])
   assert study.recorded_cell(_values(tmp_path), record) == cell
+
+
+def test_a_partial_grid_records_its_cells_and_leaves_the_studys_files(
+    finished, tmp_path):
+  study_dir, expected = finished
+  _train_flagfile(tmp_path / "train.cfg")
+  copy = tmp_path / "study"
+  for name in (study.CELLS_DIR, "evals"):
+    shutil.copytree(study_dir / name, copy / name)
+  shutil.copy(study_dir / study.EVAL_SETTINGS_FILE, copy)
+  # The files a whole-grid command wrote before stay as they were.
+  (copy / "study.json").write_text("{}")
+  logged = []
+  assert study.run(_values(tmp_path, write_outputs=False),
+                   log=logged.append) is None
+  assert logged[-1] == (f"study: cells recorded in {copy / study.CELLS_DIR}; "
+                        "the whole grid's command writes study.json from them")
+  assert (copy / "study.json").read_text() == "{}"
+  assert not any((copy / name).exists() for name in (
+      "study.md", study.COST_FILE, "curves.png", "gap.png", "final.png"))
+  assert study.run(_values(tmp_path), log=lambda _: None) == expected
+  with open(copy / "study.json") as f:
+    assert json.load(f) == expected
 
 
 def test_changed_evaluation_settings_are_refused(tmp_path):
