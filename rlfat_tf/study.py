@@ -42,10 +42,11 @@ from its last checkpoint, an unfinished evaluation resumes from the batches it
 saved (``evalstate``), and the files above are written only once everything is
 done (never with --nowrite_outputs: several processes, e.g. one per core, may
 each run part of the grid in one study folder, and the whole grid's command
-then writes them from the cells they recorded). Each finished cell's entry and cost are kept in STUDY/cells/, so a study
-folder copied without its runs/ (the checkpoints: e.g. cells/, evals/ and
-eval_settings.json committed to a repository) also continues where it stopped,
-training only the cells it has not finished. SIGTERM or Ctrl-C stops it at the
+then writes them from the cells they recorded). Each finished cell's entry
+and cost are kept in STUDY/cells/, so a study folder copied without its runs/
+(the checkpoints: e.g. cells/, evals/ and eval_settings.json committed to a
+repository) also continues where it stopped, training only the cells it has
+not finished. SIGTERM or Ctrl-C stops it at the
 next step or batch boundary with that progress saved, and exits 143 or 130.
 The grid may grow between runs of the command; the evaluation settings may
 not, since the evaluations already written used them.

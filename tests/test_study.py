@@ -29,8 +29,8 @@ def _values(tmp_path, **overrides):
             "train_flagfile": str(tmp_path / "train.cfg"),
             "methods": ["pgdat"], "seeds": ["0"], "train_sizes": [],
             "eval_attacks": ["pgd", "autoattack"], "eval_examples": 16,
-            "train_epochs": None, "eval_batch_size": 16, "eval_checks": False, "progress": False,
-            "write_outputs": True}
+            "train_epochs": None, "eval_batch_size": 16, "eval_checks": False,
+            "progress": False, "write_outputs": True}
   values.update(overrides)
   return values
 
